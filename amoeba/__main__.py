@@ -1,0 +1,3 @@
+from amoeba.cli import main
+
+main()

@@ -1,0 +1,68 @@
+"""Thin CLI. Each package lists its commands in ``<package>/cli.py`` as ``COMMANDS``
+(name -> typed function, or a ``typer.Typer`` for a group); this file only composes them.
+
+Command modules import heavy libraries (torch, transformers, optuna) inside the command
+functions, so ``amoeba --help`` stays fast. A :class:`AmoebaError` anywhere becomes a one-line
+``error: ...`` on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+import click
+import typer
+
+from amoeba_core.errors import AmoebaError
+
+COMMAND_MODULES = ("profiler.cli", "amoeba_core.cli", "search.cli")
+
+app = typer.Typer(
+    name="amoeba",
+    help="Profile devices, select and fine-tune LLM subnets, and search the accuracy-latency front.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    for mod_name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(mod_name)
+        except ModuleNotFoundError as e:
+            if e.name != mod_name:
+                raise
+            continue
+        for name, target in mod.COMMANDS.items():
+            if isinstance(target, typer.Typer):
+                app.add_typer(target, name=name)
+            else:
+                app.command(name)(target)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=os.environ.get("AMOEBA_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    command = typer.main.get_command(app)
+    try:
+        rc = command.main(args=argv, prog_name="amoeba", standalone_mode=False)
+    except AmoebaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,368 @@
+"""The one currency of the project: a subnet shape, and the geometry it is cut from.
+
+A :class:`SubnetShape` names *which* decoder layers are kept and *how wide* each kept
+layer is (fraction of attention heads and MLP channels). A :class:`ModelGeometry` holds
+the sizes of a whole model; ``geometry.scaled(shape)`` gives the physical sizes of the
+subnet, which is what a deployment flow builds and times.
+
+Width policy (shared by the profiler's random-weight models and Stage 1's physical
+extraction, so both describe the same network):
+
+* The residual stream (``hidden``), embeddings and LM head are never narrowed.
+* Attention: kept heads are chosen as ``kv' x q'`` (kv groups kept x query heads kept per
+  group) closest to ``width * n_heads``, preferring to keep every KV group and drop query
+  heads inside groups first (KV cache size and GQA structure stay intact). With
+  ``n_kv_heads == n_heads`` (LLaMA2-7B, MHA) this drops whole heads. SmolLM2 has 9 heads in
+  3 groups, so attention can only be 9 or 6 (or 3) heads wide: widths 1 and 0.875 keep 9,
+  0.75 and 0.625 keep 6. The MLP carries the fine-grained width.
+* MLP: ``round(width * intermediate)`` rounded to a multiple of 32 (the GGUF Q8_0/Q4_0 block
+  size, so every subnet can be quantised), at least 32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field, replace
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from amoeba_core.errors import AmoebaError
+
+MLP_MULTIPLE = 32
+_SHAPE_RE = re.compile(r"^d(?P<depth>\d+)-w(?P<width>\d*\.?\d+)(?:-(?P<hash>[0-9a-f]{8}))?$")
+
+
+def normalize_width(width: float) -> float:
+    """Validate a width ratio and round it to 3 decimals (0.875 stays exact)."""
+    try:
+        w = float(width)
+    except (TypeError, ValueError):
+        raise AmoebaError(f"width must be a number in (0, 1], got {width!r}") from None
+    if not 0.0 < w <= 1.0:
+        raise AmoebaError(f"width must be in (0, 1], got {w}")
+    return round(w, 3)
+
+
+@dataclass(frozen=True, order=True)
+class SubnetShape:
+    """Kept decoder layers (sorted indices) and a width ratio.
+
+    ``width`` is one ratio for every kept layer; per-layer widths may come later as an
+    optional tuple without changing the text form of uniform shapes.
+    """
+
+    layers: tuple[int, ...]
+    width: float = 1.0
+
+    def __post_init__(self) -> None:
+        layers = tuple(sorted({int(i) for i in self.layers}))
+        if not layers:
+            raise AmoebaError("a shape must keep at least one layer")
+        if layers[0] < 0:
+            raise AmoebaError(f"layer indices must be >= 0, got {layers[0]}")
+        if len(layers) != len(self.layers):
+            raise AmoebaError(f"duplicate layer indices in {self.layers}")
+        object.__setattr__(self, "layers", layers)
+        object.__setattr__(self, "width", normalize_width(self.width))
+
+    @classmethod
+    def first(cls, depth: int, width: float = 1.0) -> SubnetShape:
+        """The first ``depth`` layers: for latency, only depth and width matter."""
+        if depth < 1:
+            raise AmoebaError(f"depth must be >= 1, got {depth}")
+        return cls(tuple(range(depth)), width)
+
+    @property
+    def depth(self) -> int:
+        return len(self.layers)
+
+    @property
+    def layer_hash(self) -> str:
+        return hashlib.sha1(",".join(map(str, self.layers)).encode()).hexdigest()[:8]
+
+    @property
+    def grid_key(self) -> str:
+        """Depth and width only: the key of a latency table row."""
+        return grid_key(self.depth, self.width)
+
+    @property
+    def key(self) -> str:
+        """Stable full text form, e.g. ``d24-w0.750-1a2b3c4d``."""
+        return f"{self.grid_key}-{self.layer_hash}"
+
+    def __str__(self) -> str:
+        return self.key
+
+    def check_fits(self, n_layers: int) -> None:
+        if self.layers[-1] >= n_layers:
+            raise AmoebaError(
+                f"shape {self.grid_key} keeps layer {self.layers[-1]} but the model has {n_layers} layers"
+            )
+
+
+def grid_key(depth: int, width: float) -> str:
+    return f"d{int(depth)}-w{normalize_width(width):.3f}"
+
+
+@dataclass(frozen=True)
+class ShapeRef:
+    """A parsed shape text: depth, width and, when given, the layer hash."""
+
+    depth: int
+    width: float
+    layer_hash: str | None = None
+
+    @property
+    def grid_key(self) -> str:
+        return grid_key(self.depth, self.width)
+
+
+def parse_shape(text: str) -> ShapeRef:
+    """Parse ``d24-w0.75`` or ``d24-w0.750-1a2b3c4d``; a clear error otherwise."""
+    m = _SHAPE_RE.match(str(text).strip())
+    if not m:
+        raise AmoebaError(f"malformed shape {text!r}: expected e.g. 'd24-w0.75' (depth, width in (0, 1])")
+    depth = int(m["depth"])
+    if depth < 1:
+        raise AmoebaError(f"shape {text!r}: depth must be >= 1")
+    return ShapeRef(depth, normalize_width(float(m["width"])), m["hash"])
+
+
+def parse_widths(text: str | Iterable[float]) -> tuple[float, ...]:
+    """``"1,0.875,0.75"`` -> (1.0, 0.875, 0.75); each in (0, 1]."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    out = tuple(normalize_width(x) for x in items if str(x).strip())
+    if not out:
+        raise AmoebaError("no widths given")
+    return out
+
+
+def parse_ints(text: str | Iterable[int], what: str = "depths") -> tuple[int, ...]:
+    items = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        out = tuple(int(str(x).strip()) for x in items if str(x).strip())
+    except ValueError:
+        raise AmoebaError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not out:
+        raise AmoebaError(f"no {what} given")
+    return out
+
+
+@dataclass(frozen=True)
+class AttentionWidth:
+    n_kv_heads: int
+    heads_per_group: int
+
+    @property
+    def n_heads(self) -> int:
+        return self.n_kv_heads * self.heads_per_group
+
+
+def attention_width(n_heads: int, n_kv_heads: int, width: float) -> AttentionWidth:
+    """Kept (kv groups, query heads per group) for a width ratio: see the module docstring."""
+    width = normalize_width(width)
+    hpg = n_heads // n_kv_heads
+    target = width * n_heads
+    best: tuple[float, int, int] | None = None
+    for kv in range(1, n_kv_heads + 1):
+        for q in range(1, hpg + 1):
+            # closest head count; ties go to more KV groups, then to more heads
+            score = (abs(kv * q - target), -kv, -q)
+            if best is None or score < best[0]:
+                best = (score, kv, q)  # type: ignore[assignment]
+    assert best is not None
+    return AttentionWidth(best[1], best[2])
+
+
+def mlp_width(intermediate: int, width: float) -> int:
+    width = normalize_width(width)
+    if width == 1.0:
+        return intermediate
+    return max(MLP_MULTIPLE, int(round(width * intermediate / MLP_MULTIPLE)) * MLP_MULTIPLE)
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """Sizes of a LLaMA-family model (no weights)."""
+
+    n_layers: int
+    hidden: int
+    n_heads: int
+    n_kv_heads: int
+    intermediate: int
+    vocab: int
+    head_dim: int = 0  # 0: hidden // n_heads
+    rms_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    max_position: int = 4096
+    tie_embeddings: bool = False
+    name: str = field(default="custom", compare=False)
+
+    def __post_init__(self) -> None:
+        for f in ("n_layers", "hidden", "n_heads", "n_kv_heads", "intermediate", "vocab"):
+            if int(getattr(self, f)) < 1:
+                raise AmoebaError(f"geometry {self.name}: {f} must be >= 1")
+        if self.n_heads % self.n_kv_heads:
+            raise AmoebaError(
+                f"geometry {self.name}: n_heads ({self.n_heads}) must divide by n_kv_heads ({self.n_kv_heads})"
+            )
+        if self.head_dim == 0:
+            if self.hidden % self.n_heads:
+                raise AmoebaError(f"geometry {self.name}: hidden must divide by n_heads")
+            object.__setattr__(self, "head_dim", self.hidden // self.n_heads)
+
+    # --- constructors -------------------------------------------------------------
+    @classmethod
+    def preset(cls, name: str) -> ModelGeometry:
+        presets = _presets()
+        if name not in presets:
+            raise AmoebaError(f"unknown model {name!r}; known: {', '.join(sorted(presets))}")
+        return cls(name=name, **presets[name])
+
+    @classmethod
+    def preset_names(cls) -> list[str]:
+        return sorted(_presets())
+
+    @classmethod
+    def from_hf_config(cls, config: str | Path | dict[str, Any], name: str | None = None) -> ModelGeometry:
+        """From an HF ``config.json`` (path, folder or dict)."""
+        if not isinstance(config, dict):
+            p = Path(config)
+            if p.is_dir():
+                p = p / "config.json"
+            try:
+                config = json.loads(p.read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise AmoebaError(f"cannot read HF config {p}: {e}") from None
+            name = name or p.parent.name
+        c = config
+        try:
+            rope = c.get("rope_parameters") or {}
+            return cls(
+                n_layers=int(c["num_hidden_layers"]),
+                hidden=int(c["hidden_size"]),
+                n_heads=int(c["num_attention_heads"]),
+                n_kv_heads=int(c.get("num_key_value_heads") or c["num_attention_heads"]),
+                intermediate=int(c["intermediate_size"]),
+                vocab=int(c["vocab_size"]),
+                head_dim=int(c.get("head_dim") or 0),
+                rms_eps=float(c.get("rms_norm_eps", 1e-5)),
+                rope_theta=float(rope.get("rope_theta", c.get("rope_theta", 10000.0))),
+                max_position=int(c.get("max_position_embeddings", 4096)),
+                tie_embeddings=bool(c.get("tie_word_embeddings", False)),
+                name=name or "hf",
+            )
+        except KeyError as e:
+            raise AmoebaError(f"HF config is missing {e}") from None
+
+    @classmethod
+    def from_gguf(cls, path: str | Path, name: str | None = None) -> ModelGeometry:
+        """From a LLaMA-architecture GGUF header (reads metadata only)."""
+        import gguf  # noqa: PLC0415  (optional heavy import)
+
+        p = Path(path)
+        try:
+            r = gguf.GGUFReader(str(p))
+        except Exception as e:  # noqa: BLE001 - gguf raises bare ValueErrors/struct errors
+            raise AmoebaError(f"cannot read GGUF {p}: {e}") from None
+
+        def val(key: str, default: Any = None) -> Any:
+            f = r.fields.get(key)
+            if f is None:
+                if default is None:
+                    raise AmoebaError(f"GGUF {p.name}: missing key {key}")
+                return default
+            return f.contents()
+
+        arch = val("general.architecture")
+        if arch != "llama":
+            raise AmoebaError(f"GGUF {p.name}: architecture {arch!r} is not 'llama'")
+        tensors = {t.name for t in r.tensors}
+        vocab_field = r.fields.get("tokenizer.ggml.tokens")
+        vocab = int(val("llama.vocab_size", 0)) or (len(vocab_field.data) if vocab_field else 0)
+        n_heads = int(val("llama.attention.head_count"))
+        hidden = int(val("llama.embedding_length"))
+        return cls(
+            n_layers=int(val("llama.block_count")),
+            hidden=hidden,
+            n_heads=n_heads,
+            n_kv_heads=int(val("llama.attention.head_count_kv", n_heads)),
+            intermediate=int(val("llama.feed_forward_length")),
+            vocab=vocab,
+            head_dim=int(val("llama.rope.dimension_count", hidden // n_heads)),
+            rms_eps=float(val("llama.attention.layer_norm_rms_epsilon", 1e-5)),
+            rope_theta=float(val("llama.rope.freq_base", 10000.0)),
+            max_position=int(val("llama.context_length", 4096)),
+            tie_embeddings="output.weight" not in tensors,
+            name=name or p.stem,
+        )
+
+    @classmethod
+    def resolve(cls, model: str | Path) -> ModelGeometry:
+        """A preset name, an HF folder/config.json, or a GGUF file."""
+        s = str(model)
+        if s in _presets():
+            return cls.preset(s)
+        p = Path(s)
+        if p.suffix == ".gguf" and p.is_file():
+            return cls.from_gguf(p)
+        if p.is_dir() or p.name == "config.json":
+            return cls.from_hf_config(p)
+        raise AmoebaError(
+            f"unknown model {s!r}: not a preset ({', '.join(sorted(_presets()))}), GGUF file or HF folder"
+        )
+
+    # --- derived ------------------------------------------------------------------
+    def scaled(self, shape: SubnetShape) -> ModelGeometry:
+        """Physical sizes of ``shape`` cut from this geometry (see the width policy)."""
+        shape.check_fits(self.n_layers)
+        return self.scaled_dims(shape.depth, shape.width)
+
+    def scaled_dims(self, depth: int, width: float) -> ModelGeometry:
+        if not 1 <= depth <= self.n_layers:
+            raise AmoebaError(f"depth {depth} outside 1..{self.n_layers} for {self.name}")
+        att = attention_width(self.n_heads, self.n_kv_heads, width)
+        return replace(
+            self,
+            n_layers=depth,
+            n_heads=att.n_heads,
+            n_kv_heads=att.n_kv_heads,
+            intermediate=mlp_width(self.intermediate, width),
+            head_dim=self.head_dim,
+            name=f"{self.name}:{grid_key(depth, width)}",
+        )
+
+    def layer_params(self) -> int:
+        """Weights of one decoder layer (attention, MLP, two norms)."""
+        q = self.hidden * self.n_heads * self.head_dim
+        kv = 2 * self.hidden * self.n_kv_heads * self.head_dim
+        o = self.n_heads * self.head_dim * self.hidden
+        mlp = 3 * self.hidden * self.intermediate
+        return q + kv + o + mlp + 2 * self.hidden
+
+    def embedding_params(self) -> int:
+        """Embedding + LM head (shared when tied) + final norm."""
+        return self.vocab * self.hidden * (1 if self.tie_embeddings else 2) + self.hidden
+
+    def n_params(self) -> int:
+        return self.n_layers * self.layer_params() + self.embedding_params()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def fingerprint(self) -> str:
+        d = {k: v for k, v in asdict(self).items() if k != "name"}
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@cache
+def _presets() -> dict[str, dict[str, Any]]:
+    text = resources.files("amoeba_core").joinpath("geometries.yaml").read_text()
+    return yaml.safe_load(text)

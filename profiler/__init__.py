@@ -1,0 +1,3 @@
+"""Device side: deployment flows, timing protocol, latency tables, predictor, roofline."""
+
+from __future__ import annotations

@@ -1,0 +1,30 @@
+"""Deployment flows, imported lazily by name so a missing runtime never breaks the others."""
+
+from __future__ import annotations
+
+import importlib
+
+from amoeba_core.errors import AmoebaError
+from profiler.flows.base import PHASES, Flow, FlowConfig, Phase, Workload
+
+# name -> "module:Class". Add a flow here and in its own module; nothing else names it.
+FLOWS: dict[str, str] = {
+    "pytorch": "profiler.flows.pytorch:PyTorchFlow",
+}
+
+
+def flow_class(name: str) -> type[Flow]:
+    if name not in FLOWS:
+        raise AmoebaError(f"unknown flow {name!r}; known: {', '.join(sorted(FLOWS))}")
+    mod, cls = FLOWS[name].split(":")
+    return getattr(importlib.import_module(mod), cls)
+
+
+def make_flow(name: str, config: FlowConfig | None = None) -> Flow:
+    """The flow ``name``; raises NotInstalledError when its runtime is missing."""
+    klass = flow_class(name)
+    klass.check_available()
+    return klass(config)
+
+
+__all__ = ["FLOWS", "PHASES", "Flow", "FlowConfig", "Phase", "Workload", "flow_class", "make_flow"]
