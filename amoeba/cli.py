@@ -18,7 +18,7 @@ import typer
 
 from amoeba_core.errors import AmoebaError
 
-COMMAND_MODULES = ("profiler.cli", "amoeba_core.cli", "search.cli")
+COMMAND_MODULES = ("profiler.cli", "amoeba_core.cli", "amoeba_core.finetune_cli", "search.cli")
 
 app = typer.Typer(
     name="amoeba",

@@ -10,6 +10,11 @@ from profiler.flows.base import PHASES, Flow, FlowConfig, Phase, Workload
 # name -> "module:Class". Add a flow here and in its own module; nothing else names it.
 FLOWS: dict[str, str] = {
     "pytorch": "profiler.flows.pytorch:PyTorchFlow",
+    "llamacpp": "profiler.flows.llamacpp:LlamaCppFlow",
+    "onnxruntime": "profiler.flows.onnxruntime:OnnxRuntimeFlow",
+    "tvm": "profiler.flows.tvm:TvmFlow",
+    "mlc_llm": "profiler.flows.mlc_llm:MlcLlmFlow",
+    "tensorrt_llm": "profiler.flows.tensorrt_llm:TensorRtLlmFlow",
 }
 
 
