@@ -1,0 +1,200 @@
+"""`amoeba devices | profile | predict | table show/export` (thin wrappers; heavy imports inside)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from amoeba_core.errors import AmoebaError
+
+table_app = typer.Typer(help="Show or export a latency table.", no_args_is_help=True)
+
+_ROOT = typer.Option(None, "--root", help="Profiles folder (default: $AMOEBA_PROFILES or ./device_profiles).")
+
+
+def _console():  # noqa: ANN202 - rich Console
+    from rich.console import Console
+
+    return Console()
+
+
+def devices(root: Optional[Path] = _ROOT) -> None:
+    """List known devices (spec, provenance) and their latency tables."""
+    from rich.table import Table
+
+    from profiler.device import load_device
+    from profiler.lookup import list_devices, list_tables
+
+    t = Table("device", "kind", "bandwidth GB/s", "peak TFLOP/s", "memory GB", "data", "tables")
+    tables = list_tables(root)
+    for name in list_devices(root):
+        s = load_device(name, root)
+        peaks = ", ".join(f"{k} {v / 1e12:.3g}" for k, v in s.peak_flops.items())
+        kind = "roofline-only (spec sheet)" if s.roofline_only else "measured"
+        tabs = ", ".join(f"{x.flow}/{x.model}" for x in tables if x.device == name) or "-"
+        t.add_row(name, s.kind, f"{s.memory_bandwidth_gbs:g}", peaks, f"{s.memory_gb or 0:g}", kind, tabs)
+    _console().print(t)
+
+
+def _options(items: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise AmoebaError(f"--option expects KEY=VALUE, got {it!r}")
+        k, v = it.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def profile(
+    device: str = typer.Option("cpu-host", help="Device name (cpu-host is detected on first use)."),
+    flow: str = typer.Option("pytorch", help="Deployment flow."),
+    model: str = typer.Option(..., help="Geometry preset, HF folder or GGUF file."),
+    depths: Optional[str] = typer.Option(None, help="Comma-separated depths (default: 1..n_layers)."),
+    widths: str = typer.Option("1,0.875,0.75,0.625", help="Comma-separated width ratios in (0, 1]."),
+    phases: str = typer.Option("prefill,decode", help="prefill, decode or both."),
+    prompt_len: int = typer.Option(128, help="Prompt tokens (prefill) / cached context (decode)."),
+    batch: int = typer.Option(1, help="Batch size."),
+    dtype: str = typer.Option("float32", help="float32 | bfloat16 (float16 on cuda); flows may accept more."),
+    threads: int = typer.Option(0, help="Runtime threads (0: runtime default)."),
+    sparse: bool = typer.Option(False, "--sparse", help="Time only what the predictor needs (3 depths x all widths)."),
+    per_layer: bool = typer.Option(False, "--per-layer", help="Time depth 1/2/4 models and compose deeper ones."),
+    quick: bool = typer.Option(False, "--quick", help="Few repeats (smoke runs, tests)."),
+    max_seconds: Optional[float] = typer.Option(None, help="Cap of timed seconds per row."),
+    flow_device: str = typer.Option("cpu", help="cpu | cuda (where the flow runs)."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Flow option KEY=VALUE (repeatable)."),
+    root: Optional[Path] = _ROOT,
+) -> None:
+    """Time a depth x width grid of a model on a device through a flow; write the LUT row by row."""
+    import dataclasses
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from amoeba_core.shape import parse_ints, parse_widths
+    from profiler.measure import QUICK, MeasureConfig
+    from profiler.plan import make_plan, run_profile
+
+    cfg = QUICK if quick else MeasureConfig()
+    if max_seconds is not None:
+        cfg = dataclasses.replace(cfg, max_seconds=max_seconds)
+    plan = make_plan(
+        device, flow, model, parse_ints(depths) if depths else None, parse_widths(widths),
+        tuple(p.strip() for p in phases.split(",") if p.strip()), prompt_len, dtype, threads, sparse, per_layer,
+        batch, cfg, flow_device, _options(option),
+    )
+    console = _console()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False) as bar:
+        task = bar.add_task(f"{device}/{flow}/{plan.model}", total=len(plan.points()))
+
+        def progress(desc: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, description=f"{device}/{flow}/{plan.model} {desc}")
+
+        res = run_profile(plan, root, progress)
+    console.print(f"{res.written} rows measured, {res.skipped} already present, {res.composed} per-layer rows "
+                  f"composed in {res.seconds:.1f} s -> {res.table}")
+
+
+def predict(
+    device: str = typer.Option(..., help="Device name."),
+    flow: str = typer.Option(..., help="Flow name."),
+    model: str = typer.Option(..., help="Model name of the table."),
+    shape: str = typer.Option(..., help="Shape, e.g. d24-w0.75."),
+    phase: str = typer.Option("decode", help="prefill | decode"),
+    prompt_len: Optional[int] = typer.Option(None, help="Prompt/context length (default: the table's)."),
+    variant: Optional[str] = typer.Option(None, help="Table variant (dtype/quant)."),
+    root: Optional[Path] = _ROOT,
+) -> None:
+    """Predicted, measured and roofline latency of one shape, and their ratios."""
+    from amoeba_core.shape import parse_shape
+    from profiler.lookup import LatencyModel
+
+    ref = parse_shape(shape)
+    m = LatencyModel.open(device, flow, model, phase, prompt_len, variant, root)
+    est = m.estimate(ref.depth, ref.width)
+
+    def f(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
+    def r(a: float | None, b: float | None) -> str:
+        return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}x"
+
+    lines = [
+        f"{device}/{flow}/{model} {ref.grid_key} {phase} prompt_len={m.prompt_len} variant={m.variant}",
+        f"answer:          {f(est.ms)} ms ({est.source})",
+        f"predicted:       {f(est.predicted_ms)} ms",
+        f"measured:        {f(est.measured_ms)} ms",
+        f"roofline floor:  {f(est.roofline_ms)} ms"
+        + (" (roofline-only device: a spec-sheet bound, not a measurement)" if m.device.roofline_only else ""),
+        f"measured/predicted: {r(est.measured_ms, est.predicted_ms)}   measured/roofline: "
+        f"{r(est.measured_ms, est.roofline_ms)}   predicted/roofline: {r(est.predicted_ms, est.roofline_ms)}",
+    ]
+    console = _console()
+    for line in lines:
+        console.print(line, highlight=False)
+    if m.predictor is not None and m.table is not None:
+        rows = m.table.rows(phase=phase, variant=m.variant, prompt_len=m.prompt_len, batch=1, source="measured")
+        chk = m.predictor.self_check(rows)
+        if chk.get("n"):
+            console.print(f"predictor leave-one-depth-out error on {chk['n']} measured shapes: median "
+                          f"{100 * chk['median_abs_error']:.1f}%, max {100 * chk['max_abs_error']:.1f}%, "
+                          f"within 5%: {100 * chk['within_5pct']:.0f}%")
+        if m.predictor.extrapolated(ref.width):
+            console.print("[yellow]width outside the measured widths: the prediction is extrapolated[/yellow]")
+
+
+@table_app.command("show")
+def table_show(
+    device: str = typer.Option(..., help="Device name."),
+    flow: str = typer.Option(..., help="Flow name."),
+    model: str = typer.Option(..., help="Model name."),
+    phase: Optional[str] = typer.Option(None, help="Only this phase."),
+    limit: int = typer.Option(200, help="Rows to print."),
+    root: Optional[Path] = _ROOT,
+) -> None:
+    """Print a latency table (header and rows)."""
+    from rich.table import Table
+
+    tab = _existing(device, flow, model, root)
+    df = tab.rows(phase=phase).sort_values(["variant", "phase", "source", "width", "depth"], ascending=[1, 1, 1, 0, 1])
+    t = Table(title=f"{tab.path} ({len(tab.df)} rows)")
+    for c in ("variant", "phase", "prompt_len", "shape", "p50 ms", "p10 ms", "p90 ms", "n", "source"):
+        t.add_column(c)
+    for _, x in df.head(limit).iterrows():
+        t.add_row(x.variant, x.phase, str(x.prompt_len), f"d{x.depth}-w{x.width:.3f}", f"{x.p50_ms:.3f}",
+                  f"{x.p10_ms:.3f}", f"{x.p90_ms:.3f}", str(x.n), x.source)
+    _console().print(t)
+
+
+@table_app.command("export")
+def table_export(
+    device: str = typer.Option(..., help="Device name."),
+    flow: str = typer.Option(..., help="Flow name."),
+    model: str = typer.Option(..., help="Model name."),
+    out: Path = typer.Option(..., help="CSV file to write."),
+    root: Optional[Path] = _ROOT,
+) -> None:
+    """Write a latency table as CSV (samples as a JSON list)."""
+    tab = _existing(device, flow, model, root)
+    path = tab.export_csv(out)
+    _console().print(f"{len(tab.df)} rows -> {path}")
+
+
+def _existing(device: str, flow: str, model: str, root: Path | None):  # noqa: ANN202
+    from profiler.lookup import list_devices, list_tables
+    from profiler.table import LatencyTable
+
+    if device not in list_devices(root):
+        raise AmoebaError(f"unknown device {device!r}; known: {', '.join(list_devices(root)) or '(none)'}")
+    tab = LatencyTable(device, flow, model, root)
+    if not tab.path.exists():
+        known = ", ".join(f"{t.flow}/{t.model}" for t in list_tables(root) if t.device == device) or "(none)"
+        raise AmoebaError(f"no latency table {tab.path}; known on {device}: {known}")
+    return tab
+
+
+COMMANDS = {"devices": devices, "profile": profile, "predict": predict, "table": table_app}

@@ -1,0 +1,188 @@
+"""Device specs: ``device_profiles/<device>/device.yaml`` (bandwidth, peak FLOP/s, memory, provenance).
+
+``cpu-host`` is detected on first use: CPU model and memory from /proc, memory bandwidth from a
+short copy benchmark (``torch`` ``dst.copy_(src)`` of a 256 MiB float32 buffer, best of 5,
+counting read + write bytes) and peak FLOP/s from a short ``torch.mm`` benchmark per dtype
+(2048x2048, best of 3). Both are measured *achievable* figures on this host, recorded with the
+thread count. Spec-only devices (a5000, orin-nx-16gb) carry public datasheet figures and
+``roofline_only: true``: their latencies are roofline floors, never measurements.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from amoeba_core.errors import AmoebaError
+
+log = logging.getLogger(__name__)
+
+HOST = "cpu-host"
+DEVICE_FILE = "device.yaml"
+
+
+def profiles_root(root: Path | str | None = None) -> Path:
+    """``root``, else ``$AMOEBA_PROFILES``, else ``./device_profiles``."""
+    if root is not None:
+        return Path(root)
+    return Path(os.environ.get("AMOEBA_PROFILES", "device_profiles"))
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    name: str
+    kind: str  # "cpu" | "gpu"
+    memory_bandwidth_gbs: float
+    peak_flops: dict[str, float]  # dtype -> FLOP/s
+    memory_gb: float | None = None
+    roofline_only: bool = False
+    description: str = ""
+    source: dict[str, Any] = field(default_factory=dict)  # provenance of each figure
+    created: str = ""
+
+    def peak(self, dtype: str) -> float:
+        if dtype in self.peak_flops:
+            return float(self.peak_flops[dtype])
+        for alt in ("float16", "bfloat16", "float32"):
+            if alt in self.peak_flops:
+                log.warning("device %s has no peak for %s; using %s", self.name, dtype, alt)
+                return float(self.peak_flops[alt])
+        raise AmoebaError(f"device {self.name}: no peak FLOP/s in its spec")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str) -> DeviceSpec:
+        try:
+            return cls(
+                name=str(d["name"]),
+                kind=str(d.get("kind", "cpu")),
+                memory_bandwidth_gbs=float(d["memory_bandwidth_gbs"]),
+                peak_flops={str(k): float(v) for k, v in dict(d["peak_flops"]).items()},
+                memory_gb=None if d.get("memory_gb") is None else float(d["memory_gb"]),
+                roofline_only=bool(d.get("roofline_only", False)),
+                description=str(d.get("description", "")),
+                source=dict(d.get("source") or {}),
+                created=str(d.get("created", "")),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise AmoebaError(f"corrupt device spec {where}: {e!r}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def list_devices(root: Path | str | None = None) -> list[str]:
+    base = profiles_root(root)
+    if not base.is_dir():
+        return []
+    return sorted(p.name for p in base.iterdir() if (p / DEVICE_FILE).is_file())
+
+
+def load_device(name: str, root: Path | str | None = None) -> DeviceSpec:
+    path = profiles_root(root) / name / DEVICE_FILE
+    if not path.is_file():
+        known = list_devices(root)
+        raise AmoebaError(f"unknown device {name!r}; known: {', '.join(known) or '(none)'}"
+                          + ("" if name == HOST else f" (only {HOST} is detected automatically)"))
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, OSError) as e:
+        raise AmoebaError(f"corrupt device spec {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise AmoebaError(f"corrupt device spec {path}: not a mapping")
+    return DeviceSpec.from_dict(data, str(path))
+
+
+def save_device(spec: DeviceSpec, root: Path | str | None = None) -> Path:
+    folder = profiles_root(root) / spec.name
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / DEVICE_FILE
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+def measure_bandwidth_gbs(mib: int = 256, repeats: int = 5, threads: int | None = None) -> float:
+    """Copy bandwidth: bytes read + written per second, best of ``repeats``."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    n = mib * 1024 * 1024 // 4
+    src = torch.ones(n, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * 4 / best / 1e9
+
+
+def measure_peak_flops(dtype: str = "float32", size: int = 2048, repeats: int = 3, threads: int | None = None) -> float:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    a = torch.randn(size, size).to(getattr(torch, dtype))
+    b = torch.randn(size, size).to(getattr(torch, dtype))
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best
+
+
+def _meminfo_gb() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 1024**2
+    except OSError:
+        pass
+    return None
+
+
+def detect_host(threads: int | None = None) -> DeviceSpec:
+    import torch
+
+    from profiler.measure import cpu_model
+
+    threads = threads or torch.get_num_threads()
+    bw = measure_bandwidth_gbs(threads=threads)
+    peaks = {dt_: measure_peak_flops(dt_, threads=threads) for dt_ in ("float32", "bfloat16")}
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return DeviceSpec(
+        name=HOST,
+        kind="cpu",
+        memory_bandwidth_gbs=round(bw, 2),
+        peak_flops={k: float(f"{v:.4g}") for k, v in peaks.items()},
+        memory_gb=round(_meminfo_gb() or 0.0, 2) or None,
+        roofline_only=False,
+        description=f"{cpu_model()}, {os.cpu_count()} logical cores",
+        source={
+            "memory_bandwidth_gbs": f"measured: torch copy_ of a 256 MiB float32 buffer, read+write bytes, best of 5, "
+                                    f"{threads} threads, torch {torch.__version__}",
+            "peak_flops": f"measured: torch.mm 2048x2048 per dtype, best of 3, {threads} threads (achievable, not datasheet)",
+            "memory_gb": "/proc/meminfo MemTotal",
+        },
+        created=now,
+    )
+
+
+def ensure_device(name: str, root: Path | str | None = None, threads: int | None = None) -> DeviceSpec:
+    """Load ``name``; for ``cpu-host`` detect and save it on first use."""
+    path = profiles_root(root) / name / DEVICE_FILE
+    if name == HOST and not path.exists():
+        log.info("detecting %s (bandwidth and matmul benchmarks)", HOST)
+        save_device(detect_host(threads), root)
+    return load_device(name, root)

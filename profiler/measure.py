@@ -1,0 +1,158 @@
+"""The timing protocol: warm-up, repeats until the median is known well enough, statistics.
+
+Stopping rule (distribution-free, no bootstrap): after ``min_repeats`` samples, stop as soon
+as the 90% confidence interval of the median, taken from order statistics, is narrower than
+``rel_ci`` of the median on each side. For ``n`` sorted samples the interval is
+``[x_(j), x_(k)]`` with ``j = floor(n/2 - 1.645*sqrt(n)/2)`` and ``k = ceil(n/2 + 1.645*sqrt(n)/2)``
+(the binomial approximation to the median's rank). Also stop at ``max_repeats`` samples or
+when ``max_seconds`` of timed work have been spent; the statistics record ``n`` and the
+p10/p90 spread so a reader sees how noisy the row was.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Raw samples (milliseconds) and the statistics derived from them."""
+
+    samples_ms: tuple[float, ...]
+
+    @classmethod
+    def from_samples(cls, xs: Iterable[float]) -> LatencyStats:
+        samples = tuple(float(x) for x in xs)
+        if not samples:
+            raise ValueError("LatencyStats needs at least one sample")
+        return cls(samples)
+
+    def _q(self, q: float) -> float:
+        return float(np.percentile(np.asarray(self.samples_ms), q))
+
+    @property
+    def n(self) -> int:
+        return len(self.samples_ms)
+
+    @property
+    def p50_ms(self) -> float:
+        return self._q(50)
+
+    @property
+    def p10_ms(self) -> float:
+        return self._q(10)
+
+    @property
+    def p90_ms(self) -> float:
+        return self._q(90)
+
+    @property
+    def spread(self) -> float:
+        """(p90 - p10) / p50: the noise of a single sample."""
+        return (self.p90_ms - self.p10_ms) / self.p50_ms
+
+    @property
+    def median_rel_ci(self) -> float:
+        """Half-width of the 90% order-statistic CI of the median, relative to the median."""
+        return median_rel_ci(self.samples_ms)
+
+
+def median_rel_ci(samples: Iterable[float], z: float = 1.645) -> float:
+    xs = sorted(samples)
+    n = len(xs)
+    if n < 3:
+        return math.inf
+    half = z * math.sqrt(n) / 2
+    j = max(0, math.floor(n / 2 - half))
+    k = min(n - 1, math.ceil(n / 2 + half) - 1)
+    med = float(np.median(xs))
+    return (xs[k] - xs[j]) / (2 * med) if med > 0 else math.inf
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    warmup: int = 2
+    min_repeats: int = 5
+    max_repeats: int = 40
+    max_seconds: float = 2.0
+    rel_ci: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.min_repeats < 1 or self.max_repeats < self.min_repeats:
+            raise ValueError("need 1 <= min_repeats <= max_repeats")
+
+
+QUICK = MeasureConfig(warmup=1, min_repeats=3, max_repeats=8, max_seconds=0.5, rel_ci=0.05)
+
+
+def measure(fn: Callable[[], float], config: MeasureConfig | None = None) -> LatencyStats:
+    """Time ``fn`` (which returns the seconds of one synchronised run) by the protocol above."""
+    cfg = config or MeasureConfig()
+    for _ in range(cfg.warmup):
+        fn()
+    samples: list[float] = []
+    spent = 0.0
+    while len(samples) < cfg.max_repeats:
+        s = float(fn())
+        samples.append(s * 1000.0)
+        spent += s
+        if len(samples) >= cfg.min_repeats and (median_rel_ci(samples) <= cfg.rel_ci or spent >= cfg.max_seconds):
+            break
+    stats = LatencyStats.from_samples(samples)
+    log.debug("measured n=%d p50=%.3f ms ci=%.3f", stats.n, stats.p50_ms, stats.median_rel_ci)
+    return stats
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def cpu_model() -> str:
+    text = _read("/proc/cpuinfo") or ""
+    for line in text.splitlines():
+        if line.lower().startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment(threads: int | None = None, dtype: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What affects timing and can be read without privileges."""
+    env: dict[str, Any] = {
+        "cpu_model": cpu_model(),
+        "cores": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "threads": threads,
+        "dtype": dtype,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {p: v for p in ("torch", "transformers", "numpy", "llama_cpp_python", "onnxruntime", "apache-tvm")
+                     if (v := _version(p))},
+        "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "cur_freq_khz": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq"),
+        "loadavg": _read("/proc/loadavg"),
+    }
+    if extra:
+        env.update(extra)
+    return env

@@ -1,0 +1,187 @@
+"""A profile run: which shapes to time, timing them, and writing each row as soon as it exists.
+
+Plain mode times every (depth, width, phase) of the grid. ``sparse`` times only what the
+predictor needs (:func:`profiler.predict.sparse_depths` x all widths). ``per_layer`` times
+whole models of depth 1, 2 and 4 (embedding and head included, written as ``measured`` rows)
+and composes every requested depth as ``t0 + depth * slope`` (written as ``per-layer`` rows).
+Per-layer mode needs nothing from the flow beyond ``build``/``run_once``, so it works for any flow.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from amoeba_core.errors import AmoebaError
+from amoeba_core.shape import ModelGeometry
+from profiler.device import DeviceSpec, ensure_device
+from profiler.flows import PHASES, FlowConfig, Workload, flow_class, make_flow
+from profiler.measure import MeasureConfig, environment, measure
+from profiler.predict import fit_line, per_layer_depths, sparse_depths
+from profiler.table import LatencyTable, now_utc, row_key
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProfilePlan:
+    device: str
+    flow: str
+    model: str
+    geometry: ModelGeometry
+    depths: tuple[int, ...]
+    widths: tuple[float, ...]
+    phases: tuple[str, ...] = PHASES
+    prompt_len: int = 128
+    batch: int = 1
+    config: FlowConfig = field(default_factory=FlowConfig)
+    sparse: bool = False
+    per_layer: bool = False
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+
+    def __post_init__(self) -> None:
+        n = self.geometry.n_layers
+        for d in self.depths:
+            if not 1 <= d <= n:
+                raise AmoebaError(f"depth {d} outside 1..{n} for model {self.model}")
+        for p in self.phases:
+            if p not in PHASES:
+                raise AmoebaError(f"unknown phase {p!r}; known: {', '.join(PHASES)}")
+        if not self.phases:
+            raise AmoebaError("no phases given")
+        if self.prompt_len < 1 or self.prompt_len + 2 > self.geometry.max_position:
+            raise AmoebaError(f"prompt_len must be in 1..{self.geometry.max_position - 2} for {self.model}")
+        if self.sparse and self.per_layer:
+            raise AmoebaError("--sparse and --per-layer are alternatives; choose one")
+        if self.per_layer:
+            per_layer_depths(n)
+
+    @property
+    def measured_depths(self) -> tuple[int, ...]:
+        if self.per_layer:
+            return per_layer_depths(self.geometry.n_layers)
+        if self.sparse:
+            return sparse_depths(self.depths)
+        return tuple(sorted(set(self.depths)))
+
+    def points(self) -> list[tuple[float, int, str]]:
+        """(width, depth, phase) to time, deepest first per width (the flow reuses weights)."""
+        return [(w, d, p) for w in self.widths for d in sorted(self.measured_depths, reverse=True) for p in self.phases]
+
+
+@dataclass
+class ProfileResult:
+    table: Path
+    written: int = 0
+    skipped: int = 0
+    composed: int = 0
+    seconds: float = 0.0
+    rows: list[dict] = field(default_factory=list)
+
+
+ProgressFn = Callable[[str, int, int], None]  # (description, done, total)
+
+
+def run_profile(plan: ProfilePlan, root: Path | str | None = None, progress: ProgressFn | None = None) -> ProfileResult:
+    t_start = time.perf_counter()
+    spec = ensure_device(plan.device, root, threads=plan.config.threads or None)
+    _check_measurable(spec, plan)
+    flow = make_flow(plan.flow, plan.config)
+    table = LatencyTable(plan.device, plan.flow, plan.model, root)
+    variant = flow.variant
+    env = environment(plan.config.threads, plan.config.dtype, extra={"flow": flow.environment()})
+    table.write_header(
+        {"geometry": plan.geometry.to_dict(), "dtype": plan.config.dtype, "device_spec": spec.name},
+        environment=env, variant=variant,
+    )
+    result = ProfileResult(table.path)
+    points = plan.points()
+    total = len(points)
+    art = None
+    built_for: tuple[int, float] | None = None
+    try:
+        for i, (w, d, phase) in enumerate(points):
+            key = row_key(variant, d, w, phase, plan.batch, plan.prompt_len, "measured")
+            label = f"d{d}-w{w:.3f} {phase}"
+            if table.has(key):
+                result.skipped += 1
+                if progress:
+                    progress(f"{label} (present)", i + 1, total)
+                continue
+            if built_for != (d, w):
+                if art is not None:
+                    flow.close(art)
+                art = flow.build(plan.geometry.scaled_dims(d, w))
+                built_for = (d, w)
+            work = Workload(phase, plan.prompt_len, plan.batch)  # type: ignore[arg-type]
+            stats = measure(lambda: flow.run_once(art, work), plan.measure)
+            row = {**key, "p50_ms": stats.p50_ms, "p10_ms": stats.p10_ms, "p90_ms": stats.p90_ms, "n": stats.n,
+                   "samples_ms": list(stats.samples_ms), "created": now_utc()}
+            if table.append(row):
+                result.written += 1
+                result.rows.append(row)
+            if progress:
+                progress(f"{label} {stats.p50_ms:.2f} ms", i + 1, total)
+    finally:
+        if art is not None:
+            flow.close(art)
+    if plan.per_layer:
+        result.composed = _compose(plan, table, variant)
+    result.seconds = time.perf_counter() - t_start
+    return result
+
+
+def _check_measurable(spec: DeviceSpec, plan: ProfilePlan) -> None:
+    if spec.roofline_only:
+        raise AmoebaError(f"device {spec.name} is roofline-only (a spec sheet, not this machine); "
+                          f"profile it on the device itself, or use `amoeba predict` for its roofline")
+    if (spec.kind == "gpu") != (plan.config.device == "cuda"):
+        raise AmoebaError(f"device {spec.name} is a {spec.kind} but the flow runs on {plan.config.device}")
+
+
+def _compose(plan: ProfilePlan, table: LatencyTable, variant: str) -> int:
+    """Per-layer rows for every requested depth, from the measured depth-1/2/4 rows."""
+    written = 0
+    for phase in plan.phases:
+        rows = table.rows(phase=phase, variant=variant, prompt_len=plan.prompt_len, batch=plan.batch, source="measured")
+        for w in plan.widths:
+            sub = rows[(rows["width"].round(3) == round(w, 3)) & rows["depth"].isin(plan.measured_depths)]
+            if sub["depth"].nunique() < 2:
+                continue
+            t0, slope = fit_line(sub["depth"], sub["p50_ms"])
+            for d in plan.depths:
+                key = row_key(variant, d, w, phase, plan.batch, plan.prompt_len, "per-layer")
+                p10 = _compose_q(sub, "p10_ms", d)
+                p90 = _compose_q(sub, "p90_ms", d)
+                row = {**key, "p50_ms": t0 + d * slope, "p10_ms": p10, "p90_ms": p90,
+                       "n": int(sub["n"].sum()), "samples_ms": [], "created": now_utc()}
+                written += int(table.append(row))
+    return written
+
+
+def _compose_q(sub: pd.DataFrame, col: str, depth: int) -> float:
+    t0, slope = fit_line(sub["depth"], sub[col])
+    return t0 + depth * slope
+
+
+def make_plan(device: str, flow: str, model: str, depths: tuple[int, ...] | None, widths: tuple[float, ...],
+              phases: tuple[str, ...], prompt_len: int, dtype: str, threads: int, sparse: bool = False,
+              per_layer: bool = False, batch: int = 1, measure_cfg: MeasureConfig | None = None,
+              torch_device: str = "cpu", options: dict | None = None) -> ProfilePlan:
+    """Validate everything a profile needs before anything is written."""
+    geometry = ModelGeometry.resolve(model)
+    flow_class(flow)  # unknown flow -> error listing the known ones
+    name = model if model in ModelGeometry.preset_names() else geometry.name
+    ds = depths or tuple(range(1, geometry.n_layers + 1))
+    return ProfilePlan(
+        device=device, flow=flow, model=name, geometry=geometry, depths=tuple(ds), widths=tuple(widths),
+        phases=tuple(phases), prompt_len=prompt_len, batch=batch,
+        config=FlowConfig(dtype=dtype, threads=threads, device=torch_device, options=options or {}),
+        sparse=sparse, per_layer=per_layer, measure=measure_cfg or MeasureConfig(),
+    )

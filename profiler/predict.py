@@ -1,0 +1,158 @@
+"""Latency of every shape from a few measured ones.
+
+Model: ``t(depth, width) = fixed(width) + depth * per_layer(width)``. ``fixed`` is the cost of
+embedding, final norm, LM head and per-step overhead; ``per_layer`` the cost of one decoder
+layer. For each measured width, both come from a least-squares line through the measured
+depths (at least two distinct depths). Across widths, ``fixed`` and ``per_layer`` are
+interpolated linearly in the *parameter count of one scaled layer* (so the GQA head steps of
+the width policy are respected: two widths with the same heads and MLP get the same cost);
+outside the measured widths the nearest two are extrapolated and the estimate is flagged.
+
+Per-layer composition (``--per-layer``) uses the same line: whole models of depth 1, 2 and 4
+are timed and ``t(d) = t0 + d * slope`` composes deeper ones.
+
+The predictor reports its own error: :meth:`LatencyPredictor.holdout_errors` on measured rows
+it was not fitted on, and :meth:`LatencyPredictor.self_check` by leaving out one depth at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from amoeba_core.errors import AmoebaError
+from amoeba_core.shape import ModelGeometry, normalize_width
+
+log = logging.getLogger(__name__)
+
+
+def fit_line(depths: Iterable[int], ms: Iterable[float]) -> tuple[float, float]:
+    """Least-squares ``ms = t0 + depth * slope``; returns (t0, slope)."""
+    d = np.asarray(list(depths), dtype=float)
+    y = np.asarray(list(ms), dtype=float)
+    if len(set(d.tolist())) < 2:
+        raise AmoebaError("a depth line needs at least two distinct depths")
+    slope, t0 = np.polyfit(d, y, 1)
+    return float(t0), float(slope)
+
+
+@dataclass(frozen=True)
+class WidthFit:
+    width: float
+    fixed_ms: float
+    per_layer_ms: float
+    depths: tuple[int, ...]
+
+
+class LatencyPredictor:
+    """Fitted on rows of one (phase, variant, prompt_len, batch): columns depth, width, p50_ms."""
+
+    def __init__(self, fits: dict[float, WidthFit], geometry: ModelGeometry | None = None) -> None:
+        if not fits:
+            raise AmoebaError("no width has two measured depths: nothing to fit the predictor on")
+        self.fits = dict(sorted(fits.items()))
+        self.geometry = geometry
+        self._x = np.array([self._coord(w) for w in self.fits])
+        self._fixed = np.array([f.fixed_ms for f in self.fits.values()])
+        self._slope = np.array([f.per_layer_ms for f in self.fits.values()])
+
+    @classmethod
+    def fit(cls, rows: pd.DataFrame, geometry: ModelGeometry | None = None) -> LatencyPredictor:
+        fits: dict[float, WidthFit] = {}
+        for w, grp in rows.groupby(rows["width"].round(3)):
+            g = grp.groupby("depth")["p50_ms"].median()
+            if len(g) < 2:
+                log.debug("width %s has one depth only; not used by the predictor", w)
+                continue
+            t0, slope = fit_line(g.index.tolist(), g.values.tolist())
+            fits[float(w)] = WidthFit(float(w), t0, slope, tuple(int(x) for x in g.index))
+        return cls(fits, geometry)
+
+    def _coord(self, width: float) -> float:
+        if self.geometry is None:
+            return float(width)
+        return float(self.geometry.scaled_dims(1, width).layer_params())
+
+    def extrapolated(self, width: float) -> bool:
+        x = self._coord(normalize_width(width))
+        return bool(x < self._x.min() - 1e-9 or x > self._x.max() + 1e-9)
+
+    def coefficients(self, width: float) -> tuple[float, float]:
+        """(fixed_ms, per_layer_ms) at ``width``."""
+        w = normalize_width(width)
+        if w in self.fits:
+            f = self.fits[w]
+            return f.fixed_ms, f.per_layer_ms
+        x = self._coord(w)
+        if len(self._x) == 1:
+            return float(self._fixed[0]), float(self._slope[0])
+        order = np.argsort(self._x)
+        xs, fx, sl = self._x[order], self._fixed[order], self._slope[order]
+        # distinct coordinates only (two widths can share a physical size)
+        xs_u, idx = np.unique(xs, return_index=True)
+        fx, sl = fx[idx], sl[idx]
+        if len(xs_u) == 1:
+            return float(fx[0]), float(sl[0])
+        if xs_u[0] <= x <= xs_u[-1]:
+            return float(np.interp(x, xs_u, fx)), float(np.interp(x, xs_u, sl))
+        i, j = (0, 1) if x < xs_u[0] else (-2, -1)
+        t = (x - xs_u[i]) / (xs_u[j] - xs_u[i])
+        return float(fx[i] + t * (fx[j] - fx[i])), float(sl[i] + t * (sl[j] - sl[i]))
+
+    def predict(self, depth: int, width: float) -> float:
+        if depth < 1:
+            raise AmoebaError(f"depth must be >= 1, got {depth}")
+        fixed, slope = self.coefficients(width)
+        return fixed + depth * slope
+
+    def holdout_errors(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """Relative error (predicted / measured - 1) on each of ``rows``."""
+        out = rows[["depth", "width", "p50_ms"]].copy()
+        out["predicted_ms"] = [self.predict(int(d), float(w)) for d, w in zip(out["depth"], out["width"])]
+        out["rel_error"] = out["predicted_ms"] / out["p50_ms"] - 1.0
+        return out.reset_index(drop=True)
+
+    def self_check(self, rows: pd.DataFrame) -> dict[str, Any]:
+        """Leave-one-depth-out error on widths with >= 3 measured depths."""
+        errs: list[float] = []
+        for w, grp in rows.groupby(rows["width"].round(3)):
+            g = grp.groupby("depth")["p50_ms"].median()
+            if len(g) < 3:
+                continue
+            for d in g.index:
+                rest = g.drop(d)
+                t0, slope = fit_line(rest.index.tolist(), rest.values.tolist())
+                errs.append((t0 + d * slope) / g[d] - 1.0)
+        if not errs:
+            return {"n": 0}
+        a = np.abs(np.asarray(errs))
+        return {"n": len(errs), "median_abs_error": float(np.median(a)), "max_abs_error": float(a.max()),
+                "within_5pct": float((a <= 0.05).mean()), "within_10pct": float((a <= 0.10).mean())}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": "fixed(width) + depth * per_layer(width)",
+                "widths": {f"{w:.3f}": {"fixed_ms": f.fixed_ms, "per_layer_ms": f.per_layer_ms, "depths": list(f.depths)}
+                           for w, f in self.fits.items()}}
+
+
+def sparse_depths(depths: Iterable[int]) -> tuple[int, ...]:
+    """What a sparse plan measures per width: the shallowest, a middle and the deepest depth."""
+    ds = sorted(set(int(d) for d in depths))
+    if len(ds) <= 3:
+        return tuple(ds)
+    return (ds[0], ds[len(ds) // 2], ds[-1])
+
+
+PER_LAYER_DEPTHS = (1, 2, 4)
+
+
+def per_layer_depths(n_layers: int) -> tuple[int, ...]:
+    """Whole models of these depths are timed in per-layer mode (those that fit the geometry)."""
+    out = tuple(d for d in PER_LAYER_DEPTHS if d <= n_layers)
+    if len(out) < 2:
+        raise AmoebaError(f"per-layer mode needs a geometry with at least 2 layers, got {n_layers}")
+    return out
