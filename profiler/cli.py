@@ -22,20 +22,23 @@ def _console():  # noqa: ANN202 - rich Console
 
 def devices(root: Optional[Path] = _ROOT) -> None:
     """List known devices (spec, provenance) and their latency tables."""
-    from rich.table import Table
-
     from profiler.device import load_device
     from profiler.lookup import list_devices, list_tables
 
-    t = Table("device", "kind", "bandwidth GB/s", "peak TFLOP/s", "memory GB", "data", "tables")
+    console = _console()
     tables = list_tables(root)
-    for name in list_devices(root):
+    names = list_devices(root)
+    if not names:
+        console.print("no devices yet: `amoeba profile --device cpu-host ...` detects this machine")
+    for name in names:
         s = load_device(name, root)
         peaks = ", ".join(f"{k} {v / 1e12:.3g}" for k, v in s.peak_flops.items())
-        kind = "roofline-only (spec sheet)" if s.roofline_only else "measured"
-        tabs = ", ".join(f"{x.flow}/{x.model}" for x in tables if x.device == name) or "-"
-        t.add_row(name, s.kind, f"{s.memory_bandwidth_gbs:g}", peaks, f"{s.memory_gb or 0:g}", kind, tabs)
-    _console().print(t)
+        kind = "roofline-only (spec sheet, never measured)" if s.roofline_only else "measured here"
+        tabs = ", ".join(f"{x.flow}/{x.model}" for x in tables if x.device == name) or "none"
+        console.print(f"[bold]{name}[/bold] ({s.kind}, {kind}): {s.memory_bandwidth_gbs:g} GB/s, peak TFLOP/s {peaks}, "
+                      f"memory {s.memory_gb or 0:g} GB; tables: {tabs}", highlight=False)
+        if s.description:
+            console.print(f"    {s.description}", highlight=False)
 
 
 def _options(items: list[str]) -> dict:

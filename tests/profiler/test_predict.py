@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from amoeba_core.errors import AmoebaError
+from amoeba_core.shape import ModelGeometry
+from profiler.plan import make_plan, run_profile
+from profiler.predict import LatencyPredictor, fit_line, sparse_depths
+from profiler.table import LatencyTable
+from tests.profiler.conftest import FAST, SMALL
+
+
+def _synthetic(widths: dict[float, tuple[float, float]], depths: list[int]) -> pd.DataFrame:
+    """Exact linear latencies (stand-in numbers: this checks the arithmetic, not timing)."""
+    rows = [{"depth": d, "width": w, "p50_ms": f + d * s} for w, (f, s) in widths.items() for d in depths]
+    return pd.DataFrame(rows)
+
+
+def test_exact_lines_are_recovered_and_interpolated_in_layer_size() -> None:
+    g = ModelGeometry.preset("smollm2-135m")
+    rows = _synthetic({1.0: (5.0, 2.0), 0.625: (5.0, 1.0)}, [6, 30])
+    p = LatencyPredictor.fit(rows, g)
+    assert p.predict(18, 1.0) == pytest.approx(5 + 36)
+    # 0.75 sits between 0.625 and 1 in one-layer parameter count, not necessarily in width
+    x = [g.scaled_dims(1, w).layer_params() for w in (0.625, 0.75, 1.0)]
+    frac = (x[1] - x[0]) / (x[2] - x[0])
+    assert p.predict(10, 0.75) == pytest.approx(5 + 10 * (1 + frac))
+    assert not p.extrapolated(0.75) and p.extrapolated(0.5)
+    assert p.predict(10, 0.5) < p.predict(10, 0.625)  # extrapolated downwards, flagged above
+
+
+def test_holdout_and_self_check_report_errors() -> None:
+    rows = _synthetic({1.0: (3.0, 1.5)}, [2, 4, 6, 8])
+    p = LatencyPredictor.fit(rows[rows.depth.isin([2, 8])])
+    err = p.holdout_errors(rows[rows.depth.isin([4, 6])])
+    assert np.allclose(err.rel_error, 0.0)
+    bumped = rows.copy()
+    bumped.loc[bumped.depth == 6, "p50_ms"] *= 1.2
+    chk = LatencyPredictor.fit(bumped).self_check(bumped)
+    assert chk["n"] == 4 and chk["max_abs_error"] > 0.1 and chk["within_5pct"] < 1.0
+
+
+def test_needs_two_depths() -> None:
+    with pytest.raises(AmoebaError, match="two measured depths"):
+        LatencyPredictor.fit(_synthetic({1.0: (1.0, 1.0)}, [4]))
+    with pytest.raises(AmoebaError):
+        fit_line([3, 3], [1.0, 2.0])
+
+
+def test_sparse_plan_depths() -> None:
+    assert sparse_depths([6, 12, 18, 24, 30]) == (6, 18, 30)
+    assert sparse_depths([4, 8]) == (4, 8)
+
+
+def test_predictor_on_real_measurements(root: Path) -> None:
+    """Fit on depths 1 and 6 of real prefill timings, predict the held-out depths 2-5."""
+    import yaml
+
+    gpath = root / "small.json"
+    from amoeba_core.model import llama_config
+
+    gpath.parent.mkdir(exist_ok=True)
+    folder = root / "small-model"
+    folder.mkdir()
+    (folder / "config.json").write_text(__import__("json").dumps(llama_config(SMALL).to_dict()))
+    plan = make_plan("cpu-host", "pytorch", str(folder), (1, 2, 3, 4, 5, 6), (1.0,), ("prefill",), 64, "float32", 1,
+                     measure_cfg=FAST)
+    run_profile(plan, root)
+    df = LatencyTable("cpu-host", "pytorch", plan.model, root).df
+    assert len(df) == 6 and yaml.safe_dump(plan.geometry.to_dict())
+    p = LatencyPredictor.fit(df[df.depth.isin([1, 6])], plan.geometry)
+    fixed, per_layer = p.coefficients(1.0)
+    assert per_layer > 0
+    err = p.holdout_errors(df[df.depth.isin([2, 3, 4, 5])])
+    # real timings on a shared machine: generous, but a wrong model (e.g. no per-layer term) fails it
+    assert err.rel_error.abs().median() < 0.25, err
