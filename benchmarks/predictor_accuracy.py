@@ -126,7 +126,8 @@ def main() -> None:
         geometry = ModelGeometry(**table.header["geometry"]) if "geometry" in table.header else None
         measured = table.df[(table.df.source == "measured") & (table.df.batch == 1)]
         for (variant, phase, p), grp in measured.groupby(["variant", "phase", "prompt_len"]):
-            grid = grp[grp.depth > 2] if info.model == MODEL else grp  # depths 1, 2 are per-layer inputs
+            # the benchmark grid only: depths 1, 2, 4 are the per-layer mode's inputs
+            grid = grp[grp.depth.isin(depths)] if info.model == MODEL else grp
             ev = evaluate(grid, geometry)
             if ev is None:
                 continue

@@ -90,7 +90,7 @@ ProgressFn = Callable[[str, int, int], None]  # (description, done, total)
 
 def run_profile(plan: ProfilePlan, root: Path | str | None = None, progress: ProgressFn | None = None) -> ProfileResult:
     t_start = time.perf_counter()
-    spec = ensure_device(plan.device, root, threads=plan.config.threads or None)
+    spec = ensure_device(plan.device, root, threads=plan.config.threads or None, flow_device=plan.config.device)
     _check_measurable(spec, plan)
     flow = make_flow(plan.flow, plan.config)
     table = LatencyTable(plan.device, plan.flow, plan.model, root)
@@ -101,6 +101,7 @@ def run_profile(plan: ProfilePlan, root: Path | str | None = None, progress: Pro
         environment=env, variant=variant,
     )
     result = ProfileResult(table.path)
+    cpu_threads = plan.config.threads if plan.config.device == "cpu" and plan.config.threads > 0 else None
     points = plan.points()
     total = len(points)
     art = None
@@ -120,9 +121,9 @@ def run_profile(plan: ProfilePlan, root: Path | str | None = None, progress: Pro
                 art = flow.build(plan.geometry.scaled_dims(d, w))
                 built_for = (d, w)
             work = Workload(phase, plan.prompt_len, plan.batch)  # type: ignore[arg-type]
-            stats = measure(lambda: flow.run_once(art, work), plan.measure)
+            stats = measure(lambda: flow.run_once(art, work), plan.measure, cpu_threads)
             row = {**key, "p50_ms": stats.p50_ms, "p10_ms": stats.p10_ms, "p90_ms": stats.p90_ms, "n": stats.n,
-                   "samples_ms": list(stats.samples_ms), "created": now_utc()}
+                   "discarded": stats.discarded, "samples_ms": list(stats.samples_ms), "created": now_utc()}
             if table.append(row):
                 result.written += 1
                 result.rows.append(row)
@@ -159,8 +160,8 @@ def _compose(plan: ProfilePlan, table: LatencyTable, variant: str) -> int:
                 key = row_key(variant, d, w, phase, plan.batch, plan.prompt_len, "per-layer")
                 p10 = _compose_q(sub, "p10_ms", d)
                 p90 = _compose_q(sub, "p90_ms", d)
-                row = {**key, "p50_ms": t0 + d * slope, "p10_ms": p10, "p90_ms": p90,
-                       "n": int(sub["n"].sum()), "samples_ms": [], "created": now_utc()}
+                row = {**key, "p50_ms": t0 + d * slope, "p10_ms": p10, "p90_ms": p90, "n": int(sub["n"].sum()),
+                       "discarded": int(sub["discarded"].sum()), "samples_ms": [], "created": now_utc()}
                 written += int(table.append(row))
     return written
 

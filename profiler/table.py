@@ -37,9 +37,12 @@ KEY_COLUMNS = ["variant", "depth", "width", "phase", "batch", "prompt_len", "sou
 COLUMNS: dict[str, str] = {
     "device": "string", "flow": "string", "variant": "string", "model": "string",
     "depth": "int64", "width": "float64", "phase": "string", "batch": "int64", "prompt_len": "int64",
-    "p50_ms": "float64", "p10_ms": "float64", "p90_ms": "float64", "n": "int64",
+    "p50_ms": "float64", "p10_ms": "float64", "p90_ms": "float64", "n": "int64", "discarded": "int64",
     "samples_ms": "object", "source": "string", "created": "string",
 }
+
+
+OPTIONAL: dict[str, object] = {"discarded": 0}  # columns added later: default for older files
 
 
 def now_utc() -> str:
@@ -59,7 +62,9 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
     df = df.copy()
     for c, t in COLUMNS.items():
         if c not in df:
-            df[c] = pd.Series([None] * len(df), dtype=t if t != "object" else "object")
+            df[c] = pd.Series([OPTIONAL.get(c)] * len(df), dtype=t if t != "object" else "object")
+        if c in OPTIONAL:
+            df[c] = df[c].fillna(OPTIONAL[c])
         if t != "object":
             df[c] = df[c].astype(t)
     df["width"] = df["width"].round(3)
@@ -71,7 +76,7 @@ def read_parquet(path: Path) -> pd.DataFrame:
         df = pd.read_parquet(path)
     except Exception as e:  # noqa: BLE001 - pyarrow raises many types for a bad file
         raise AmoebaError(f"corrupt latency table {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    missing = set(COLUMNS) - set(df.columns)
+    missing = set(COLUMNS) - set(df.columns) - set(OPTIONAL)
     if missing:
         raise AmoebaError(f"corrupt latency table {path}: missing columns {sorted(missing)}")
     df["samples_ms"] = df["samples_ms"].map(lambda x: [float(v) for v in x] if x is not None else [])

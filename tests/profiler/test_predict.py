@@ -78,3 +78,29 @@ def test_predictor_on_real_measurements(root: Path) -> None:
     err = p.holdout_errors(df[df.depth.isin([2, 3, 4, 5])])
     # real timings on a shared machine: generous, but a wrong model (e.g. no per-layer term) fails it
     assert err.rel_error.abs().median() < 0.25, err
+
+
+def test_contention_filter_sets_aside_starved_samples() -> None:
+    """A run that gets no CPU (sleeping: util ~0) is contended; a spinning one is clean."""
+    import time
+
+    from profiler.measure import MeasureConfig, measure
+
+    def sleeper() -> float:
+        t0 = time.perf_counter()
+        time.sleep(0.002)
+        return time.perf_counter() - t0
+
+    cfg = MeasureConfig(warmup=0, min_repeats=3, max_repeats=5, max_seconds=1.0, rel_ci=0.5)
+    s = measure(sleeper, cfg, cpu_threads=1)
+    assert s.discarded == s.n >= 3  # too few clean samples: all kept, and counted as contended
+    assert measure(sleeper, cfg).discarded == 0  # filter off without a thread count
+
+    def spinner() -> float:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 0.003:
+            pass
+        return time.perf_counter() - t0
+
+    s = measure(spinner, cfg, cpu_threads=1)
+    assert s.n >= 3 and s.discarded <= s.n
