@@ -68,6 +68,8 @@ def profile(
     per_layer: bool = typer.Option(False, "--per-layer", help="Time depth 1/2/4 models and compose deeper ones."),
     quick: bool = typer.Option(False, "--quick", help="Few repeats (smoke runs, tests)."),
     max_seconds: Optional[float] = typer.Option(None, help="Cap of timed seconds per row."),
+    redo_contended: bool = typer.Option(False, "--redo-contended",
+                                        help="Re-time present rows whose samples were all contended."),
     flow_device: str = typer.Option("cpu", help="cpu | cuda (where the flow runs)."),
     option: list[str] = typer.Option([], "--option", "-o", help="Flow option KEY=VALUE (repeatable)."),
     root: Optional[Path] = _ROOT,
@@ -87,7 +89,7 @@ def profile(
     plan = make_plan(
         device, flow, model, parse_ints(depths) if depths else None, parse_widths(widths),
         tuple(p.strip() for p in phases.split(",") if p.strip()), prompt_len, dtype, threads, sparse, per_layer,
-        batch, cfg, flow_device, _options(option),
+        batch, cfg, flow_device, _options(option), redo_contended,
     )
     console = _console()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -100,6 +102,9 @@ def profile(
         res = run_profile(plan, root, progress)
     console.print(f"{res.written} rows measured, {res.skipped} already present, {res.composed} per-layer rows "
                   f"composed in {res.seconds:.1f} s -> {res.table}")
+    if res.contended:
+        console.print(f"[yellow]warning: {res.contended} rows were timed while other processes took the CPU "
+                      f"(column 'discarded' == 'n'); re-measure them on a quiet machine[/yellow]")
 
 
 def predict(

@@ -10,6 +10,7 @@ Per-layer mode needs nothing from the flow beyond ``build``/``run_once``, so it 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ class ProfilePlan:
     sparse: bool = False
     per_layer: bool = False
     measure: MeasureConfig = field(default_factory=MeasureConfig)
+    redo_contended: bool = False  # re-time present rows whose every sample was contended
 
     def __post_init__(self) -> None:
         n = self.geometry.n_layers
@@ -81,6 +83,7 @@ class ProfileResult:
     written: int = 0
     skipped: int = 0
     composed: int = 0
+    contended: int = 0  # rows where no uncontended sample could be had (see profiler.measure)
     seconds: float = 0.0
     rows: list[dict] = field(default_factory=list)
 
@@ -110,7 +113,9 @@ def run_profile(plan: ProfilePlan, root: Path | str | None = None, progress: Pro
         for i, (w, d, phase) in enumerate(points):
             key = row_key(variant, d, w, phase, plan.batch, plan.prompt_len, "measured")
             label = f"d{d}-w{w:.3f} {phase}"
-            if table.has(key):
+            old = table.get(key)
+            redo = old is not None and plan.redo_contended and int(old["discarded"]) >= int(old["n"])
+            if old is not None and not redo:
                 result.skipped += 1
                 if progress:
                     progress(f"{label} (present)", i + 1, total)
@@ -124,9 +129,15 @@ def run_profile(plan: ProfilePlan, root: Path | str | None = None, progress: Pro
             stats = measure(lambda: flow.run_once(art, work), plan.measure, cpu_threads)
             row = {**key, "p50_ms": stats.p50_ms, "p10_ms": stats.p10_ms, "p90_ms": stats.p90_ms, "n": stats.n,
                    "discarded": stats.discarded, "samples_ms": list(stats.samples_ms), "created": now_utc()}
-            if table.append(row):
+            if redo:
+                table.replace(row)
                 result.written += 1
                 result.rows.append(row)
+                result.contended += int(stats.discarded == stats.n)
+            elif table.append(row):
+                result.written += 1
+                result.rows.append(row)
+                result.contended += int(stats.discarded == stats.n)
             if progress:
                 progress(f"{label} {stats.p50_ms:.2f} ms", i + 1, total)
     finally:
@@ -162,7 +173,12 @@ def _compose(plan: ProfilePlan, table: LatencyTable, variant: str) -> int:
                 p90 = _compose_q(sub, "p90_ms", d)
                 row = {**key, "p50_ms": t0 + d * slope, "p10_ms": p10, "p90_ms": p90, "n": int(sub["n"].sum()),
                        "discarded": int(sub["discarded"].sum()), "samples_ms": [], "created": now_utc()}
-                written += int(table.append(row))
+                old = table.get(key)
+                if old is None:
+                    written += int(table.append(row))
+                elif not math.isclose(float(old["p50_ms"]), row["p50_ms"], rel_tol=1e-9):
+                    table.replace(row)  # its measured inputs were re-timed (--redo-contended)
+                    written += 1
     return written
 
 
@@ -174,7 +190,7 @@ def _compose_q(sub: pd.DataFrame, col: str, depth: int) -> float:
 def make_plan(device: str, flow: str, model: str, depths: tuple[int, ...] | None, widths: tuple[float, ...],
               phases: tuple[str, ...], prompt_len: int, dtype: str, threads: int, sparse: bool = False,
               per_layer: bool = False, batch: int = 1, measure_cfg: MeasureConfig | None = None,
-              torch_device: str = "cpu", options: dict | None = None) -> ProfilePlan:
+              torch_device: str = "cpu", options: dict | None = None, redo_contended: bool = False) -> ProfilePlan:
     """Validate everything a profile needs before anything is written."""
     geometry = ModelGeometry.resolve(model)
     flow_class(flow)  # unknown flow -> error listing the known ones
@@ -184,5 +200,5 @@ def make_plan(device: str, flow: str, model: str, depths: tuple[int, ...] | None
         device=device, flow=flow, model=name, geometry=geometry, depths=tuple(ds), widths=tuple(widths),
         phases=tuple(phases), prompt_len=prompt_len, batch=batch,
         config=FlowConfig(dtype=dtype, threads=threads, device=torch_device, options=options or {}),
-        sparse=sparse, per_layer=per_layer, measure=measure_cfg or MeasureConfig(),
+        sparse=sparse, per_layer=per_layer, measure=measure_cfg or MeasureConfig(), redo_contended=redo_contended,
     )

@@ -193,6 +193,22 @@ class LatencyTable:
             self.df = new
             return True
 
+    def replace(self, row: dict[str, Any]) -> None:
+        """Atomically put ``row`` in place of the row with the same key (or add it)."""
+        row = {**row, "device": self.device, "flow": self.flow, "model": self.model}
+        row.setdefault("created", now_utc())
+        with self._locked():
+            current = read_parquet(self.path) if self.path.exists() else _empty()
+            keep = current[~_match(current, row)] if len(current) else current
+            new = _normalise(pd.concat([keep, pd.DataFrame([row])], ignore_index=True)) if len(keep) else \
+                _normalise(pd.DataFrame([row]))
+            _atomic_write_bytes(self.path, lambda p: new.to_parquet(p, index=False))
+            self.df = new
+
+    def get(self, key: dict[str, Any]) -> pd.Series | None:
+        hit = self.df[_match(self.df, key)] if len(self.df) else self.df
+        return None if hit.empty else hit.iloc[0]
+
     def export_csv(self, path: Path | str) -> Path:
         out = Path(path)
         df = self.df.copy()
@@ -201,14 +217,16 @@ class LatencyTable:
         return out
 
 
-def _has(df: pd.DataFrame, key: dict[str, Any]) -> bool:
-    if df.empty:
-        return False
+def _match(df: pd.DataFrame, key: dict[str, Any]) -> pd.Series:
     m = pd.Series(True, index=df.index)
     for c in KEY_COLUMNS:
         v = key[c]
         m &= (df[c].round(3) == round(float(v), 3)) if c == "width" else (df[c] == v)
-    return bool(m.any())
+    return m
+
+
+def _has(df: pd.DataFrame, key: dict[str, Any]) -> bool:
+    return False if df.empty else bool(_match(df, key).any())
 
 
 def row_key(variant: str, depth: int, width: float, phase: str, batch: int, prompt_len: int,

@@ -93,3 +93,14 @@ def test_csv_export(tmp_path: Path) -> None:
     assert df.loc[0, "depth"] == 3 and df.loc[0, "width"] == 0.75 and df.loc[0, "p50_ms"] == 2.5
     assert json.loads(df.loc[0, "samples_ms"]) == [2.25, 2.5, 2.75]
     assert df.loc[0, "device"] == "dev" and df.loc[0, "source"] == "measured"
+
+
+def test_replace_swaps_one_row_atomically(tmp_path: Path) -> None:
+    t = LatencyTable("dev", "pytorch", "tiny", tmp_path)
+    t.append(_row(1, ms=5.0))
+    t.append(_row(2, ms=6.0))
+    t.replace({**_row(1, ms=1.5), "discarded": 0})
+    back = LatencyTable("dev", "pytorch", "tiny", tmp_path)
+    assert len(back.df) == 2 and back.get(row_key("float32", 1, 1.0, "decode", 1, 32))["p50_ms"] == 1.5
+    assert back.get(row_key("float32", 2, 1.0, "decode", 1, 32))["p50_ms"] == 6.0
+    assert back.get(row_key("float32", 3, 1.0, "decode", 1, 32)) is None
