@@ -1,0 +1,310 @@
+"""Stage 2: one-for-all fine-tuning of every subnet shape with SMoL adapters.
+
+Each optimizer step runs a *sandwich* of ``K`` shapes on the same batch: the largest shape,
+the smallest and ``K-2`` others drawn at random from the strategy's shapes. *In-place
+distillation*: the largest learns from the labels (cross-entropy); the others learn from the
+largest's detached logits (KL divergence), or from the labels when distillation is off.
+*Loss-magnitude balancing*: every other shape's loss is multiplied by the detached ratio
+``loss_largest / loss_shape``, so each subnet contributes a gradient of the largest's
+magnitude. Gradients accumulate over ``grad_accum`` micro-batches; AdamW with linear warm-up
+and cosine decay. Only adapter tensors train (the base model is frozen).
+
+Reproducibility: the batch, the shapes and the gate noise of step ``i`` depend only on
+``(seed, i)``, so a run resumed from a checkpoint continues exactly as an uninterrupted run.
+A checkpoint (adapters, optimizer, scheduler, RNG states, step) is written atomically every
+``checkpoint_every`` steps and at the end, next to ``adapters.pt`` and ``smol.json``.
+Training text is the ``train`` split of :func:`amoeba_core.data.text_splits`, which shares no
+document with Stage 1's ``calib``/``val``/``test`` splits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from amoeba_core.errors import AmoebaError
+from amoeba_core.shape import SubnetShape
+from amoeba_core.smol import (
+    SMoLConfig,
+    adapted_subnet,
+    adapter_state,
+    install_smol,
+    load_adapter_state,
+)
+from amoeba_core.strategy import Strategy
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM
+
+    from amoeba_core.model import LoadedModel
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT, ADAPTERS, META, LOG = "checkpoint.pt", "adapters.pt", "smol.json", "train_log.jsonl"
+
+
+@dataclass
+class FinetuneConfig:
+    steps: int = 100
+    k: int = 4
+    seq_len: int = 128
+    batch: int = 2
+    grad_accum: int = 1
+    lr: float = 2e-4
+    warmup: int = 5
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    rank: int = 8
+    experts: int = 4
+    top_k: int = 2
+    alpha: float = 16.0
+    smol: bool = True  # False: one shared LoRA (E=1, k=1)
+    distill: bool = True
+    balance: bool = True
+    min_depth: int | None = None  # restrict the sampled shape space
+    train_shapes: list[str] = field(default_factory=list)  # grid keys; non-empty: train only these
+    checkpoint_every: int = 10
+    seed: int = 0
+    data_seed: int = 0
+
+    def smol_config(self, n_layers: int, widths: tuple[float, ...]) -> SMoLConfig:
+        e, k = (self.experts, self.top_k) if self.smol else (1, 1)
+        return SMoLConfig(n_layers=n_layers, widths=widths, n_experts=e, rank=self.rank, top_k=k,
+                          alpha=self.alpha, init_seed=self.seed)
+
+
+@dataclass
+class StepReport:
+    step: int
+    losses: dict[str, float]
+    lr: float
+    seconds: float
+
+
+def shape_space(strategy: Strategy, cfg: FinetuneConfig) -> list[SubnetShape]:
+    """The shapes the sandwich samples from, largest first, smallest last."""
+    if cfg.train_shapes:
+        shapes = [strategy.resolve(s) for s in cfg.train_shapes]
+    else:
+        lo = cfg.min_depth or min(strategy.depths)
+        shapes = [s for s in strategy.shapes() if s.depth >= lo]
+    shapes = sorted(set(shapes), key=lambda s: (-s.depth, -s.width))
+    if not shapes:
+        raise AmoebaError("no shapes to fine-tune (check --min-depth against the strategy's depths)")
+    if cfg.k < 1 or cfg.k > len(shapes):
+        raise AmoebaError(f"K={cfg.k} shapes per step, but only {len(shapes)} shapes are available")
+    if len(shapes) > 1 and cfg.k < 2:
+        raise AmoebaError("K must be >= 2 to include the largest and the smallest shape")
+    return shapes
+
+
+def sandwich(shapes: list[SubnetShape], k: int, rng: random.Random) -> list[SubnetShape]:
+    """Largest, smallest and ``k-2`` distinct random others."""
+    if k == 1:
+        return [shapes[0]]
+    middle = rng.sample(shapes[1:-1], k - 2) if k > 2 else []
+    return [shapes[0], *middle, shapes[-1]]
+
+
+def train_windows(tokenizer: Any, seq_len: int, data_seed: int = 0) -> torch.Tensor:
+    from amoeba_core.data import text_splits, token_windows
+
+    return token_windows(tokenizer, text_splits(data_seed)["train"], seq_len)
+
+
+def _lm_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
+
+
+def _kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    s = torch.log_softmax(student[:, :-1].float(), -1)
+    t = torch.log_softmax(teacher[:, :-1].float(), -1)
+    return (t.exp() * (t - s)).sum(-1).mean()
+
+
+def _schedule(cfg: FinetuneConfig) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / (cfg.warmup + 1)
+        t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return f
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _meta(loaded: LoadedModel, strategy: Strategy, cfg: FinetuneConfig, scfg: SMoLConfig) -> dict[str, Any]:
+    return {
+        "model_source": loaded.source,
+        "model_fingerprint": loaded.fingerprint,
+        "strategy_fingerprint": strategy.model_fingerprint,
+        "strategy_width_id": strategy.width_id,
+        "finetune": asdict(cfg),
+        "smol": scfg.to_dict(),
+    }
+
+
+def finetune(
+    loaded: LoadedModel,
+    strategy: Strategy,
+    cfg: FinetuneConfig,
+    out: str | Path,
+    resume: bool = False,
+    on_step: Callable[[StepReport], None] | None = None,
+    stop_after: int | None = None,
+    time_budget_s: float | None = None,
+) -> LlamaForCausalLM:
+    """Fine-tune SMoL adapters on ``loaded.model`` (installed in place) and write them to ``out``.
+
+    ``resume`` continues from ``out/checkpoint.pt`` (an error if there is none); without it an
+    existing checkpoint in ``out`` is an error too, so no run is overwritten by accident.
+    ``stop_after`` / ``time_budget_s`` end the run early (after a checkpoint) -- used to
+    simulate a kill and to budget benchmarks by wall time. Returns the adapted model.
+    """
+    if strategy.model_fingerprint != loaded.fingerprint:
+        raise AmoebaError(
+            f"strategy is for model {strategy.model_fingerprint} ({strategy.model_source}), "
+            f"the loaded model is {loaded.fingerprint} ({loaded.source})"
+        )
+    out = Path(out)
+    ckpt_path = out / CHECKPOINT
+    if resume and not ckpt_path.is_file():
+        raise AmoebaError(f"cannot resume: no checkpoint at {ckpt_path}")
+    if not resume and ckpt_path.is_file():
+        raise AmoebaError(f"{out} already holds a checkpoint: pass --resume or choose another --out")
+    shapes = shape_space(strategy, cfg)
+    model = loaded.model
+    scfg = cfg.smol_config(len(model.model.layers), tuple(strategy.widths))
+    install_smol(model, scfg)
+    meta = _meta(loaded, strategy, cfg, scfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
+    start = 0
+    if resume:
+        ck = torch.load(ckpt_path, weights_only=False)
+        old = ck["meta"]
+        if old["smol"] != meta["smol"] or old["model_fingerprint"] != meta["model_fingerprint"]:
+            raise AmoebaError(f"checkpoint {ckpt_path} was made with another model or adapter layout")
+        load_adapter_state(model, ck["adapters"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        torch.set_rng_state(ck["rng"]["torch"])
+        random.setstate(ck["rng"]["python"])
+        start = ck["step"]
+        log.info("resumed from %s at step %d", ckpt_path, start)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / META).write_text(json.dumps(meta, indent=2))
+    windows = train_windows(loaded.tokenizer, cfg.seq_len, cfg.data_seed)
+    order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(cfg.seed))
+    model.train()
+    t_start = time.perf_counter()
+
+    def save(step: int) -> None:
+        _atomic_save({"step": step, "adapters": adapter_state(model), "optimizer": opt.state_dict(),
+                      "scheduler": sched.state_dict(), "meta": meta,
+                      "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}, ckpt_path)
+
+    step = start
+    try:
+        for step in range(start, cfg.steps):
+            t0 = time.perf_counter()
+            torch.manual_seed(cfg.seed * 1_000_003 + step)
+            rng = random.Random(cfg.seed * 1_000_003 + step)
+            picked = sandwich(shapes, cfg.k, rng)
+            sums: dict[str, float] = {}
+            for micro in range(cfg.grad_accum):
+                g = (step * cfg.grad_accum + micro) * cfg.batch
+                ids = windows[order[torch.arange(g, g + cfg.batch) % len(windows)]]
+                teacher, ref = None, None
+                for i, shape in enumerate(picked):
+                    with adapted_subnet(model, shape, strategy) as m:
+                        logits = m(input_ids=ids).logits
+                    if i == 0 or not cfg.distill or teacher is None:
+                        loss = _lm_loss(logits, ids)
+                    else:
+                        loss = _kl(logits, teacher)
+                    if i == 0:
+                        teacher, ref = logits.detach(), loss.detach()
+                    raw = float(loss.detach())
+                    if i > 0 and cfg.balance and ref is not None:
+                        loss = loss * (ref / loss.detach().clamp_min(1e-8))
+                    (loss / cfg.grad_accum).backward()
+                    key = ("largest" if i == 0 else "smallest" if i == len(picked) - 1 else shape.grid_key)
+                    sums[key] = sums.get(key, 0.0) + raw / cfg.grad_accum
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            rep = StepReport(step + 1, sums, sched.get_last_lr()[0], time.perf_counter() - t0)
+            with (out / LOG).open("a") as f:
+                f.write(json.dumps(asdict(rep)) + "\n")
+            if on_step:
+                on_step(rep)
+            done = step + 1
+            early = (stop_after is not None and done >= stop_after) or (
+                time_budget_s is not None and time.perf_counter() - t_start >= time_budget_s
+            )
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps or early:
+                save(done)
+            if early:
+                break
+    finally:
+        model.eval()
+    _atomic_save(adapter_state(model), out / ADAPTERS)
+    return model
+
+
+def steps_done(out: str | Path) -> int:
+    p = Path(out) / CHECKPOINT
+    return int(torch.load(p, weights_only=False)["step"]) if p.is_file() else 0
+
+
+def load_adapted(loaded: LoadedModel, strategy: Strategy | None, adapters_dir: str | Path) -> LlamaForCausalLM:
+    """Install the adapters of a ``finetune`` run on ``loaded.model`` (in place) and return it.
+
+    Run a shape with :func:`amoeba_core.smol.adapted_subnet`; export a shape with
+    :func:`amoeba_core.smol.merge_for_shape`.
+    """
+    d = Path(adapters_dir)
+    if not (d / META).is_file() or not (d / ADAPTERS).is_file():
+        raise AmoebaError(f"{d} is not a fine-tuning output (needs {META} and {ADAPTERS})")
+    meta = json.loads((d / META).read_text())
+    if meta["model_fingerprint"] != loaded.fingerprint:
+        raise AmoebaError(
+            f"adapters in {d} are for model {meta['model_fingerprint']} ({meta['model_source']}), "
+            f"the loaded model is {loaded.fingerprint}"
+        )
+    if strategy is not None and meta["strategy_width_id"] != strategy.width_id:
+        raise AmoebaError(f"adapters in {d} were trained with another strategy (width rankings differ)")
+    install_smol(loaded.model, SMoLConfig.from_dict(meta["smol"]))
+    load_adapter_state(loaded.model, torch.load(d / ADAPTERS, weights_only=True))
+    return loaded.model.eval()
+
+
+@torch.no_grad()
+def perplexity(model: LlamaForCausalLM, shape: SubnetShape, strategy: Strategy | None, windows: torch.Tensor, batch: int = 4) -> float:
+    """Token-weighted perplexity of ``shape`` on ``windows`` (adapters used if installed)."""
+    model.eval()
+    total, n = 0.0, 0
+    with adapted_subnet(model, shape, strategy) as m:
+        for i in range(0, len(windows), batch):
+            ids = windows[i : i + batch]
+            total += float(_lm_loss(m(input_ids=ids).logits, ids)) * ids[:, 1:].numel()
+            n += ids[:, 1:].numel()
+    return math.exp(total / n)
