@@ -1,0 +1,200 @@
+"""`amoeba search | query | plot | serve` (thin wrappers; heavy imports inside the functions)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from amoeba_core.errors import AmoebaError
+
+_RUN = typer.Option(Path("runs/default"), "--run", help="Run folder (accuracy.parquet, study.db, search.yaml).")
+_ROOT = typer.Option(None, "--root", help="Profiles folder (default: $AMOEBA_PROFILES or ./device_profiles).")
+_PHASE = typer.Option("decode", help="decode (ms/token), prefill (ms/prompt) or e2e (prefill + gen_len decodes).")
+
+
+def parse_budget(text: str) -> float:
+    """``40ms``, ``40 ms``, ``0.04s`` or ``40`` -> milliseconds."""
+    t = str(text).strip().lower().replace(" ", "")
+    scale = 1.0
+    if t.endswith("ms"):
+        t = t[:-2]
+    elif t.endswith("s"):
+        t, scale = t[:-1], 1000.0
+    try:
+        v = float(t) * scale
+    except ValueError:
+        raise AmoebaError(f"budget must be a time such as 40ms or 0.04s, got {text!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise AmoebaError(f"budget must be a positive time, got {text!r}")
+    return v
+
+
+def _widths(text: Optional[str]) -> Optional[tuple[float, ...]]:
+    if not text:
+        return None
+    from amoeba_core.shape import parse_widths
+    from search.space import fine_widths
+
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise AmoebaError(f"--widths LO:HI:STEP expected, got {text!r}")
+        try:
+            lo, hi, step = (float(eval_fraction(p)) for p in parts)
+        except ValueError:
+            raise AmoebaError(f"--widths LO:HI:STEP needs numbers, got {text!r}") from None
+        return fine_widths(lo, hi, step)
+    return parse_widths(text)
+
+
+def eval_fraction(text: str) -> float:
+    if "/" in text:
+        a, b = text.split("/", 1)
+        return float(a) / float(b)
+    return float(text)
+
+
+def search(
+    strategy: Path = typer.Option(..., help="Stage 1 strategy YAML (`amoeba select --out ...`)."),
+    device: str = typer.Option("cpu-host", help="Device with a latency table."),
+    flow: str = typer.Option("pytorch", help="Deployment flow of the latency table."),
+    method: str = typer.Option("hierarchical", help="hierarchical | nsga2 | tpe | random."),
+    trials: int = typer.Option(60, min=1, help="Trials (Optuna methods) / max evaluations (hierarchical)."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage: sqlite:///..., postgresql://..., journal:PATH."),
+    budget_ms: Optional[float] = typer.Option(None, "--budget-ms", help="Latency budget (hard constraint)."),
+    run: Path = _RUN,
+    model: Optional[str] = typer.Option(None, help="Latency-table model name (default: from the strategy)."),
+    source: Optional[str] = typer.Option(None, help="Model to evaluate (default: the strategy's source)."),
+    widths: Optional[str] = typer.Option(None, help="Width axis: '1,0.75' or LO:HI:STEP e.g. 0.5:1:1/32."),
+    phase: str = _PHASE,
+    prompt_len: Optional[int] = typer.Option(None, help="Prompt length of the latency rows (default: table's)."),
+    gen_len: int = typer.Option(128, help="Generated tokens for --phase e2e."),
+    seed: int = typer.Option(0, help="Sampler seed."),
+    split: str = typer.Option("val", help="Held-out text split for accuracy."),
+    seq_len: int = typer.Option(256, help="Evaluation window length (tokens)."),
+    max_windows: int = typer.Option(8, help="Evaluation windows per shape."),
+    study: Optional[str] = typer.Option(None, "--study", help="Study name (default: derived from the settings)."),
+    root: Optional[Path] = _ROOT,
+) -> None:
+    """Search the accuracy-latency front of a strategy on one device/flow; stores every evaluation."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from search.objectives import AccuracyObjective, AccuracyTable, LatencyObjective
+    from search.pareto import pareto_indices
+    from search.problem import SearchProblem
+    from search.query import write_meta
+    from search.space import SearchSpace
+    from search.store import open_storage, storage_url, study_name
+
+    if method not in ("hierarchical", "nsga2", "tpe", "random"):
+        raise AmoebaError(f"unknown method {method!r}; known: hierarchical, nsga2, tpe, random")
+    space = SearchSpace.from_strategy(strategy, model=model, widths=_widths(widths))
+    latency = LatencyObjective(device, flow, space.model, phase, prompt_len, gen_len, root)
+    table = AccuracyTable(run / "accuracy.parquet")
+    accuracy = AccuracyObjective.from_stage1(strategy, table, source, split, seq_len, max_windows)
+    space = dataclasses.replace(space, fingerprint=accuracy.fingerprint)
+    write_meta(run, space)
+    problem = SearchProblem(space, accuracy, latency, budget_ms)
+    store = open_storage(storage, run)
+    name = study or study_name(space.model, method, device, flow, phase, budget_ms)
+    if method == "hierarchical":
+        from search.hierarchical import run_hierarchical
+
+        run_hierarchical(problem, max_evaluations=trials, storage=store, study_name=name)
+    else:
+        from search.evolutionary import run_optuna
+
+        run_optuna(problem, method, trials, seed, store, name)
+    console = Console()
+    evs = problem.history
+    front = pareto_indices([e.latency_ms for e in evs], [e.accuracy for e in evs])
+    t = Table(title=f"front of {len(evs)} evaluated shapes ({space.size} in the space), {device}/{flow} {phase}")
+    for c in ("shape", "latency ms", "source", "top-1 acc", "ppl"):
+        t.add_column(c)
+    for i in front:
+        e = evs[i]
+        t.add_row(e.shape.grid_key, f"{e.latency_ms:.3f}", e.latency_source, f"{e.accuracy:.4f}",
+                  "" if e.ppl is None else f"{e.ppl:.2f}")
+    console.print(t)
+    console.print(f"new accuracy evaluations: {accuracy.n_evaluated}; study {name!r} in {storage_url(storage, run)}",
+                  highlight=False)
+    console.print(f"next: amoeba query --run {run} --device {device} --flow {flow} --budget <ms> --phase {phase}",
+                  highlight=False)
+
+
+def query(
+    device: str = typer.Option(..., help="Device name."),
+    flow: str = typer.Option(..., help="Deployment flow."),
+    budget: str = typer.Option(..., help="Latency budget, e.g. 40ms or 0.04s."),
+    phase: str = _PHASE,
+    run: Path = _RUN,
+    root: Optional[Path] = _ROOT,
+) -> None:
+    """Best evaluated shape within a latency budget (exact over the stored shapes)."""
+    from rich.console import Console
+
+    from search.query import QueryIndex
+
+    ans = QueryIndex(run, root).best(device, flow, parse_budget(budget), phase)
+    console = Console()
+    if not ans.feasible:
+        f = ans.fastest
+        console.print(f"infeasible: {ans.message}", highlight=False)
+        console.print(f"fastest: d{f.depth}-w{f.width:.3f} {f.latency_ms:.3f} ms ({f.latency_source}), "
+                      f"top-1 {f.accuracy:.4f}", highlight=False)
+        raise typer.Exit(1)
+    p = ans.shape
+    assert p is not None
+    console.print(f"shape      d{p.depth}-w{p.width:.3f}  ({p.key})", highlight=False)
+    console.print(f"latency    {p.latency_ms:.3f} ms per {'token' if phase == 'decode' else phase} "
+                  f"[{p.latency_source}] on {device}/{flow}", highlight=False)
+    pred = "n/a" if p.predicted_ms is None else f"{p.predicted_ms:.3f} ms"
+    meas = "not measured" if p.measured_ms is None else f"{p.measured_ms:.3f} ms"
+    console.print(f"predicted  {pred};  measured {meas}", highlight=False)
+    ppl = "" if p.ppl is None else f", perplexity {p.ppl:.2f}"
+    console.print(f"accuracy   top-1 {p.accuracy:.4f}{ppl}", highlight=False)
+    console.print(f"export     {ans.export_command}", highlight=False)
+
+
+def plot(
+    run: Path = _RUN,
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: the run folder)."),
+    phase: str = _PHASE,
+    budget: Optional[str] = typer.Option(None, help="Draw a budget line, e.g. 40ms."),
+    device: Optional[list[str]] = typer.Option(None, help="Only these devices (repeatable)."),
+    root: Optional[Path] = _ROOT,
+) -> None:
+    """One accuracy-latency PNG per device/flow: front, evaluated shapes, uniform-shrink baselines."""
+    from rich.console import Console
+
+    from search.plot import plot_fronts
+
+    paths = plot_fronts(run, out, phase, parse_budget(budget) if budget else None, device or None, root)
+    if not paths:
+        raise AmoebaError(f"no latency table matches the model of {run}; see `amoeba devices`")
+    for p in paths:
+        Console().print(str(p), highlight=False)
+
+
+def serve(
+    run: Path = _RUN,
+    host: str = typer.Option("127.0.0.1", help="Bind address (a non-loopback address needs --token)."),
+    port: int = typer.Option(8000, min=1, max=65535),
+    token: Optional[str] = typer.Option(None, envvar="AMOEBA_TOKEN", help="Bearer token required by every request."),
+    root: Optional[Path] = _ROOT,
+) -> None:
+    """Serve /devices, /fronts/{device}/{flow} and /query over HTTP (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from search.service import create_app, is_loopback
+
+    if not is_loopback(host) and not token:
+        raise AmoebaError(f"binding {host} exposes the service beyond this machine: set --token (or AMOEBA_TOKEN)")
+    uvicorn.run(create_app(run, root, token), host=host, port=port, log_level="warning")
+
+
+COMMANDS = {"search": search, "query": query, "plot": plot, "serve": serve}
