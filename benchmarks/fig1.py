@@ -63,8 +63,12 @@ def collect(model: str, phase: str, prompt_len: int, root: Path) -> tuple[list[d
             except AmoebaError:
                 continue
             models.append((f"{info.device} / {info.flow} [{variant}]", m))
-            rows = m.table.rows(phase=phase, variant=variant, prompt_len=prompt_len,  # type: ignore[union-attr]
-                                source=("measured", "per-layer"))
+            rows = m.table.rows(
+                phase=phase,
+                variant=variant,
+                prompt_len=prompt_len,  # type: ignore[union-attr]
+                source=("measured", "per-layer"),
+            )
             grid |= {(int(d), round(float(w), 3)) for d, w in zip(rows.depth, rows.width)}
     for dev in list_devices(root):
         spec = load_device(dev, root)
@@ -72,8 +76,11 @@ def collect(model: str, phase: str, prompt_len: int, root: Path) -> tuple[list[d
             m = LatencyModel.open(dev, "tensorrt_llm", model, phase, prompt_len, "float16", root)
             models.append((f"{dev} roofline [fp16] (spec sheet, not measured)", m))
     if "cpu-host" in list_devices(root):
-        m = LatencyModel.open("cpu-host", "pytorch", model, phase, prompt_len, "float32", root) \
-            if any(i.device == "cpu-host" and i.flow == "pytorch" and i.model == model for i in list_tables(root)) else None
+        m = (
+            LatencyModel.open("cpu-host", "pytorch", model, phase, prompt_len, "float32", root)
+            if any(i.device == "cpu-host" and i.flow == "pytorch" and i.model == model for i in list_tables(root))
+            else None
+        )
         if m is not None:
             models.append(("cpu-host roofline floor [fp32]", m))
     widths = sorted({w for _, w in grid} or {1.0, 0.875, 0.75, 0.625}, reverse=True)
@@ -83,7 +90,7 @@ def collect(model: str, phase: str, prompt_len: int, root: Path) -> tuple[list[d
         is_floor = "roofline" in label
         kind = "roofline" if is_floor else "flow"
 
-        def point(d: int, w: float) -> dict | None:
+        def point(d: int, w: float, m: LatencyModel = m, is_floor: bool = is_floor) -> dict | None:
             if is_floor:
                 ms = m.roofline_ms(d, w)
                 return None if ms is None else {"depth": d, "width": w, "ms": round(ms, 4), "source": "roofline"}
@@ -96,10 +103,20 @@ def collect(model: str, phase: str, prompt_len: int, root: Path) -> tuple[list[d
         vs_depth = [p for d in sorted(set(depths) | {n}) if (p := point(d, 1.0))]
         vs_width = [p for w in widths if (p := point(n, w))]
         on_grid = [p for d, w in sorted(grid) if (p := point(d, w))]
-        lines.append({"label": label, "device": m.device.name, "flow": m.flow, "variant": m.variant, "kind": kind,
-                      "roofline_only_device": m.device.roofline_only, "vs_depth": vs_depth, "vs_width": vs_width,
-                      "grid": on_grid, "params": {f"d{d}-w{w:.3f}": geometry.scaled_dims(d, w).n_params()
-                                                  for d, w in grid}})
+        lines.append(
+            {
+                "label": label,
+                "device": m.device.name,
+                "flow": m.flow,
+                "variant": m.variant,
+                "kind": kind,
+                "roofline_only_device": m.device.roofline_only,
+                "vs_depth": vs_depth,
+                "vs_width": vs_width,
+                "grid": on_grid,
+                "params": {f"d{d}-w{w:.3f}": geometry.scaled_dims(d, w).n_params() for d, w in grid},
+            }
+        )
     return lines, sorted(grid)
 
 
@@ -111,8 +128,14 @@ def analyse(lines: list[dict], geometry: ModelGeometry) -> dict:
         kb = {(p["depth"], p["width"]): p["ms"] for p in b["grid"]}
         keys = sorted(set(ka) & set(kb))
         if len(keys) >= 3:
-            pairs.append({"a": a["label"], "b": b["label"], "n_shapes": len(keys),
-                          "spearman": round(spearman([ka[k] for k in keys], [kb[k] for k in keys]), 3)})
+            pairs.append(
+                {
+                    "a": a["label"],
+                    "b": b["label"],
+                    "n_shapes": len(keys),
+                    "spearman": round(spearman([ka[k] for k in keys], [kb[k] for k in keys]), 3),
+                }
+            )
     optimal = {}
     for ln in usable:
         pts = ln["grid"]
@@ -125,11 +148,19 @@ def analyse(lines: list[dict], geometry: ModelGeometry) -> dict:
                 choices.append({"budget_fraction": frac, "budget_ms": round(budget, 3), "shape": None})
                 continue
             best = max(fits, key=lambda p: (geometry.scaled_dims(p["depth"], p["width"]).n_params(), -p["ms"]))
-            choices.append({"budget_fraction": frac, "budget_ms": round(budget, 3),
-                            "shape": f"d{best['depth']}-w{best['width']:.3f}", "ms": best["ms"],
-                            "source": best["source"]})
+            choices.append(
+                {
+                    "budget_fraction": frac,
+                    "budget_ms": round(budget, 3),
+                    "shape": f"d{best['depth']}-w{best['width']:.3f}",
+                    "ms": best["ms"],
+                    "source": best["source"],
+                }
+            )
         optimal[ln["label"]] = choices
-    differ = {str(f): len({c[i]["shape"] for c in optimal.values()}) > 1 for i, f in enumerate(BUDGETS)} if optimal else {}
+    differ = (
+        {str(f): len({c[i]["shape"] for c in optimal.values()}) > 1 for i, f in enumerate(BUDGETS)} if optimal else {}
+    )
     return {"spearman": pairs, "optimal_shape": optimal, "optimal_differs_across_lines": differ}
 
 
@@ -161,8 +192,11 @@ def draw(lines: list[dict], model: str, phase: str, prompt_len: int, path: Path)
         ax.grid(True, which="both", alpha=0.3)
     ax2.invert_xaxis()
     ax1.legend(fontsize=7, loc="best")
-    fig.suptitle(f"{model}: {phase} latency vs depth and width (solid: measured; dash-dot: predicted; "
-                 f"dashed: roofline floor, not measured)", fontsize=10)
+    fig.suptitle(
+        f"{model}: {phase} latency vs depth and width (solid: measured; dash-dot: predicted; "
+        f"dashed: roofline floor, not measured)",
+        fontsize=10,
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -194,8 +228,19 @@ def main() -> None:
         depths = (n // 5, n // 2, n) if args.quick else tuple(sorted({max(1, n * k // 5) for k in range(1, 6)}))
         widths = (1.0, 0.75) if args.quick else (1.0, 0.875, 0.75, 0.625)
         per_layer = geometry.n_params() > 2e9
-        plan = make_plan("cpu-host", "pytorch", args.model, depths, widths, (args.phase,), args.prompt_len, "float32",
-                         args.threads, per_layer=per_layer, measure_cfg=QUICK if args.quick else MeasureConfig())
+        plan = make_plan(
+            "cpu-host",
+            "pytorch",
+            args.model,
+            depths,
+            widths,
+            (args.phase,),
+            args.prompt_len,
+            "float32",
+            args.threads,
+            per_layer=per_layer,
+            measure_cfg=QUICK if args.quick else MeasureConfig(),
+        )
         r = run_profile(plan, root)
         print(f"pytorch: {r.written} rows measured, {r.skipped} reused, {r.composed} composed ({r.seconds:.0f} s)")
     lines, grid = collect(args.model, args.phase, args.prompt_len, root)
@@ -210,9 +255,17 @@ def main() -> None:
     for label, ch in stats["optimal_shape"].items():
         print(f"  {label}: " + ", ".join(f"{c['budget_fraction']:.0%} -> {c['shape']}" for c in ch))
     print(f"differs across lines: {stats['optimal_differs_across_lines']}")
-    out = {"quick": args.quick, "root": str(root), "model": args.model, "phase": args.phase,
-           "prompt_len": args.prompt_len, "grid": [f"d{d}-w{w:.3f}" for d, w in grid], "lines": lines, **stats,
-           "png": str(args.png)}
+    out = {
+        "quick": args.quick,
+        "root": str(root),
+        "model": args.model,
+        "phase": args.phase,
+        "prompt_len": args.prompt_len,
+        "grid": [f"d{d}-w{w:.3f}" for d, w in grid],
+        "lines": lines,
+        **stats,
+        "png": str(args.png),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
     print(f"\n-> {args.png}\n-> {args.out}")

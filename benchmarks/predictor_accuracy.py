@@ -53,12 +53,17 @@ def evaluate(rows: pd.DataFrame, geometry: object) -> dict | None:
     a = err["rel_error"].abs()
     noise = rows["p90_ms"] / rows["p10_ms"]
     return {
-        "fit_depths": list(fit_d), "n_fit": len(fit), "n_heldout": len(held),
+        "fit_depths": list(fit_d),
+        "n_fit": len(fit),
+        "n_heldout": len(held),
         "fraction_measured": round(len(fit) / len(rows), 3),
-        "within_5pct": round(float((a <= 0.05).mean()), 3), "within_10pct": round(float((a <= 0.10).mean()), 3),
-        "median_abs_error": round(float(a.median()), 4), "max_abs_error": round(float(a.max()), 4),
+        "within_5pct": round(float((a <= 0.05).mean()), 3),
+        "within_10pct": round(float((a <= 0.10).mean()), 3),
+        "median_abs_error": round(float(a.median()), 4),
+        "max_abs_error": round(float(a.max()), 4),
         "noise_p90_over_p10_median": round(float(noise.median()), 3),
         "noise_p90_over_p10_max": round(float(noise.max()), 3),
+        "contended_rows": int((rows["discarded"] >= rows["n"]).sum()),
         "worst": err.loc[a.idxmax(), ["depth", "width", "p50_ms", "predicted_ms"]].to_dict(),
     }
 
@@ -74,11 +79,18 @@ def composition_error(table: LatencyTable) -> list[dict]:
         if not both:
             continue
         rel = np.array([c[k] / m[k] - 1 for k in both])
-        out.append({"variant": variant, "phase": phase, "prompt_len": int(p), "n": len(both),
-                    "within_5pct": round(float((np.abs(rel) <= 0.05).mean()), 3),
-                    "within_10pct": round(float((np.abs(rel) <= 0.10).mean()), 3),
-                    "median_abs_error": round(float(np.median(np.abs(rel))), 4),
-                    "max_abs_error": round(float(np.abs(rel).max()), 4)})
+        out.append(
+            {
+                "variant": variant,
+                "phase": phase,
+                "prompt_len": int(p),
+                "n": len(both),
+                "within_5pct": round(float((np.abs(rel) <= 0.05).mean()), 3),
+                "within_10pct": round(float((np.abs(rel) <= 0.10).mean()), 3),
+                "median_abs_error": round(float(np.median(np.abs(rel))), 4),
+                "max_abs_error": round(float(np.abs(rel).max()), 4),
+            }
+        )
     return out
 
 
@@ -86,7 +98,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small grid, few repeats, temporary root")
     ap.add_argument("--flows", default="pytorch", help="flows to time here (others: evaluated from their tables)")
-    ap.add_argument("--root", type=Path, default=None, help="profiles root (default $AMOEBA_PROFILES or ./device_profiles)")
+    ap.add_argument(
+        "--root", type=Path, default=None, help="profiles root (default $AMOEBA_PROFILES or ./device_profiles)"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "predictor_accuracy.json")
@@ -107,12 +121,33 @@ def main() -> None:
     mcfg = QUICK if args.quick else MeasureConfig()
     t0 = time.perf_counter()
     for flow in [f.strip() for f in args.flows.split(",") if f.strip()]:
-        plan = make_plan("cpu-host", flow, MODEL, depths, widths, ("prefill", "decode"), args.prompt_len, "float32",
-                         args.threads, measure_cfg=mcfg)
+        plan = make_plan(
+            "cpu-host",
+            flow,
+            MODEL,
+            depths,
+            widths,
+            ("prefill", "decode"),
+            args.prompt_len,
+            "float32",
+            args.threads,
+            measure_cfg=mcfg,
+        )
         r = run_profile(plan, root)
         print(f"{flow}: grid {r.written} rows measured, {r.skipped} reused ({r.seconds:.0f} s)")
-        pl = make_plan("cpu-host", flow, MODEL, depths, widths, ("prefill", "decode"), args.prompt_len, "float32",
-                       args.threads, per_layer=True, measure_cfg=mcfg)
+        pl = make_plan(
+            "cpu-host",
+            flow,
+            MODEL,
+            depths,
+            widths,
+            ("prefill", "decode"),
+            args.prompt_len,
+            "float32",
+            args.threads,
+            per_layer=True,
+            measure_cfg=mcfg,
+        )
         r = run_profile(pl, root)
         print(f"{flow}: per-layer {r.written} rows measured, {r.composed} composed ({r.seconds:.0f} s)")
 
@@ -131,8 +166,17 @@ def main() -> None:
             ev = evaluate(grid, geometry)
             if ev is None:
                 continue
-            results.append({"device": info.device, "flow": info.flow, "model": info.model, "variant": variant,
-                            "phase": phase, "prompt_len": int(p), **ev})
+            results.append(
+                {
+                    "device": info.device,
+                    "flow": info.flow,
+                    "model": info.model,
+                    "variant": variant,
+                    "phase": phase,
+                    "prompt_len": int(p),
+                    **ev,
+                }
+            )
         comp = composition_error(table)
         for c in comp:
             c.update(device=info.device, flow=info.flow, model=info.model)
@@ -141,23 +185,39 @@ def main() -> None:
             results.append({"kind": "per-layer composition vs whole model", **c})
 
     print()
-    print(f"{'flow':12} {'variant':9} {'phase':8} {'measured':>8} {'±5%':>6} {'±10%':>6} {'med err':>8} "
-          f"{'max err':>8} {'noise p90/p10':>13}")
+    print(
+        f"{'flow':12} {'variant':9} {'phase':8} {'measured':>8} {'±5%':>6} {'±10%':>6} {'med err':>8} "
+        f"{'max err':>8} {'noise p90/p10':>13} {'contended':>9}"
+    )
     for r in results:
         if "kind" in r:
             continue
-        print(f"{r['flow']:12} {r['variant']:9} {r['phase']:8} {100 * r['fraction_measured']:7.0f}% "
-              f"{100 * r['within_5pct']:5.0f}% {100 * r['within_10pct']:5.0f}% {100 * r['median_abs_error']:7.1f}% "
-              f"{100 * r['max_abs_error']:7.1f}% {r['noise_p90_over_p10_median']:13.3f}")
+        print(
+            f"{r['flow']:12} {r['variant']:9} {r['phase']:8} {100 * r['fraction_measured']:7.0f}% "
+            f"{100 * r['within_5pct']:5.0f}% {100 * r['within_10pct']:5.0f}% {100 * r['median_abs_error']:7.1f}% "
+            f"{100 * r['max_abs_error']:7.1f}% {r['noise_p90_over_p10_median']:13.3f} "
+            f"{r['contended_rows']:4d}/{r['n_fit'] + r['n_heldout']}"
+        )
     print("\nper-layer composition (depth 1/2/4 whole models -> deeper) vs whole-model measurement:")
     for r in results:
         if "kind" in r:
-            print(f"{r['flow']:12} {r['variant']:9} {r['phase']:8} n={r['n']:3d}  ±5%: {100 * r['within_5pct']:.0f}%  "
-                  f"±10%: {100 * r['within_10pct']:.0f}%  median {100 * r['median_abs_error']:.1f}%  "
-                  f"max {100 * r['max_abs_error']:.1f}%")
-    out = {"quick": args.quick, "root": str(root), "model": MODEL, "depths": list(depths), "widths": list(widths),
-           "prompt_len": args.prompt_len, "threads": args.threads, "seconds": round(time.perf_counter() - t0, 1),
-           "target": "≥95% of held-out shapes within ±5% with ≤30% of the grid measured", "results": results}
+            print(
+                f"{r['flow']:12} {r['variant']:9} {r['phase']:8} n={r['n']:3d}  ±5%: {100 * r['within_5pct']:.0f}%  "
+                f"±10%: {100 * r['within_10pct']:.0f}%  median {100 * r['median_abs_error']:.1f}%  "
+                f"max {100 * r['max_abs_error']:.1f}%"
+            )
+    out = {
+        "quick": args.quick,
+        "root": str(root),
+        "model": MODEL,
+        "depths": list(depths),
+        "widths": list(widths),
+        "prompt_len": args.prompt_len,
+        "threads": args.threads,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "target": "≥95% of held-out shapes within ±5% with ≤30% of the grid measured",
+        "results": results,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2, default=float))
     print(f"\n-> {args.out}")

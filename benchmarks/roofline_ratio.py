@@ -58,11 +58,24 @@ def main() -> None:
     for flow in [f.strip() for f in args.flows.split(",") if f.strip()]:
         for model, per_layer in (("smollm2-135m", False), ("llama2-7b", True)):
             n = ModelGeometry.preset(model).n_layers
-            plan = make_plan("cpu-host", flow, model, (n,), widths, ("decode",), args.prompt_len, "float32",
-                             args.threads, per_layer=per_layer, measure_cfg=mcfg)
+            plan = make_plan(
+                "cpu-host",
+                flow,
+                model,
+                (n,),
+                widths,
+                ("decode",),
+                args.prompt_len,
+                "float32",
+                args.threads,
+                per_layer=per_layer,
+                measure_cfg=mcfg,
+            )
             r = run_profile(plan, root)
-            print(f"{flow}/{model}: {r.written} rows measured, {r.skipped} reused, {r.composed} composed "
-                  f"({r.seconds:.0f} s)")
+            print(
+                f"{flow}/{model}: {r.written} rows measured, {r.skipped} reused, {r.composed} composed "
+                f"({r.seconds:.0f} s)"
+            )
 
     results = []
     for info in list_tables(root):
@@ -80,28 +93,63 @@ def main() -> None:
             except AmoebaError:
                 continue
             depth = m.geometry.n_layers
-            for w in sorted({round(float(x), 3) for x in m.table.rows(phase="decode", variant=variant)["width"]},
-                            reverse=True):
+            for w in sorted(
+                {round(float(x), 3) for x in m.table.rows(phase="decode", variant=variant)["width"]}, reverse=True
+            ):
                 est = m.estimate(depth, w)
                 if est.source not in ("measured", "per-layer") or est.roofline_ms is None:
                     continue
-                rl = roofline(m.geometry.scaled_dims(depth, w), m.device, "decode", m.prompt_len,
-                              dtype_bytes(variant), peak_dtype_for(variant))
-                results.append({"flow": info.flow, "model": info.model, "variant": variant, "depth": depth,
-                                "width": w, "source": est.source, "measured_ms": round(est.ms, 3),
-                                "roofline_ms": round(rl.floor_ms, 3), "bound": rl.bound,
-                                "ratio": round(est.ms / rl.floor_ms, 2)})
+                rl = roofline(
+                    m.geometry.scaled_dims(depth, w),
+                    m.device,
+                    "decode",
+                    m.prompt_len,
+                    dtype_bytes(variant),
+                    peak_dtype_for(variant),
+                )
+                rows = m.table.rows(phase="decode", variant=variant, prompt_len=m.prompt_len, source="measured")
+                rows = rows[rows["width"].round(3) == w]
+                contended = int((rows["discarded"] >= rows["n"]).sum())
+                results.append(
+                    {
+                        "flow": info.flow,
+                        "model": info.model,
+                        "variant": variant,
+                        "depth": depth,
+                        "contended_input_rows": contended,
+                        "width": w,
+                        "source": est.source,
+                        "measured_ms": round(est.ms, 3),
+                        "roofline_ms": round(rl.floor_ms, 3),
+                        "bound": rl.bound,
+                        "ratio": round(est.ms / rl.floor_ms, 2),
+                    }
+                )
     dev = probe.device if results else None
-    print(f"\ncpu-host floor: {dev.memory_bandwidth_gbs if dev else '?'} GB/s measured copy bandwidth, "
-          f"prompt_len {args.prompt_len}, decode at full depth")
-    print(f"{'flow':12} {'model':13} {'variant':8} {'shape':11} {'source':9} {'measured':>9} {'floor':>8} "
-          f"{'ratio':>6} bound")
+    print(
+        f"\ncpu-host floor: {dev.memory_bandwidth_gbs if dev else '?'} GB/s measured copy bandwidth, "
+        f"prompt_len {args.prompt_len}, decode at full depth"
+    )
+    print(
+        f"{'flow':12} {'model':13} {'variant':8} {'shape':11} {'source':9} {'measured':>9} {'floor':>8} "
+        f"{'ratio':>6} bound   contended inputs"
+    )
     for r in results:
-        print(f"{r['flow']:12} {r['model']:13} {r['variant']:8} d{r['depth']}-w{r['width']:.3f} {r['source']:9} "
-              f"{r['measured_ms']:8.2f}  {r['roofline_ms']:7.2f} {r['ratio']:5.2f}x {r['bound']}")
-    out = {"quick": args.quick, "root": str(root), "prompt_len": args.prompt_len, "threads": args.threads,
-           "device": dev.to_dict() if dev else None, "seconds": round(time.perf_counter() - t0, 1),
-           "goal": "best flow within 1.5x of the floor", "results": results}
+        print(
+            f"{r['flow']:12} {r['model']:13} {r['variant']:8} d{r['depth']}-w{r['width']:.3f} {r['source']:9} "
+            f"{r['measured_ms']:8.2f}  {r['roofline_ms']:7.2f} {r['ratio']:5.2f}x {r['bound']:7} "
+            f"{r['contended_input_rows']}"
+        )
+    out = {
+        "quick": args.quick,
+        "root": str(root),
+        "prompt_len": args.prompt_len,
+        "threads": args.threads,
+        "device": dev.to_dict() if dev else None,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "goal": "best flow within 1.5x of the floor",
+        "results": results,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
     print(f"\n-> {args.out}")

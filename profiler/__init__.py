@@ -11,12 +11,23 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "latency_ms": "profiler.lookup", "LatencyModel": "profiler.lookup", "LatencyEstimate": "profiler.lookup",
-    "TableInfo": "profiler.lookup", "list_tables": "profiler.lookup", "list_devices": "profiler.lookup",
-    "LatencyTable": "profiler.table", "LatencyPredictor": "profiler.predict", "LatencyStats": "profiler.measure",
-    "measure": "profiler.measure", "DeviceSpec": "profiler.device", "load_device": "profiler.device",
-    "floor_ms": "profiler.roofline", "roofline": "profiler.roofline", "ProfilePlan": "profiler.plan",
-    "make_plan": "profiler.plan", "run_profile": "profiler.plan",
+    "latency_ms": "profiler.lookup",
+    "LatencyModel": "profiler.lookup",
+    "LatencyEstimate": "profiler.lookup",
+    "TableInfo": "profiler.lookup",
+    "list_tables": "profiler.lookup",
+    "list_devices": "profiler.lookup",
+    "LatencyTable": "profiler.table",
+    "LatencyPredictor": "profiler.predict",
+    "LatencyStats": "profiler.measure",
+    "measure": "profiler.measure",
+    "DeviceSpec": "profiler.device",
+    "load_device": "profiler.device",
+    "floor_ms": "profiler.roofline",
+    "roofline": "profiler.roofline",
+    "ProfilePlan": "profiler.plan",
+    "make_plan": "profiler.plan",
+    "run_profile": "profiler.plan",
 }
 __all__ = sorted(_EXPORTS)
 

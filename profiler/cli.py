@@ -35,8 +35,11 @@ def devices(root: Optional[Path] = _ROOT) -> None:
         peaks = ", ".join(f"{k} {v / 1e12:.3g}" for k, v in s.peak_flops.items())
         kind = "roofline-only (spec sheet, never measured)" if s.roofline_only else "measured here"
         tabs = ", ".join(f"{x.flow}/{x.model}" for x in tables if x.device == name) or "none"
-        console.print(f"[bold]{name}[/bold] ({s.kind}, {kind}): {s.memory_bandwidth_gbs:g} GB/s, peak TFLOP/s {peaks}, "
-                      f"memory {s.memory_gb or 0:g} GB; tables: {tabs}", highlight=False)
+        console.print(
+            f"[bold]{name}[/bold] ({s.kind}, {kind}): {s.memory_bandwidth_gbs:g} GB/s, peak TFLOP/s {peaks}, "
+            f"memory {s.memory_gb or 0:g} GB; tables: {tabs}",
+            highlight=False,
+        )
         if s.description:
             console.print(f"    {s.description}", highlight=False)
 
@@ -68,8 +71,9 @@ def profile(
     per_layer: bool = typer.Option(False, "--per-layer", help="Time depth 1/2/4 models and compose deeper ones."),
     quick: bool = typer.Option(False, "--quick", help="Few repeats (smoke runs, tests)."),
     max_seconds: Optional[float] = typer.Option(None, help="Cap of timed seconds per row."),
-    redo_contended: bool = typer.Option(False, "--redo-contended",
-                                        help="Re-time present rows whose samples were all contended."),
+    redo_contended: bool = typer.Option(
+        False, "--redo-contended", help="Re-time present rows whose samples were all contended."
+    ),
     flow_device: str = typer.Option("cpu", help="cpu | cuda (where the flow runs)."),
     option: list[str] = typer.Option([], "--option", "-o", help="Flow option KEY=VALUE (repeatable)."),
     root: Optional[Path] = _ROOT,
@@ -77,7 +81,14 @@ def profile(
     """Time a depth x width grid of a model on a device through a flow; write the LUT row by row."""
     import dataclasses
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from amoeba_core.shape import parse_ints, parse_widths
     from profiler.measure import QUICK, MeasureConfig
@@ -87,24 +98,49 @@ def profile(
     if max_seconds is not None:
         cfg = dataclasses.replace(cfg, max_seconds=max_seconds)
     plan = make_plan(
-        device, flow, model, parse_ints(depths) if depths else None, parse_widths(widths),
-        tuple(p.strip() for p in phases.split(",") if p.strip()), prompt_len, dtype, threads, sparse, per_layer,
-        batch, cfg, flow_device, _options(option), redo_contended,
+        device,
+        flow,
+        model,
+        parse_ints(depths) if depths else None,
+        parse_widths(widths),
+        tuple(p.strip() for p in phases.split(",") if p.strip()),
+        prompt_len,
+        dtype,
+        threads,
+        sparse,
+        per_layer,
+        batch,
+        cfg,
+        flow_device,
+        _options(option),
+        redo_contended,
     )
     console = _console()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
         task = bar.add_task(f"{device}/{flow}/{plan.model}", total=len(plan.points()))
 
         def progress(desc: str, done: int, total: int) -> None:
             bar.update(task, completed=done, description=f"{device}/{flow}/{plan.model} {desc}")
 
         res = run_profile(plan, root, progress)
-    console.print(f"{res.written} rows measured, {res.skipped} already present, {res.composed} per-layer rows "
-                  f"composed in {res.seconds:.1f} s -> {res.table}")
+    console.print(
+        f"{res.written} rows measured, {res.skipped} already present, {res.composed} per-layer rows "
+        f"composed in {res.seconds:.1f} s -> {res.table}"
+    )
     if res.contended:
-        console.print(f"[yellow]warning: {res.contended} rows were timed while other processes took the CPU "
-                      f"(column 'discarded' == 'n'); re-measure them on a quiet machine[/yellow]")
+        console.print(
+            f"[yellow]warning: {res.contended} rows were timed while other processes took the CPU "
+            f"(column 'discarded' == 'n'); re-measure them on a quiet machine[/yellow]"
+        )
 
 
 def predict(
@@ -148,9 +184,11 @@ def predict(
         rows = m.table.rows(phase=phase, variant=m.variant, prompt_len=m.prompt_len, batch=1, source="measured")
         chk = m.predictor.self_check(rows)
         if chk.get("n"):
-            console.print(f"predictor leave-one-depth-out error on {chk['n']} measured shapes: median "
-                          f"{100 * chk['median_abs_error']:.1f}%, max {100 * chk['max_abs_error']:.1f}%, "
-                          f"within 5%: {100 * chk['within_5pct']:.0f}%")
+            console.print(
+                f"predictor leave-one-depth-out error on {chk['n']} measured shapes: median "
+                f"{100 * chk['median_abs_error']:.1f}%, max {100 * chk['max_abs_error']:.1f}%, "
+                f"within 5%: {100 * chk['within_5pct']:.0f}%"
+            )
         if m.predictor.extrapolated(ref.width):
             console.print("[yellow]width outside the measured widths: the prediction is extrapolated[/yellow]")
 
@@ -173,8 +211,17 @@ def table_show(
     for c in ("variant", "phase", "prompt_len", "shape", "p50 ms", "p10 ms", "p90 ms", "n", "source"):
         t.add_column(c)
     for _, x in df.head(limit).iterrows():
-        t.add_row(x.variant, x.phase, str(x.prompt_len), f"d{x.depth}-w{x.width:.3f}", f"{x.p50_ms:.3f}",
-                  f"{x.p10_ms:.3f}", f"{x.p90_ms:.3f}", str(x.n), x.source)
+        t.add_row(
+            x.variant,
+            x.phase,
+            str(x.prompt_len),
+            f"d{x.depth}-w{x.width:.3f}",
+            f"{x.p50_ms:.3f}",
+            f"{x.p10_ms:.3f}",
+            f"{x.p90_ms:.3f}",
+            str(x.n),
+            x.source,
+        )
     _console().print(t)
 
 

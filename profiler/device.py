@@ -89,8 +89,10 @@ def load_device(name: str, root: Path | str | None = None) -> DeviceSpec:
     path = profiles_root(root) / name / DEVICE_FILE
     if not path.is_file():
         known = list_devices(root)
-        raise AmoebaError(f"unknown device {name!r}; known: {', '.join(known) or '(none)'}"
-                          + ("" if name == HOST else f" (only {HOST} is detected automatically)"))
+        raise AmoebaError(
+            f"unknown device {name!r}; known: {', '.join(known) or '(none)'}"
+            + ("" if name == HOST else f" (only {HOST} is detected automatically)")
+        )
     try:
         data = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, OSError) as e:
@@ -172,8 +174,9 @@ def detect_host(threads: int | None = None) -> DeviceSpec:
         description=f"{cpu_model()}, {os.cpu_count()} logical cores",
         source={
             "memory_bandwidth_gbs": f"measured: torch copy_ of a 256 MiB float32 buffer, read+write bytes, best of 5, "
-                                    f"{threads} threads, torch {torch.__version__}",
-            "peak_flops": f"measured: torch.mm 2048x2048 per dtype, best of 3, {threads} threads (achievable, not datasheet)",
+            f"{threads} threads, torch {torch.__version__}",
+            "peak_flops": f"measured: torch.mm 2048x2048 per dtype, best of 3, {threads} threads "
+            "(achievable, not datasheet)",
             "memory_gb": "/proc/meminfo MemTotal",
         },
         created=now,
@@ -211,18 +214,26 @@ def detect_cuda(name: str) -> DeviceSpec:
         peaks[dt_] = float(f"{5 * 2 * 8192**3 / (time.perf_counter() - t0):.4g}")
     props = torch.cuda.get_device_properties(0)
     return DeviceSpec(
-        name=name, kind="gpu", memory_bandwidth_gbs=round(bw, 1), peak_flops=peaks,
-        memory_gb=round(props.total_memory / 1024**3, 1), roofline_only=False,
+        name=name,
+        kind="gpu",
+        memory_bandwidth_gbs=round(bw, 1),
+        peak_flops=peaks,
+        memory_gb=round(props.total_memory / 1024**3, 1),
+        roofline_only=False,
         description=f"{props.name}, {props.multi_processor_count} SMs",
-        source={"memory_bandwidth_gbs": "measured: torch copy_ of a 512 MiB float32 buffer on the GPU, read+write, best of 6",
-                "peak_flops": "measured: torch.mm 8192x8192 per dtype, mean of 5 (achievable, not datasheet)",
-                "torch": torch.__version__},
+        source={
+            "memory_bandwidth_gbs": "measured: torch copy_ of a 512 MiB float32 buffer on the GPU, read+write, "
+            "best of 6",
+            "peak_flops": "measured: torch.mm 8192x8192 per dtype, mean of 5 (achievable, not datasheet)",
+            "torch": torch.__version__,
+        },
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
 
 
-def ensure_device(name: str, root: Path | str | None = None, threads: int | None = None,
-                  flow_device: str = "cpu") -> DeviceSpec:
+def ensure_device(
+    name: str, root: Path | str | None = None, threads: int | None = None, flow_device: str = "cpu"
+) -> DeviceSpec:
     """Load ``name``; detect and save it on first use for ``cpu-host`` and for any name when the flow runs on cuda."""
     path = profiles_root(root) / name / DEVICE_FILE
     if not path.exists() and name == HOST:

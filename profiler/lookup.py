@@ -20,7 +20,8 @@ from typing import Literal
 
 from amoeba_core.errors import AmoebaError
 from amoeba_core.shape import ModelGeometry, normalize_width
-from profiler.device import DeviceSpec, list_devices as _list_devices, load_device, profiles_root
+from profiler.device import DeviceSpec, load_device, profiles_root
+from profiler.device import list_devices as _list_devices
 from profiler.predict import LatencyPredictor
 from profiler.roofline import dtype_bytes, peak_dtype_for, roofline
 from profiler.table import LatencyTable
@@ -66,15 +67,24 @@ def list_tables(root: Path | None = None) -> list[TableInfo]:
         flow = next((f for f in sorted(FLOWS, key=len, reverse=True) if stem.startswith(f + "-")), None)
         if flow is None:
             continue
-        out.append(TableInfo(path.parent.name, flow, stem[len(flow) + 1:], path))
+        out.append(TableInfo(path.parent.name, flow, stem[len(flow) + 1 :], path))
     return out
 
 
 class LatencyModel:
     """Cached estimates for one (device, flow, model, phase, prompt_len, variant)."""
 
-    def __init__(self, device: DeviceSpec, flow: str, model: str, geometry: ModelGeometry, phase: str,
-                 prompt_len: int, variant: str, table: LatencyTable | None) -> None:
+    def __init__(
+        self,
+        device: DeviceSpec,
+        flow: str,
+        model: str,
+        geometry: ModelGeometry,
+        phase: str,
+        prompt_len: int,
+        variant: str,
+        table: LatencyTable | None,
+    ) -> None:
         self.device, self.flow, self.model, self.geometry = device, flow, model, geometry
         self.phase, self.prompt_len, self.variant, self.table = phase, prompt_len, variant, table
         self._measured: dict[tuple[int, float], float] = {}
@@ -98,8 +108,16 @@ class LatencyModel:
         self._cache: dict[tuple[int, float], LatencyEstimate] = {}
 
     @classmethod
-    def open(cls, device: str, flow: str, model: str, phase: str = "decode", prompt_len: int | None = None,
-             variant: str | None = None, root: Path | None = None) -> LatencyModel:
+    def open(
+        cls,
+        device: str,
+        flow: str,
+        model: str,
+        phase: str = "decode",
+        prompt_len: int | None = None,
+        variant: str | None = None,
+        root: Path | None = None,
+    ) -> LatencyModel:
         from profiler.flows import FLOWS
 
         if phase not in ("prefill", "decode"):
@@ -110,12 +128,21 @@ class LatencyModel:
         tables = [t for t in list_tables(root) if t.device == device]
         if spec.roofline_only:
             geometry = ModelGeometry.resolve(model)
-            return cls(spec, flow, model, geometry, phase, prompt_len or DEFAULT_PROMPT_LEN,
-                       variant or ROOFLINE_DEFAULT_VARIANT, None)
+            return cls(
+                spec,
+                flow,
+                model,
+                geometry,
+                phase,
+                prompt_len or DEFAULT_PROMPT_LEN,
+                variant or ROOFLINE_DEFAULT_VARIANT,
+                None,
+            )
         if not any(t.flow == flow and t.model == model for t in tables):
             known = ", ".join(f"{t.flow}/{t.model}" for t in tables) or "(none)"
-            raise AmoebaError(f"no latency table for device {device!r}, flow {flow!r}, model {model!r}; "
-                              f"known on {device}: {known}")
+            raise AmoebaError(
+                f"no latency table for device {device!r}, flow {flow!r}, model {model!r}; known on {device}: {known}"
+            )
         table = LatencyTable(device, flow, model, root)
         geometry = _header_geometry(table, model)
         variants = [v for v in table.header.get("variants", []) if v in table.variants] or table.variants
@@ -141,7 +168,9 @@ class LatencyModel:
         if self._wbytes is None:
             return None
         g = self.geometry.scaled_dims(depth, width)
-        return roofline(g, self.device, self.phase, self.prompt_len, self._wbytes, peak_dtype_for(self.variant)).floor_ms
+        return roofline(
+            g, self.device, self.phase, self.prompt_len, self._wbytes, peak_dtype_for(self.variant)
+        ).floor_ms
 
     def estimate(self, depth: int, width: float) -> LatencyEstimate:
         w = normalize_width(width)
@@ -164,8 +193,10 @@ class LatencyModel:
         elif self.device.roofline_only and floor is not None:
             est = LatencyEstimate(floor, "roofline", None, None, floor)
         else:
-            raise AmoebaError(f"no measurement or predictor for d{depth}-w{w:.3f} on {self.device.name}/{self.flow}/"
-                              f"{self.model} ({self.phase}, prompt_len {self.prompt_len})")
+            raise AmoebaError(
+                f"no measurement or predictor for d{depth}-w{w:.3f} on {self.device.name}/{self.flow}/"
+                f"{self.model} ({self.phase}, prompt_len {self.prompt_len})"
+            )
         self._cache[key] = est
         return est
 
@@ -181,13 +212,23 @@ def _header_geometry(table: LatencyTable, model: str) -> ModelGeometry:
 
 
 @lru_cache(maxsize=64)
-def _cached_model(device: str, flow: str, model: str, phase: str, prompt_len: int | None, variant: str | None,
-                  root: str, stamp: float) -> LatencyModel:
+def _cached_model(
+    device: str, flow: str, model: str, phase: str, prompt_len: int | None, variant: str | None, root: str, stamp: float
+) -> LatencyModel:
     return LatencyModel.open(device, flow, model, phase, prompt_len, variant, Path(root))
 
 
-def latency_ms(device: str, flow: str, model: str, depth: int, width: float, phase: str = "decode",
-               prompt_len: int | None = None, variant: str | None = None, root: Path | None = None) -> LatencyEstimate:
+def latency_ms(
+    device: str,
+    flow: str,
+    model: str,
+    depth: int,
+    width: float,
+    phase: str = "decode",
+    prompt_len: int | None = None,
+    variant: str | None = None,
+    root: Path | None = None,
+) -> LatencyEstimate:
     """Latency of one step of shape (depth, width); see the module docstring for the order of sources."""
     base = profiles_root(root)
     known = _list_devices(base)

@@ -108,7 +108,9 @@ class MeasureConfig:
 QUICK = MeasureConfig(warmup=1, min_repeats=3, max_repeats=8, max_seconds=0.5, rel_ci=0.05)
 
 
-def measure(fn: Callable[[], float], config: MeasureConfig | None = None, cpu_threads: int | None = None) -> LatencyStats:
+def measure(
+    fn: Callable[[], float], config: MeasureConfig | None = None, cpu_threads: int | None = None
+) -> LatencyStats:
     """Time ``fn`` (which returns the seconds of one synchronised run) by the protocol above.
 
     ``cpu_threads``: the thread count of a CPU flow, to enable the contention filter.
@@ -139,8 +141,9 @@ def measure(fn: Callable[[], float], config: MeasureConfig | None = None, cpu_th
     else:
         log.warning("only %d uncontended samples; keeping all %d", len(clean), len(clean) + len(contended))
         stats = LatencyStats.from_samples(clean + contended, len(contended))
-    log.debug("measured n=%d p50=%.3f ms ci=%.3f discarded=%d", stats.n, stats.p50_ms, stats.median_rel_ci,
-              stats.discarded)
+    log.debug(
+        "measured n=%d p50=%.3f ms ci=%.3f discarded=%d", stats.n, stats.p50_ms, stats.median_rel_ci, stats.discarded
+    )
     return stats
 
 
@@ -166,7 +169,9 @@ def _version(pkg: str) -> str | None:
         return None
 
 
-def environment(threads: int | None = None, dtype: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def environment(
+    threads: int | None = None, dtype: str | None = None, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """What affects timing and can be read without privileges."""
     env: dict[str, Any] = {
         "cpu_model": cpu_model(),
@@ -176,8 +181,11 @@ def environment(threads: int | None = None, dtype: str | None = None, extra: dic
         "dtype": dtype,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "versions": {p: v for p in ("torch", "transformers", "numpy", "llama_cpp_python", "onnxruntime", "apache-tvm")
-                     if (v := _version(p))},
+        "versions": {
+            p: v
+            for p in ("torch", "transformers", "numpy", "llama_cpp_python", "onnxruntime", "apache-tvm")
+            if (v := _version(p))
+        },
         "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
         "cur_freq_khz": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq"),
         "loadavg": _read("/proc/loadavg"),

@@ -9,6 +9,7 @@ Per-layer mode needs nothing from the flow beyond ``build``/``run_once``, so it 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -101,7 +102,8 @@ def run_profile(plan: ProfilePlan, root: Path | str | None = None, progress: Pro
     env = environment(plan.config.threads, plan.config.dtype, extra={"flow": flow.environment()})
     table.write_header(
         {"geometry": plan.geometry.to_dict(), "dtype": plan.config.dtype, "device_spec": spec.name},
-        environment=env, variant=variant,
+        environment=env,
+        variant=variant,
     )
     result = ProfileResult(table.path)
     cpu_threads = plan.config.threads if plan.config.device == "cpu" and plan.config.threads > 0 else None
@@ -126,9 +128,17 @@ def run_profile(plan: ProfilePlan, root: Path | str | None = None, progress: Pro
                 art = flow.build(plan.geometry.scaled_dims(d, w))
                 built_for = (d, w)
             work = Workload(phase, plan.prompt_len, plan.batch)  # type: ignore[arg-type]
-            stats = measure(lambda: flow.run_once(art, work), plan.measure, cpu_threads)
-            row = {**key, "p50_ms": stats.p50_ms, "p10_ms": stats.p10_ms, "p90_ms": stats.p90_ms, "n": stats.n,
-                   "discarded": stats.discarded, "samples_ms": list(stats.samples_ms), "created": now_utc()}
+            stats = measure(functools.partial(flow.run_once, art, work), plan.measure, cpu_threads)
+            row = {
+                **key,
+                "p50_ms": stats.p50_ms,
+                "p10_ms": stats.p10_ms,
+                "p90_ms": stats.p90_ms,
+                "n": stats.n,
+                "discarded": stats.discarded,
+                "samples_ms": list(stats.samples_ms),
+                "created": now_utc(),
+            }
             if redo:
                 table.replace(row)
                 result.written += 1
@@ -151,8 +161,10 @@ def run_profile(plan: ProfilePlan, root: Path | str | None = None, progress: Pro
 
 def _check_measurable(spec: DeviceSpec, plan: ProfilePlan) -> None:
     if spec.roofline_only:
-        raise AmoebaError(f"device {spec.name} is roofline-only (a spec sheet, not this machine); "
-                          f"profile it on the device itself, or use `amoeba predict` for its roofline")
+        raise AmoebaError(
+            f"device {spec.name} is roofline-only (a spec sheet, not this machine); "
+            f"profile it on the device itself, or use `amoeba predict` for its roofline"
+        )
     if (spec.kind == "gpu") != (plan.config.device == "cuda"):
         raise AmoebaError(f"device {spec.name} is a {spec.kind} but the flow runs on {plan.config.device}")
 
@@ -171,8 +183,16 @@ def _compose(plan: ProfilePlan, table: LatencyTable, variant: str) -> int:
                 key = row_key(variant, d, w, phase, plan.batch, plan.prompt_len, "per-layer")
                 p10 = _compose_q(sub, "p10_ms", d)
                 p90 = _compose_q(sub, "p90_ms", d)
-                row = {**key, "p50_ms": t0 + d * slope, "p10_ms": p10, "p90_ms": p90, "n": int(sub["n"].sum()),
-                       "discarded": int(sub["discarded"].sum()), "samples_ms": [], "created": now_utc()}
+                row = {
+                    **key,
+                    "p50_ms": t0 + d * slope,
+                    "p10_ms": p10,
+                    "p90_ms": p90,
+                    "n": int(sub["n"].sum()),
+                    "discarded": int(sub["discarded"].sum()),
+                    "samples_ms": [],
+                    "created": now_utc(),
+                }
                 old = table.get(key)
                 if old is None:
                     written += int(table.append(row))
@@ -187,18 +207,42 @@ def _compose_q(sub: pd.DataFrame, col: str, depth: int) -> float:
     return t0 + depth * slope
 
 
-def make_plan(device: str, flow: str, model: str, depths: tuple[int, ...] | None, widths: tuple[float, ...],
-              phases: tuple[str, ...], prompt_len: int, dtype: str, threads: int, sparse: bool = False,
-              per_layer: bool = False, batch: int = 1, measure_cfg: MeasureConfig | None = None,
-              torch_device: str = "cpu", options: dict | None = None, redo_contended: bool = False) -> ProfilePlan:
+def make_plan(
+    device: str,
+    flow: str,
+    model: str,
+    depths: tuple[int, ...] | None,
+    widths: tuple[float, ...],
+    phases: tuple[str, ...],
+    prompt_len: int,
+    dtype: str,
+    threads: int,
+    sparse: bool = False,
+    per_layer: bool = False,
+    batch: int = 1,
+    measure_cfg: MeasureConfig | None = None,
+    torch_device: str = "cpu",
+    options: dict | None = None,
+    redo_contended: bool = False,
+) -> ProfilePlan:
     """Validate everything a profile needs before anything is written."""
     geometry = ModelGeometry.resolve(model)
     flow_class(flow)  # unknown flow -> error listing the known ones
     name = model if model in ModelGeometry.preset_names() else geometry.name
     ds = depths or tuple(range(1, geometry.n_layers + 1))
     return ProfilePlan(
-        device=device, flow=flow, model=name, geometry=geometry, depths=tuple(ds), widths=tuple(widths),
-        phases=tuple(phases), prompt_len=prompt_len, batch=batch,
+        device=device,
+        flow=flow,
+        model=name,
+        geometry=geometry,
+        depths=tuple(ds),
+        widths=tuple(widths),
+        phases=tuple(phases),
+        prompt_len=prompt_len,
+        batch=batch,
         config=FlowConfig(dtype=dtype, threads=threads, device=torch_device, options=options or {}),
-        sparse=sparse, per_layer=per_layer, measure=measure_cfg or MeasureConfig(), redo_contended=redo_contended,
+        sparse=sparse,
+        per_layer=per_layer,
+        measure=measure_cfg or MeasureConfig(),
+        redo_contended=redo_contended,
     )

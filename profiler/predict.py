@@ -119,7 +119,7 @@ class LatencyPredictor:
     def self_check(self, rows: pd.DataFrame) -> dict[str, Any]:
         """Leave-one-depth-out error on widths with >= 3 measured depths."""
         errs: list[float] = []
-        for w, grp in rows.groupby(rows["width"].round(3)):
+        for _, grp in rows.groupby(rows["width"].round(3)):
             g = grp.groupby("depth")["p50_ms"].median()
             if len(g) < 3:
                 continue
@@ -130,13 +130,22 @@ class LatencyPredictor:
         if not errs:
             return {"n": 0}
         a = np.abs(np.asarray(errs))
-        return {"n": len(errs), "median_abs_error": float(np.median(a)), "max_abs_error": float(a.max()),
-                "within_5pct": float((a <= 0.05).mean()), "within_10pct": float((a <= 0.10).mean())}
+        return {
+            "n": len(errs),
+            "median_abs_error": float(np.median(a)),
+            "max_abs_error": float(a.max()),
+            "within_5pct": float((a <= 0.05).mean()),
+            "within_10pct": float((a <= 0.10).mean()),
+        }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": "fixed(width) + depth * per_layer(width)",
-                "widths": {f"{w:.3f}": {"fixed_ms": f.fixed_ms, "per_layer_ms": f.per_layer_ms, "depths": list(f.depths)}
-                           for w, f in self.fits.items()}}
+        return {
+            "model": "fixed(width) + depth * per_layer(width)",
+            "widths": {
+                f"{w:.3f}": {"fixed_ms": f.fixed_ms, "per_layer_ms": f.per_layer_ms, "depths": list(f.depths)}
+                for w, f in self.fits.items()
+            },
+        }
 
 
 def sparse_depths(depths: Iterable[int]) -> tuple[int, ...]:

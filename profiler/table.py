@@ -35,10 +35,23 @@ log = logging.getLogger(__name__)
 SOURCES = ("measured", "per-layer", "predicted", "roofline")
 KEY_COLUMNS = ["variant", "depth", "width", "phase", "batch", "prompt_len", "source"]
 COLUMNS: dict[str, str] = {
-    "device": "string", "flow": "string", "variant": "string", "model": "string",
-    "depth": "int64", "width": "float64", "phase": "string", "batch": "int64", "prompt_len": "int64",
-    "p50_ms": "float64", "p10_ms": "float64", "p90_ms": "float64", "n": "int64", "discarded": "int64",
-    "samples_ms": "object", "source": "string", "created": "string",
+    "device": "string",
+    "flow": "string",
+    "variant": "string",
+    "model": "string",
+    "depth": "int64",
+    "width": "float64",
+    "phase": "string",
+    "batch": "int64",
+    "prompt_len": "int64",
+    "p50_ms": "float64",
+    "p10_ms": "float64",
+    "p90_ms": "float64",
+    "n": "int64",
+    "discarded": "int64",
+    "samples_ms": "object",
+    "source": "string",
+    "created": "string",
 }
 
 
@@ -75,7 +88,9 @@ def read_parquet(path: Path) -> pd.DataFrame:
     try:
         df = pd.read_parquet(path)
     except Exception as e:  # noqa: BLE001 - pyarrow raises many types for a bad file
-        raise AmoebaError(f"corrupt latency table {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise AmoebaError(
+            f"corrupt latency table {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
     missing = set(COLUMNS) - set(df.columns) - set(OPTIONAL)
     if missing:
         raise AmoebaError(f"corrupt latency table {path}: missing columns {sorted(missing)}")
@@ -124,8 +139,14 @@ class LatencyTable:
         self.header = read_header(self.header_path) if self.header_path.exists() else {}
         self.df = read_parquet(self.path) if self.path.exists() else _empty()
 
-    def rows(self, phase: str | None = None, variant: str | None = None, prompt_len: int | None = None,
-             source: str | tuple[str, ...] | None = None, batch: int | None = None) -> pd.DataFrame:
+    def rows(
+        self,
+        phase: str | None = None,
+        variant: str | None = None,
+        prompt_len: int | None = None,
+        source: str | tuple[str, ...] | None = None,
+        batch: int | None = None,
+    ) -> pd.DataFrame:
         df = self.df
         if phase is not None:
             df = df[df["phase"] == phase]
@@ -157,14 +178,23 @@ class LatencyTable:
             finally:
                 fcntl.flock(lf, fcntl.LOCK_UN)
 
-    def write_header(self, updates: dict[str, Any], environment: dict[str, Any] | None = None,
-                     variant: str | None = None) -> None:
+    def write_header(
+        self, updates: dict[str, Any], environment: dict[str, Any] | None = None, variant: str | None = None
+    ) -> None:
         """Create or update the YAML header (atomically)."""
         with self._locked():
-            header = read_header(self.header_path) if self.header_path.exists() else {
-                "device": self.device, "flow": self.flow, "model": self.model, "created": now_utc(),
-                "variants": [], "environments": {},
-            }
+            header = (
+                read_header(self.header_path)
+                if self.header_path.exists()
+                else {
+                    "device": self.device,
+                    "flow": self.flow,
+                    "model": self.model,
+                    "created": now_utc(),
+                    "variants": [],
+                    "environments": {},
+                }
+            )
             header.update(updates)
             if variant is not None:
                 if variant not in header.setdefault("variants", []):
@@ -187,8 +217,11 @@ class LatencyTable:
             if _has(current, row):
                 self.df = current
                 return False
-            new = _normalise(pd.concat([current, pd.DataFrame([row])], ignore_index=True)) if len(current) else \
-                _normalise(pd.DataFrame([row]))
+            new = (
+                _normalise(pd.concat([current, pd.DataFrame([row])], ignore_index=True))
+                if len(current)
+                else _normalise(pd.DataFrame([row]))
+            )
             _atomic_write_bytes(self.path, lambda p: new.to_parquet(p, index=False))
             self.df = new
             return True
@@ -200,8 +233,11 @@ class LatencyTable:
         with self._locked():
             current = read_parquet(self.path) if self.path.exists() else _empty()
             keep = current[~_match(current, row)] if len(current) else current
-            new = _normalise(pd.concat([keep, pd.DataFrame([row])], ignore_index=True)) if len(keep) else \
-                _normalise(pd.DataFrame([row]))
+            new = (
+                _normalise(pd.concat([keep, pd.DataFrame([row])], ignore_index=True))
+                if len(keep)
+                else _normalise(pd.DataFrame([row]))
+            )
             _atomic_write_bytes(self.path, lambda p: new.to_parquet(p, index=False))
             self.df = new
 
@@ -229,7 +265,15 @@ def _has(df: pd.DataFrame, key: dict[str, Any]) -> bool:
     return False if df.empty else bool(_match(df, key).any())
 
 
-def row_key(variant: str, depth: int, width: float, phase: str, batch: int, prompt_len: int,
-            source: str = "measured") -> dict[str, Any]:
-    return {"variant": variant, "depth": int(depth), "width": round(float(width), 3), "phase": phase,
-            "batch": int(batch), "prompt_len": int(prompt_len), "source": source}
+def row_key(
+    variant: str, depth: int, width: float, phase: str, batch: int, prompt_len: int, source: str = "measured"
+) -> dict[str, Any]:
+    return {
+        "variant": variant,
+        "depth": int(depth),
+        "width": round(float(width), 3),
+        "phase": phase,
+        "batch": int(batch),
+        "prompt_len": int(prompt_len),
+        "source": source,
+    }

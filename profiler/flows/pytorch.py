@@ -47,7 +47,9 @@ class PyTorchFlow(Flow):
         super().__init__(config)
         cfg = self.config
         if cfg.dtype not in _DTYPES[cfg.device]:
-            raise AmoebaError(f"pytorch flow on {cfg.device}: dtype must be one of {_DTYPES[cfg.device]}, got {cfg.dtype!r}")
+            raise AmoebaError(
+                f"pytorch flow on {cfg.device}: dtype must be one of {_DTYPES[cfg.device]}, got {cfg.dtype!r}"
+            )
         if cfg.device == "cuda":
             import torch
 
@@ -61,7 +63,9 @@ class PyTorchFlow(Flow):
             import torch  # noqa: F401
             import transformers  # noqa: F401
         except ImportError as e:
-            raise NotInstalledError(f"pytorch flow needs torch and transformers ({e}); install with: {cls.install_hint}") from None
+            raise NotInstalledError(
+                f"pytorch flow needs torch and transformers ({e}); install with: {cls.install_hint}"
+            ) from None
 
     # -- helpers ---------------------------------------------------------------------
     def _threads(self) -> None:
@@ -83,8 +87,13 @@ class PyTorchFlow(Flow):
         reuse = bool(self.config.options.get("reuse_weights", True))
         if reuse and self._pool is not None:
             g0, full = self._pool
-            if replace(g0, n_layers=geometry.n_layers, name="") == replace(geometry, name="") and geometry.n_layers <= g0.n_layers:
-                return TorchArtifact(_first_layers(full, llama_config(geometry), geometry.n_layers), geometry, self.config.device)
+            if (
+                replace(g0, n_layers=geometry.n_layers, name="") == replace(geometry, name="")
+                and geometry.n_layers <= g0.n_layers
+            ):
+                return TorchArtifact(
+                    _first_layers(full, llama_config(geometry), geometry.n_layers), geometry, self.config.device
+                )
         self._pool = None
         model = random_llama(geometry, self.config.dtype).to(self.config.device)
         if reuse:
@@ -106,11 +115,17 @@ class PyTorchFlow(Flow):
         cache = art.caches.get(key)  # type: ignore[call-overload]
         if cache is None:
             if work.prompt_len >= art.geometry.max_position:
-                raise AmoebaError(f"prompt_len {work.prompt_len} exceeds the model's {art.geometry.max_position} positions")
+                raise AmoebaError(
+                    f"prompt_len {work.prompt_len} exceeds the model's {art.geometry.max_position} positions"
+                )
             cache = DynamicCache(config=art.model.config)
             with torch.inference_mode():
-                art.model(input_ids=self._input(art, work.prompt_len, work.batch), past_key_values=cache,
-                          use_cache=True, logits_to_keep=1)
+                art.model(
+                    input_ids=self._input(art, work.prompt_len, work.batch),
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
             art.caches[key] = cache  # type: ignore[index]
         extra = cache.get_seq_length() - work.prompt_len
         if extra > 0:
@@ -152,8 +167,14 @@ class PyTorchFlow(Flow):
         import transformers
 
         env = super().environment()
-        env.update({"torch": torch.__version__, "transformers": transformers.__version__,
-                    "torch_threads": torch.get_num_threads(), "device": self.config.device})
+        env.update(
+            {
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "torch_threads": torch.get_num_threads(),
+                "device": self.config.device,
+            }
+        )
         if self.config.device == "cuda":
             env["gpu"] = torch.cuda.get_device_name(0)
         return env

@@ -13,8 +13,9 @@ from profiler.measure import MeasureConfig
 REPO = Path(__file__).resolve().parents[2]
 FAST = MeasureConfig(warmup=1, min_repeats=3, max_repeats=6, max_seconds=0.3, rel_ci=0.05)
 # A tiny geometry whose layers cost enough (prefill) for depth to dominate timing noise.
-SMALL = ModelGeometry(n_layers=6, hidden=256, n_heads=4, n_kv_heads=2, intermediate=1024, vocab=512,
-                      max_position=512, name="small")
+SMALL = ModelGeometry(
+    n_layers=6, hidden=256, n_heads=4, n_kv_heads=2, intermediate=1024, vocab=512, max_position=512, name="small"
+)
 
 
 @pytest.fixture(scope="session")
@@ -44,8 +45,18 @@ def measured_root(host_spec_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 
     r = tmp_path_factory.mktemp("measured") / "profiles"
     shutil.copytree(host_spec_dir, r)
-    plan = make_plan("cpu-host", "pytorch", "tiny", (1, 2, 3, 4), (1.0, 0.5), ("prefill", "decode"), 32,
-                     "float32", 1, measure_cfg=FAST)
+    plan = make_plan(
+        "cpu-host",
+        "pytorch",
+        "tiny",
+        (1, 2, 3, 4),
+        (1.0, 0.5),
+        ("prefill", "decode"),
+        32,
+        "float32",
+        1,
+        measure_cfg=FAST,
+    )
     res = run_profile(plan, r)
     assert res.written == 16
     return r

@@ -12,18 +12,36 @@ import pytest
 
 from tests.profiler.conftest import cli_env
 
-PROFILE = ["profile", "--device", "cpu-host", "--flow", "pytorch", "--model", "tiny", "--depths", "1,2",
-           "--widths", "1", "--quick", "--threads", "1"]
+PROFILE = [
+    "profile",
+    "--device",
+    "cpu-host",
+    "--flow",
+    "pytorch",
+    "--model",
+    "tiny",
+    "--depths",
+    "1,2",
+    "--widths",
+    "1",
+    "--quick",
+    "--threads",
+    "1",
+]
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
-            if p.is_file() and not p.name.endswith(".lock")}
+    return {
+        str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.endswith(".lock")
+    }
 
 
 def _run(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "amoeba", *args], env=cli_env(root), capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "amoeba", *args], env=cli_env(root), capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.fixture
@@ -42,12 +60,18 @@ CASES = {
     "width zero": ([*PROFILE[:9], "--widths", "0", *PROFILE[11:]], "width must be in (0, 1]"),
     "depth too deep": ([*PROFILE[:7], "--depths", "1,9", *PROFILE[9:]], "depth 9 outside 1..4"),
     "depths not ints": ([*PROFILE[:7], "--depths", "1,x", *PROFILE[9:]], "comma-separated integers"),
-    "malformed shape": (["predict", "--device", "cpu-host", "--flow", "pytorch", "--model", "tiny", "--shape", "24x0.75"],
-                        "malformed shape"),
-    "shape too deep": (["predict", "--device", "cpu-host", "--flow", "pytorch", "--model", "tiny", "--shape", "d8-w1"],
-                       "depth 8 outside"),
-    "no such table": (["predict", "--device", "cpu-host", "--flow", "pytorch", "--model", "llama2-7b", "--shape",
-                       "d8-w1"], "known on cpu-host: pytorch/tiny"),
+    "malformed shape": (
+        ["predict", "--device", "cpu-host", "--flow", "pytorch", "--model", "tiny", "--shape", "24x0.75"],
+        "malformed shape",
+    ),
+    "shape too deep": (
+        ["predict", "--device", "cpu-host", "--flow", "pytorch", "--model", "tiny", "--shape", "d8-w1"],
+        "depth 8 outside",
+    ),
+    "no such table": (
+        ["predict", "--device", "cpu-host", "--flow", "pytorch", "--model", "llama2-7b", "--shape", "d8-w1"],
+        "known on cpu-host: pytorch/tiny",
+    ),
 }
 
 
@@ -67,8 +91,11 @@ def test_corrupt_table_files(croot: Path, what: str) -> None:
     table = croot / "cpu-host" / f"pytorch-tiny.{what}"
     table.write_bytes(b"\x00garbage: [" * 10)
     before = _digest(croot)
-    for args in (PROFILE, ["predict", "--device", "cpu-host", "--flow", "pytorch", "--model", "tiny", "--shape", "d2-w1"],
-                 ["table", "show", "--device", "cpu-host", "--flow", "pytorch", "--model", "tiny"]):
+    for args in (
+        PROFILE,
+        ["predict", "--device", "cpu-host", "--flow", "pytorch", "--model", "tiny", "--shape", "d2-w1"],
+        ["table", "show", "--device", "cpu-host", "--flow", "pytorch", "--model", "tiny"],
+    ):
         r = _run(croot, *args)
         assert r.returncode == 2, r.stderr
         lines = r.stderr.strip().splitlines()
@@ -80,7 +107,9 @@ def test_good_commands(croot: Path, tmp_path: Path) -> None:
     r = _run(croot, "predict", "--device", "cpu-host", "--flow", "pytorch", "--model", "tiny", "--shape", "d2-w0.75")
     assert r.returncode == 0 and "predicted" in r.stdout and "roofline floor" in r.stdout
     out = tmp_path / "t.csv"
-    r = _run(croot, "table", "export", "--device", "cpu-host", "--flow", "pytorch", "--model", "tiny", "--out", str(out))
+    r = _run(
+        croot, "table", "export", "--device", "cpu-host", "--flow", "pytorch", "--model", "tiny", "--out", str(out)
+    )
     assert r.returncode == 0 and len(out.read_text().splitlines()) == 17
     r = _run(croot, "devices")
     assert r.returncode == 0 and "roofline-only" in r.stdout and "cpu-host" in r.stdout

@@ -103,6 +103,9 @@ def test_pytorch_rejects_bad_config() -> None:
 def test_pytorch_bfloat16_runs_and_is_its_own_variant() -> None:
     flow = make_flow("pytorch", FlowConfig(dtype="bfloat16", threads=1))
     art = flow.build(ModelGeometry.preset("tiny").scaled_dims(2, 1.0))
-    assert next(art.model.parameters()).dtype.is_floating_point and str(next(art.model.parameters()).dtype) == "torch.bfloat16"
+    assert (
+        next(art.model.parameters()).dtype.is_floating_point
+        and str(next(art.model.parameters()).dtype) == "torch.bfloat16"
+    )
     assert flow.run_once(art, Workload("prefill", 8)) > 0 and flow.run_once(art, Workload("decode", 8)) > 0
     assert flow.variant == "bfloat16"

@@ -15,8 +15,24 @@ import pandas as pd
 from tests.profiler.conftest import cli_env
 
 AMOEBA = [sys.executable, "-m", "amoeba"]
-ARGS = ["profile", "--device", "cpu-host", "--flow", "pytorch", "--model", "tiny", "--depths", "1,2,3,4",
-        "--widths", "1,0.75,0.5", "--prompt-len", "16", "--threads", "1", "--quick"]
+ARGS = [
+    "profile",
+    "--device",
+    "cpu-host",
+    "--flow",
+    "pytorch",
+    "--model",
+    "tiny",
+    "--depths",
+    "1,2,3,4",
+    "--widths",
+    "1,0.75,0.5",
+    "--prompt-len",
+    "16",
+    "--threads",
+    "1",
+    "--quick",
+]
 
 
 def _rows(path: Path) -> int:

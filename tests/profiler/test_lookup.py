@@ -51,8 +51,9 @@ def test_latency_model_is_fast_for_many_queries(measured_root: Path) -> None:
 
 
 def test_per_layer_mode_composes_and_is_labelled(root: Path) -> None:
-    plan = make_plan("cpu-host", "pytorch", "tiny", (3, 4), (1.0,), ("decode",), 16, "float32", 1,
-                     per_layer=True, measure_cfg=FAST)
+    plan = make_plan(
+        "cpu-host", "pytorch", "tiny", (3, 4), (1.0,), ("decode",), 16, "float32", 1, per_layer=True, measure_cfg=FAST
+    )
     res = run_profile(plan, root)
     assert res.written == 3 and res.composed == 2  # depth 1, 2, 4 timed; depth 3, 4 composed
     est = latency_ms("cpu-host", "pytorch", "tiny", 3, 1.0, root=root)

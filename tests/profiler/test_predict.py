@@ -67,8 +67,9 @@ def test_predictor_on_real_measurements(root: Path) -> None:
     folder = root / "small-model"
     folder.mkdir()
     (folder / "config.json").write_text(__import__("json").dumps(llama_config(SMALL).to_dict()))
-    plan = make_plan("cpu-host", "pytorch", str(folder), (1, 2, 3, 4, 5, 6), (1.0,), ("prefill",), 64, "float32", 1,
-                     measure_cfg=FAST)
+    plan = make_plan(
+        "cpu-host", "pytorch", str(folder), (1, 2, 3, 4, 5, 6), (1.0,), ("prefill",), 64, "float32", 1, measure_cfg=FAST
+    )
     run_profile(plan, root)
     df = LatencyTable("cpu-host", "pytorch", plan.model, root).df
     assert len(df) == 6 and yaml.safe_dump(plan.geometry.to_dict())
@@ -104,3 +105,40 @@ def test_contention_filter_sets_aside_starved_samples() -> None:
 
     s = measure(spinner, cfg, cpu_threads=1)
     assert s.n >= 3 and s.discarded <= s.n
+
+
+def test_plans_measure_what_they_say() -> None:
+    full = make_plan(
+        "cpu-host",
+        "pytorch",
+        "smollm2-135m",
+        (6, 12, 18, 24, 30),
+        (1.0, 0.75),
+        ("prefill", "decode"),
+        128,
+        "float32",
+        2,
+    )
+    assert len(full.points()) == 5 * 2 * 2
+    assert [p[1] for p in full.points()[:4]] == [30, 30, 24, 24]  # deepest first: weights are reused
+    sparse = make_plan(
+        "cpu-host",
+        "pytorch",
+        "smollm2-135m",
+        (6, 12, 18, 24, 30),
+        (1.0, 0.75),
+        ("decode",),
+        128,
+        "float32",
+        2,
+        sparse=True,
+    )
+    assert {p[1] for p in sparse.points()} == {6, 18, 30} and len(sparse.points()) == 6
+    per_layer = make_plan(
+        "cpu-host", "pytorch", "llama2-7b", (32,), (1.0,), ("decode",), 128, "float32", 2, per_layer=True
+    )
+    assert {p[1] for p in per_layer.points()} == {1, 2, 4}
+    with pytest.raises(AmoebaError, match="alternatives"):
+        make_plan(
+            "cpu-host", "pytorch", "tiny", (2,), (1.0,), ("decode",), 16, "float32", 1, sparse=True, per_layer=True
+        )

@@ -44,7 +44,8 @@ def test_public_device_figures() -> None:
     assert half.floor_ms < 0.55 * r.floor_ms
     orin = load_device("orin-nx-16gb", REPO / "device_profiles")
     assert roofline(g.scaled_dims(32, 1.0), orin, "decode", 128, 2, "float16").floor_ms == pytest.approx(
-        r.floor_ms * 768 / 102.4, rel=1e-6)
+        r.floor_ms * 768 / 102.4, rel=1e-6
+    )
 
 
 def test_dtype_bytes() -> None:

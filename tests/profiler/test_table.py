@@ -17,8 +17,14 @@ from profiler.table import LatencyTable, row_key
 
 
 def _row(depth: int, width: float = 1.0, phase: str = "decode", ms: float = 1.0, source: str = "measured") -> dict:
-    return {**row_key("float32", depth, width, phase, 1, 32, source), "p50_ms": ms, "p10_ms": ms * 0.9,
-            "p90_ms": ms * 1.1, "n": 3, "samples_ms": [ms * 0.9, ms, ms * 1.1]}
+    return {
+        **row_key("float32", depth, width, phase, 1, 32, source),
+        "p50_ms": ms,
+        "p10_ms": ms * 0.9,
+        "p90_ms": ms * 1.1,
+        "n": 3,
+        "samples_ms": [ms * 0.9, ms, ms * 1.1],
+    }
 
 
 def test_append_is_persistent_and_skips_duplicates(tmp_path: Path) -> None:
