@@ -71,15 +71,15 @@ class LlamaCppFlow(Flow):
         given = self.config.options.get("gguf")
         if given:
             path = Path(given)
-            got = ModelGeometry.from_gguf(path)
-            if (got.n_layers, got.hidden, got.n_heads, got.n_kv_heads, got.intermediate) != (
-                    geometry.n_layers, geometry.hidden, geometry.n_heads, geometry.n_kv_heads, geometry.intermediate):
-                raise AmoebaError(f"GGUF {path.name} has geometry {got} but {geometry.name} was asked for")
+            if not path.is_file():
+                raise AmoebaError(f"GGUF file {path} does not exist")
         else:
             path = cached_random_gguf(geometry, self.quant, seed=int(self.config.options.get("seed", 0)),
                                       cache_dir=self.config.options.get("cache_dir"))
         art = LlamaCppArtifact(path, geometry)
         self._ensure_ctx(art, _MIN_CTX)
+        if given:
+            _check_dims(art.llm, geometry, path)
         return art
 
     def _ensure_ctx(self, art: LlamaCppArtifact, need: int) -> None:
@@ -152,6 +152,20 @@ class LlamaCppFlow(Flow):
     @property
     def variant(self) -> str:
         return self.quant
+
+
+def _check_dims(llm: Any, geometry: ModelGeometry, path: Path) -> None:
+    """The sizes llama.cpp read from ``path`` (its own header parse, fast) match ``geometry``."""
+    meta = llm.metadata
+    arch = meta.get("general.architecture", "llama")
+    got = {"n_layers": meta.get(f"{arch}.block_count"), "hidden": meta.get(f"{arch}.embedding_length"),
+           "n_heads": meta.get(f"{arch}.attention.head_count"),
+           "n_kv_heads": meta.get(f"{arch}.attention.head_count_kv", meta.get(f"{arch}.attention.head_count")),
+           "intermediate": meta.get(f"{arch}.feed_forward_length"), "vocab": llm.n_vocab()}
+    bad = {k: v for k, v in got.items() if v is None or int(v) != getattr(geometry, k)}
+    if bad:
+        want = {k: getattr(geometry, k) for k in bad}
+        raise AmoebaError(f"GGUF {path.name} has {bad} but geometry {geometry.name} needs {want}")
 
 
 __all__ = ["LlamaCppArtifact", "LlamaCppFlow", "shallow_gguf"]
