@@ -15,9 +15,11 @@ _ROOT = typer.Option(None, "--root", help="Profiles folder (default: $AMOEBA_PRO
 
 
 def _console():  # noqa: ANN202 - rich Console
+    import sys
+
     from rich.console import Console
 
-    return Console()
+    return Console(width=None if sys.stdout.isatty() else 160)
 
 
 def devices(root: Optional[Path] = _ROOT) -> None:
@@ -208,7 +210,7 @@ def table_show(
     tab = _existing(device, flow, model, root)
     df = tab.rows(phase=phase).sort_values(["variant", "phase", "source", "width", "depth"], ascending=[1, 1, 1, 0, 1])
     t = Table(title=f"{tab.path} ({len(tab.df)} rows)")
-    for c in ("variant", "phase", "prompt_len", "shape", "p50 ms", "p10 ms", "p90 ms", "n", "source"):
+    for c in ("variant", "phase", "prompt_len", "shape", "p50 ms", "p10 ms", "p90 ms", "n", "contended", "source"):
         t.add_column(c)
     for _, x in df.head(limit).iterrows():
         t.add_row(
@@ -220,6 +222,7 @@ def table_show(
             f"{x.p10_ms:.3f}",
             f"{x.p90_ms:.3f}",
             str(x.n),
+            str(x.discarded),
             x.source,
         )
     _console().print(t)
