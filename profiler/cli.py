@@ -73,6 +73,9 @@ def profile(
     per_layer: bool = typer.Option(False, "--per-layer", help="Time depth 1/2/4 models and compose deeper ones."),
     quick: bool = typer.Option(False, "--quick", help="Few repeats (smoke runs, tests)."),
     max_seconds: Optional[float] = typer.Option(None, help="Cap of timed seconds per row."),
+    min_util: Optional[float] = typer.Option(
+        None, help="Contention filter: least CPU use per thread for a clean sample (default 0.85; 0 disables)."
+    ),
     redo_contended: bool = typer.Option(
         False, "--redo-contended", help="Re-time present rows whose samples were all contended."
     ),
@@ -99,6 +102,8 @@ def profile(
     cfg = QUICK if quick else MeasureConfig()
     if max_seconds is not None:
         cfg = dataclasses.replace(cfg, max_seconds=max_seconds)
+    if min_util is not None:
+        cfg = dataclasses.replace(cfg, min_util=min_util)
     plan = make_plan(
         device,
         flow,
