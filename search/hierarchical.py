@@ -9,12 +9,14 @@ objective. The scheme spends accuracy evaluations where they can still move the 
 2. **Refine depth.** Between two evaluated neighbouring depths ``a < b``, the middle depth is a
    candidate. Assuming accuracy does not fall as depth grows, its best case is
    ``acc(b)`` at its own latency; its *optimistic gain* is the hypervolume that best case would
-   add to the current front (reference: the slowest feasible latency and the lowest accuracy
-   seen). Repeatedly evaluate the candidate with the largest gain until no depth candidate
+   add to the current front (reference point: the slowest feasible latency and accuracy
+   ``ref_accuracy``, 0 by default, the floor of top-1 accuracy, so fast low-accuracy shapes count). Repeatedly evaluate the candidate with the largest gain until no depth candidate
    gains more than ``depth_tol`` of the front's bounding box.
 3. **Width within promising depths.** Every evaluated depth opens its width axis: first its
    narrowest feasible width, then, between two evaluated widths, the middle one, each with best
    case = accuracy of the next wider evaluated width (accuracy does not fall as width grows).
+   Because measured latencies need not fall monotonically with width, the fastest
+   not-yet-evaluated width of the depth is a candidate too.
    Depth candidates stay in the pool. Evaluate the largest optimistic gain first; a depth whose
    candidates cannot add ``tol`` of the box is no longer promising and gets no more evaluations.
 4. Stop when no candidate gains more than ``tol`` of the box, or after ``max_evaluations``.
@@ -38,7 +40,8 @@ log = logging.getLogger(__name__)
 
 
 def run_hierarchical(problem: SearchProblem, max_evaluations: int | None = None, tol: float = 1e-3,
-                     depth_tol: float = 5e-3, storage: Any = None, study_name: str | None = None) -> Any:
+                     depth_tol: float = 5e-3, storage: Any = None, study_name: str | None = None,
+                     ref_accuracy: float = 0.0) -> Any:
     """Run the scheme above; returns the Optuna study holding one trial per evaluated shape."""
     import optuna
 
@@ -48,14 +51,14 @@ def run_hierarchical(problem: SearchProblem, max_evaluations: int | None = None,
     study.set_user_attr("method", "hierarchical")
     if problem.budget_ms is not None:
         study.set_user_attr("budget_ms", problem.budget_ms)
-    HierarchicalSearch(problem, study, max_evaluations, tol, depth_tol).run()
+    HierarchicalSearch(problem, study, max_evaluations, tol, depth_tol, ref_accuracy).run()
     return study
 
 
 class HierarchicalSearch:
     def __init__(self, problem: SearchProblem, study: Any, max_evaluations: int | None, tol: float,
-                 depth_tol: float) -> None:
-        self.p, self.study, self.tol, self.depth_tol = problem, study, tol, depth_tol
+                 depth_tol: float, ref_accuracy: float = 0.0) -> None:
+        self.p, self.study, self.tol, self.depth_tol, self.ref_acc = problem, study, tol, depth_tol, ref_accuracy
         space = problem.space
         self.D, self.W = len(space.depths), len(space.widths)
         self.max_evals = max_evaluations if max_evaluations is not None else self.D * self.W
@@ -88,7 +91,7 @@ class HierarchicalSearch:
 
     def _gains(self, cands: list[tuple[int, int, float]]) -> list[tuple[float, int, int]]:
         lat, acc = self._front_arrays()
-        ref_acc = float(acc.min()) if acc.size else 0.0
+        ref_acc = min(self.ref_acc, float(acc.min())) if acc.size else self.ref_acc
         base = hypervolume(lat, acc, self.ref_lat, ref_acc)
         out = []
         for i, j, best in cands:
@@ -100,7 +103,7 @@ class HierarchicalSearch:
         lat, acc = self._front_arrays()
         if acc.size < 2:
             return math.inf
-        return float((self.ref_lat - lat.min()) * (acc.max() - acc.min())) or math.inf
+        return float((self.ref_lat - lat.min()) * (acc.max() - min(self.ref_acc, acc.min()))) or math.inf
 
     # -- candidates --------------------------------------------------------------------
     def _depth_candidates(self) -> list[tuple[int, int, float]]:
@@ -126,6 +129,12 @@ class HierarchicalSearch:
                 mids = [j for j in range(a + 1, b) if self.ok[i, j]]
                 if mids:
                     out.append((i, mids[len(mids) // 2], max(self.acc[(i, a)], self.acc[(i, b)])))
+            # Measured rows can make a width faster than narrower ones: the fastest open width is a candidate.
+            open_js = [j for j in range(self.W) if self.ok[i, j] and (i, j) not in self.acc]
+            if open_js:
+                f = min(open_js, key=lambda j: self.lat[i, j])
+                above = [self.acc[(i, j)] for j in js if j > f]
+                out.append((i, f, min(above) if above else max(self.acc[(i, j)] for j in js)))
         return out
 
     def _step(self, cands: list[tuple[int, int, float]], tol: float) -> bool:

@@ -4,8 +4,9 @@ that records every evaluated shape (so a study opens in optuna-dashboard as it i
 Trials use two integer parameters, ``depth_i`` and ``width_i`` (indices into the space's
 sorted depths and widths, so samplers see the order), and carry the readable shape in user
 attributes. Objective values are ``(accuracy, latency_ms)``, directions maximise / minimise.
-A trial over the budget gets a positive ``constraint`` user attribute (Optuna's
-``constraints_func`` reads it); the search methods never return such a shape as feasible.
+With a budget, every trial carries the Optuna constraint ``latency_budget = latency - budget``
+(``Trial.set_constraint``; feasible when <= 0), which NSGA-II, TPE and ``study.best_trials``
+honour; the search methods never return an over-budget shape as feasible.
 """
 
 from __future__ import annotations
@@ -82,18 +83,16 @@ class SearchProblem:
     def user_attrs(self, ev: Evaluation) -> dict[str, Any]:
         attrs: dict[str, Any] = {"shape": ev.shape.key, "depth": ev.shape.depth, "width": ev.shape.width,
                                  "latency_source": ev.latency_source, "ppl": ev.ppl}
-        if self.budget_ms is not None:
-            attrs["constraint"] = [ev.latency_ms - self.budget_ms]
         return attrs
+
+    def constraints(self, ev: Evaluation) -> dict[str, float] | None:
+        return None if self.budget_ms is None else {"latency_budget": ev.latency_ms - self.budget_ms}
 
     def record(self, study: Any, ev: Evaluation) -> None:
         """Add an evaluation made outside ``study.optimize`` (hierarchical search) as a finished trial."""
         import optuna
 
         study.add_trial(optuna.trial.create_trial(params=self.params_of(ev.shape), distributions=self.distributions(),
-                                                  values=[ev.accuracy, ev.latency_ms], user_attrs=self.user_attrs(ev)))
+                                                  values=[ev.accuracy, ev.latency_ms], user_attrs=self.user_attrs(ev),
+                                                  constraints=self.constraints(ev)))
 
-
-def constraint_of(trial: Any) -> list[float]:
-    """Optuna ``constraints_func``: ``latency - budget`` (feasible when <= 0)."""
-    return list(trial.user_attrs.get("constraint", [0.0]))

@@ -15,9 +15,12 @@ locked" errors.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from amoeba_core.errors import AmoebaError
 
@@ -55,12 +58,35 @@ def open_storage(url: str | None, run_dir: Path | str) -> Any:
         if db and db != ":memory:":
             Path(db).parent.mkdir(parents=True, exist_ok=True)
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
-    try:
-        return RDBStorage(u, **kwargs)
-    except ImportError as e:
-        raise AmoebaError(f"storage {u.split('://')[0]} needs a driver that is not installed: {e}") from None
-    except Exception as e:  # sqlalchemy errors: bad URL, unreachable server
-        raise AmoebaError(f"cannot open storage {u}: {str(e).splitlines()[0]}") from None
+    for attempt in range(6):
+        try:
+            with _schema_lock(u):
+                return RDBStorage(u, **kwargs)
+        except ImportError as e:
+            raise AmoebaError(f"storage {u.split('://')[0]} needs a driver that is not installed: {e}") from None
+        except Exception as e:  # sqlalchemy errors: bad URL, unreachable server, a schema race
+            text = str(e).splitlines()[0] if str(e) else type(e).__name__
+            racing = "already exists" in text or "UNIQUE constraint" in text or "duplicate key" in text
+            if not racing or attempt == 5:
+                raise AmoebaError(f"cannot open storage {u}: {text}") from None
+            log.info("storage schema race (%s); retrying", text)
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    """Serialise schema creation of a local SQLite file across processes (servers retry instead)."""
+    db = url.split(":///", 1)[-1] if url.startswith("sqlite:") else ""
+    if not db or db == ":memory:":
+        yield
+        return
+    with open(Path(db).with_name(f".{Path(db).name}.lock"), "a") as lf:
+        fcntl.flock(lf, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lf, fcntl.LOCK_UN)
 
 
 def study_name(model: str, method: str, device: str, flow: str, phase: str, budget_ms: float | None) -> str:
