@@ -5,10 +5,10 @@ CPython help topics: 79 documents, about 465 K characters of English technical p
 documents are shuffled with a fixed seed and split *by document*, so no text is shared
 between splits:
 
-* ``calib`` 10 % of documents (Stage 1 depth DP and width importance),
-* ``val``   10 % (selection of the better width metric; search accuracy),
-* ``test``  15 % (reported numbers only),
-* ``train`` the remaining 65 % (Stage 2 fine-tuning).
+* ``calib`` about 10 % of the characters (Stage 1 depth DP and width importance),
+* ``val``   about 10 % (choice of the width metric; search accuracy),
+* ``test``  about 15 % (reported numbers only),
+* ``train`` the rest, about 65 % (Stage 2 fine-tuning).
 
 No multiple-choice set ships with Python or with the installed packages; the scorer in
 :mod:`amoeba_core.evaluate` takes any MC items a user supplies.
@@ -39,16 +39,27 @@ def documents() -> list[tuple[str, str]]:
 
 
 def split_names(seed: int = 0) -> dict[str, list[str]]:
-    """Document names per split (disjoint; the same for a given seed)."""
-    names = [n for n, _ in documents()]
-    random.Random(seed).shuffle(names)
-    out: dict[str, list[str]] = {}
-    start = 0
-    order = list(SPLITS)
-    for i, split in enumerate(order):
-        n = len(names) - start if i == len(order) - 1 else max(1, round(SPLITS[split] * len(names)))
-        out[split] = names[start : start + n]
-        start += n
+    """Document names per split (disjoint; the same for a given seed).
+
+    Documents are shuffled, then assigned in order until each split holds its fraction of
+    the characters (documents differ a lot in length, so counting documents would not do).
+    """
+    docs = documents()
+    total = sum(len(t) for _, t in docs)
+    order = list(range(len(docs)))
+    random.Random(seed).shuffle(order)
+    out: dict[str, list[str]] = {k: [] for k in SPLITS}
+    bounds, acc = [], 0.0
+    for split, frac in SPLITS.items():
+        acc += frac
+        bounds.append((split, acc * total))
+    used, b = 0, 0
+    for i in order:
+        name, text = docs[i]
+        while b < len(bounds) - 1 and (used >= bounds[b][1] or (out[bounds[b][0]] and used + len(text) / 2 > bounds[b][1])):
+            b += 1
+        out[bounds[b][0]].append(name)
+        used += len(text)
     return out
 
 

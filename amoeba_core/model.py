@@ -29,13 +29,15 @@ log = logging.getLogger(__name__)
 def llama_config(geometry: ModelGeometry) -> LlamaConfig:
     from transformers import LlamaConfig
 
-    return LlamaConfig(
+    config = LlamaConfig(
         vocab_size=geometry.vocab,
         hidden_size=geometry.hidden,
         intermediate_size=geometry.intermediate,
         num_hidden_layers=geometry.n_layers,
-        num_attention_heads=geometry.n_heads,
-        num_key_value_heads=geometry.n_kv_heads,
+        # transformers validates hidden % heads == 0, which narrowed MHA shapes (LLaMA2-7B at width 0.75: 24 heads
+        # x 128 = 3072 != 4096) break although head_dim is explicit; set the real head counts after validation.
+        num_attention_heads=1,
+        num_key_value_heads=1,
         head_dim=geometry.head_dim,
         rms_norm_eps=geometry.rms_eps,
         rope_parameters={"rope_type": "default", "rope_theta": geometry.rope_theta},
@@ -44,6 +46,9 @@ def llama_config(geometry: ModelGeometry) -> LlamaConfig:
         attention_bias=False,
         mlp_bias=False,
     )
+    config.num_attention_heads = geometry.n_heads
+    config.num_key_value_heads = geometry.n_kv_heads
+    return config
 
 
 def random_llama(geometry: ModelGeometry, dtype: torch.dtype | str = "float32", seed: int = 0) -> LlamaForCausalLM:

@@ -14,6 +14,7 @@ keep the best ``kv'`` groups, in each the best ``q'`` heads, and the best ``mlp'
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -52,6 +53,28 @@ class LayerRanking(BaseModel):
         )
 
 
+class LayerMeans(BaseModel):
+    """Calibration means of the inputs of ``o_proj`` and ``down_proj`` (base64 float32), for
+    FLAP bias compensation: a dropped unit is replaced by its mean instead of zero."""
+
+    model_config = ConfigDict(frozen=True)
+
+    attn: str
+    mlp: str
+
+    @staticmethod
+    def encode(values: Any) -> str:
+        import numpy as np
+
+        return base64.b64encode(np.asarray(values, dtype="<f4").tobytes()).decode()
+
+    @staticmethod
+    def decode(text: str) -> list[float]:
+        import numpy as np
+
+        return np.frombuffer(base64.b64decode(text), dtype="<f4").astype(float).tolist()
+
+
 class Strategy(BaseModel):
     """Stage-1 selection for one model (see the module docstring)."""
 
@@ -67,6 +90,7 @@ class Strategy(BaseModel):
     depth_layers: dict[int, tuple[int, ...]]
     rankings: tuple[LayerRanking, ...]
     widths: tuple[float, ...] = (1.0,)
+    means: tuple[LayerMeans, ...] | None = None  # set when width uses bias compensation
     stats: dict[str, Any] = Field(default_factory=dict)
 
     # --- construction -----------------------------------------------------------
@@ -141,9 +165,22 @@ class Strategy(BaseModel):
         return sorted(self.rankings[layer].channels[: mlp_width(g.intermediate, width)])
 
     @property
+    def bias_compensation(self) -> bool:
+        return self.means is not None
+
+    def unit_means(self, layer: int) -> tuple[list[float], list[float]] | None:
+        """(o_proj input means, down_proj input means) of ``layer``, or None without compensation."""
+        if self.means is None:
+            return None
+        m = self.means[layer]
+        return LayerMeans.decode(m.attn), LayerMeans.decode(m.mlp)
+
+    @property
     def width_id(self) -> str:
-        """Hash of the rankings: two strategies with the same id cut the same widths."""
+        """Hash of the rankings (and means): two strategies with the same id cut the same widths."""
         blob = json.dumps([r.model_dump(mode="json") for r in self.rankings], sort_keys=True)
+        if self.means is not None:
+            blob += json.dumps([m.model_dump() for m in self.means])
         return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
     # --- persistence ------------------------------------------------------------

@@ -62,29 +62,53 @@ def channel_mask(model: LlamaForCausalLM, layer: int, width: float, strategy: St
     return mask
 
 
+def _fill(model: LlamaForCausalLM, layer: int, width: float, strategy: Strategy) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per-layer vectors added to the masked inputs of o_proj/down_proj (bias compensation)."""
+    import torch
+
+    means = strategy.unit_means(layer)
+    if means is None:
+        return None
+    attn = torch.tensor(means[0]) * (1 - head_mask(model, layer, width, strategy))
+    mlp = torch.tensor(means[1]) * (1 - channel_mask(model, layer, width, strategy))
+    return attn, mlp
+
+
 @contextlib.contextmanager
-def width_hooks(model: LlamaForCausalLM, width: float, strategy: Strategy | None, layers: list[int] | None = None) -> Iterator[None]:
-    """Mask dropped heads/channels of ``layers`` (default all) while the context is open."""
+def _hooks(model: LlamaForCausalLM, layers: dict[int, torch.nn.Module], width: float, strategy: Strategy | None) -> Iterator[None]:
+    """Mask (and, with bias compensation, mean-fill) dropped units of ``layers`` {orig index: module}."""
     if width >= 1.0:
         yield
         return
     assert strategy is not None
+    p = next(model.parameters())
     handles = []
-    idx = range(len(model.model.layers)) if layers is None else layers
     try:
-        for i in idx:
-            layer = model.model.layers[i]
-            p = next(model.parameters())
-            for mod, mask in (
-                (layer.self_attn.o_proj, head_mask(model, i, width, strategy)),
-                (layer.mlp.down_proj, channel_mask(model, i, width, strategy)),
+        for i, layer in layers.items():
+            fill = _fill(model, i, width, strategy)
+            for j, (mod, mask) in enumerate(
+                (
+                    (layer.self_attn.o_proj, head_mask(model, i, width, strategy)),
+                    (layer.mlp.down_proj, channel_mask(model, i, width, strategy)),
+                )
             ):
                 m = mask.to(device=p.device, dtype=p.dtype)
-                handles.append(mod.register_forward_pre_hook(lambda _mod, args, m=m: (args[0] * m, *args[1:])))
+                if fill is None:
+                    hook = lambda _mod, args, m=m: (args[0] * m, *args[1:])  # noqa: E731
+                else:
+                    f = fill[j].to(device=p.device, dtype=p.dtype)
+                    hook = lambda _mod, args, m=m, f=f: (args[0] * m + f, *args[1:])  # noqa: E731
+                handles.append(mod.register_forward_pre_hook(hook))
         yield
     finally:
         for h in handles:
             h.remove()
+
+
+def width_hooks(model: LlamaForCausalLM, width: float, strategy: Strategy | None, layers: list[int] | None = None) -> contextlib.AbstractContextManager[None]:
+    """Narrow ``layers`` (original indices, default all) of the full model to ``width`` inside the context."""
+    idx = range(len(model.model.layers)) if layers is None else layers
+    return _hooks(model, {i: model.model.layers[i] for i in idx}, width, strategy)
 
 
 @contextlib.contextmanager
@@ -109,7 +133,7 @@ def masked_subnet(model: LlamaForCausalLM, shape: SubnetShape, strategy: Strateg
             model.config.layer_types = [old_types[i] for i in shape.layers]
         for new, layer in enumerate(inner.layers):
             layer.self_attn.layer_idx = new
-        with _remapped_hooks(model, full_layers, shape, strategy):
+        with _hooks(model, {i: full_layers[i] for i in shape.layers}, shape.width, strategy):
             yield model
     finally:
         inner.layers = full_layers
@@ -118,30 +142,6 @@ def masked_subnet(model: LlamaForCausalLM, shape: SubnetShape, strategy: Strateg
             model.config.layer_types = old_types
         for layer, i in zip(full_layers, old_idx):
             layer.self_attn.layer_idx = i
-
-
-@contextlib.contextmanager
-def _remapped_hooks(model: LlamaForCausalLM, full_layers: object, shape: SubnetShape, strategy: Strategy | None) -> Iterator[None]:
-    """Width hooks on the kept layers, using their *original* index for the rankings."""
-    if shape.width >= 1.0:
-        yield
-        return
-    assert strategy is not None
-    p = next(model.parameters())
-    handles = []
-    try:
-        for i in shape.layers:
-            layer = full_layers[i]  # type: ignore[index]
-            for mod, mask in (
-                (layer.self_attn.o_proj, head_mask(model, i, shape.width, strategy)),
-                (layer.mlp.down_proj, channel_mask(model, i, shape.width, strategy)),
-            ):
-                m = mask.to(device=p.device, dtype=p.dtype)
-                handles.append(mod.register_forward_pre_hook(lambda _mod, args, m=m: (args[0] * m, *args[1:])))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def extract_subnet(model: LlamaForCausalLM, shape: SubnetShape, strategy: Strategy | None = None) -> LlamaForCausalLM:
@@ -165,6 +165,10 @@ def extract_subnet(model: LlamaForCausalLM, shape: SubnetShape, strategy: Strate
     cfg.num_key_value_heads = n_kv
     cfg.intermediate_size = inter
     cfg.head_dim = hd
+    compensate = shape.width < 1.0 and strategy is not None and strategy.bias_compensation
+    if compensate:
+        cfg.attention_bias = True
+        cfg.mlp_bias = True
     if getattr(cfg, "layer_types", None) is not None:
         cfg.layer_types = [cfg.layer_types[i] for i in shape.layers]
     dtype = next(model.parameters()).dtype
@@ -202,6 +206,19 @@ def extract_subnet(model: LlamaForCausalLM, shape: SubnetShape, strategy: Strate
                 elif leaf == "mlp.down_proj.weight":
                     t = t[:, chans]
             out[npre + leaf] = t.clone()
+        if compensate:
+            assert strategy is not None
+            fill = _fill(model, old, shape.width, strategy)
+            assert fill is not None
+            for mod, f in (("self_attn.o_proj", fill[0]), ("mlp.down_proj", fill[1])):
+                w = src[f"{pre}{mod}.weight"]
+                b = src.get(f"{pre}{mod}.bias")
+                extra = (w.float() @ f.float()).to(w.dtype)
+                out[f"{npre}{mod}.bias"] = extra if b is None else b + extra
+            for mod, size in (("q_proj", n_heads * hd), ("k_proj", n_kv * hd), ("v_proj", n_kv * hd)):
+                out.setdefault(f"{npre}self_attn.{mod}.bias", torch.zeros(size, dtype=dtype))
+            for mod in ("gate_proj", "up_proj"):
+                out.setdefault(f"{npre}mlp.{mod}.bias", torch.zeros(inter, dtype=dtype))
     missing = set(sub.state_dict()) - set(out)
     if cfg.tie_word_embeddings:
         missing.discard("lm_head.weight")

@@ -1,0 +1,151 @@
+"""Stage 1 depth: the AmoebaLLM dynamic-programming layer selection, and two baselines.
+
+With ``N`` layers the last layer is always kept and the others are visited from the last
+towards the first: ``L = [N-2, N-3, ..., 0]``. ``D[t][m]`` is the best set of ``m`` removed
+layers among the first ``t`` visited ones::
+
+    D[t][0] = {}
+    D[t][m] = better of  D[t-1][m-1] + {L[t-1]}   and   D[t-1][m]   (the latter only if m <= t-1)
+
+"better" is judged by a metric of the *full* model with that set removed (by default the
+calibration perplexity; any function of a shape can be passed). Depth ``N - m`` keeps the
+complement of ``D[N-1][m]``. Each ``(t, m)`` needs one new evaluation (the second option was
+scored before), so the DP makes ``sum_t min(t, M)`` evaluations, ``O(N * M)``. Every
+candidate keeps all layers before ``L[t-1]`` unchanged, so the evaluator's memoised prefix
+hidden states make each evaluation run only the suffix. A killed run resumes through the
+evaluator's on-disk score cache.
+
+Baselines: ``drop_last`` (keep the first ``d`` layers) and ``block_influence`` (ShortGPT:
+remove the layers whose output is most similar to their input, by mean cosine similarity
+on calibration tokens).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from amoeba_core.errors import AmoebaError
+from amoeba_core.shape import SubnetShape
+
+if TYPE_CHECKING:
+    import torch
+
+    from amoeba_core.model import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DepthResult:
+    """Kept layers per depth, their metric, and the cost of finding them."""
+
+    layers: dict[int, tuple[int, ...]]
+    scores: dict[int, float]
+    n_evaluations: int
+    n_cached: int
+    seconds: float
+    trace: list[dict[str, object]] = field(default_factory=list)
+
+
+def n_dp_evaluations(n_layers: int, min_depth: int) -> int:
+    """Evaluations the DP makes: ``sum over t of min(t, N - min_depth)``."""
+    m_max = n_layers - min_depth
+    return sum(min(t, m_max) for t in range(1, n_layers))
+
+
+def check_min_depth(n_layers: int, min_depth: int) -> None:
+    if not 1 <= min_depth <= n_layers:
+        raise AmoebaError(f"min-depth {min_depth} is out of range 1..{n_layers}")
+
+
+def dp_depth(
+    n_layers: int,
+    min_depth: int,
+    metric: Callable[[SubnetShape], float],
+    progress: Callable[[int, int], None] | None = None,
+    is_cached: Callable[[SubnetShape], bool] | None = None,
+) -> DepthResult:
+    """Run the DP (module docstring). ``metric(shape)``: lower is better."""
+    check_min_depth(n_layers, min_depth)
+    m_max = n_layers - min_depth
+    total = n_dp_evaluations(n_layers, min_depth)
+    visit = list(range(n_layers - 2, -1, -1))
+    full = SubnetShape(tuple(range(n_layers)))
+    t0 = time.perf_counter()
+    scored: dict[frozenset[int], float] = {frozenset(): metric(full)}
+    prev: dict[int, frozenset[int]] = {0: frozenset()}
+    done = cached = 0
+    trace: list[dict[str, object]] = []
+
+    def score(removed: frozenset[int]) -> float:
+        nonlocal done, cached
+        if removed not in scored:
+            shape = SubnetShape(tuple(i for i in range(n_layers) if i not in removed))
+            if is_cached is not None and is_cached(shape):
+                cached += 1
+            scored[removed] = metric(shape)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        return scored[removed]
+
+    for t in range(1, n_layers):
+        layer = visit[t - 1]
+        cur: dict[int, frozenset[int]] = {0: frozenset()}
+        for m in range(1, min(t, m_max) + 1):
+            take = prev[m - 1] | {layer}
+            s_take = score(take)
+            if m <= t - 1 and m in prev and scored[prev[m]] <= s_take:
+                cur[m] = prev[m]
+            else:
+                cur[m] = take
+        prev = cur
+        trace.append({"visited": layer, "best": {m: sorted(s) for m, s in cur.items()}})
+    layers = {n_layers - m: tuple(i for i in range(n_layers) if i not in s) for m, s in prev.items()}
+    scores = {n_layers - m: scored[s] for m, s in prev.items()}
+    return DepthResult(layers, scores, done, cached, time.perf_counter() - t0, trace)
+
+
+def drop_last(n_layers: int, depths: list[int]) -> dict[int, tuple[int, ...]]:
+    """Baseline: keep the first ``d`` layers."""
+    return {d: tuple(range(d)) for d in depths}
+
+
+def block_influence(loaded: LoadedModel, ids: torch.LongTensor, batch_size: int = 4) -> list[float]:
+    """ShortGPT block influence per layer: ``1 - mean cos(h_in, h_out)`` over calibration tokens."""
+    import torch
+    import torch.nn.functional as F
+
+    model = loaded.model
+    n = len(model.model.layers)
+    sums = [0.0] * n
+    count = 0
+    with torch.no_grad():
+        for b in ids.split(batch_size):
+            hs = model(input_ids=b, use_cache=False, output_hidden_states=True).hidden_states
+            # hidden_states[i] is the input of layer i; the last entry is after the final norm
+            for i in range(n):
+                h_in = hs[i]
+                h_out = hs[i + 1] if i + 1 < n else _last_layer_output(model, hs[n - 1], b)
+                sums[i] += float(F.cosine_similarity(h_in, h_out, dim=-1).sum())
+            count += b.numel()
+    return [1.0 - s / count for s in sums]
+
+
+def _last_layer_output(model: torch.nn.Module, h_in: torch.Tensor, ids: torch.LongTensor) -> torch.Tensor:
+    import torch
+
+    inner = model.model
+    pos = torch.arange(ids.shape[1]).unsqueeze(0)
+    pe = inner.rotary_emb(h_in, position_ids=pos)
+    out = inner.layers[-1](h_in, attention_mask=None, position_ids=pos, position_embeddings=pe)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def block_influence_layers(influence: list[float], depths: list[int]) -> dict[int, tuple[int, ...]]:
+    """Baseline: for each depth keep the ``d`` layers of highest block influence."""
+    order = sorted(range(len(influence)), key=lambda i: influence[i], reverse=True)
+    return {d: tuple(sorted(order[:d])) for d in depths}

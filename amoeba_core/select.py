@@ -1,0 +1,104 @@
+"""Stage 1 end to end: depth DP + width importance -> a :class:`Strategy` (``amoeba select``)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+from amoeba_core.data import split_docs, token_windows
+from amoeba_core.depth import check_min_depth, dp_depth, n_dp_evaluations
+from amoeba_core.evaluate import Evaluator
+from amoeba_core.model import LoadedModel
+from amoeba_core.shape import SubnetShape
+from amoeba_core.strategy import Strategy
+from amoeba_core.width import choose_width_metric, collect_stats
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+
+
+def select_strategy(
+    loaded: LoadedModel,
+    min_depth: int,
+    widths: tuple[float, ...] = (1.0, 0.875, 0.75, 0.625),
+    cache_dir: Path | str | None = None,
+    calib_seq_len: int = 256,
+    calib_windows: int = 1,
+    stats_windows: int = 4,
+    val_windows: int = 2,
+    width_candidates: tuple[str, ...] = ("flap-bias", "flap", "wanda"),
+    progress: Progress | None = None,
+) -> Strategy:
+    """Run the depth DP on calibration perplexity, rank widths, choose the width metric on val.
+
+    ``cache_dir`` holds the evaluator's score cache (``dp_scores.jsonl``): a killed run
+    resumes there without re-evaluating any shape.
+    """
+    n = loaded.geometry.n_layers
+    check_min_depth(n, min_depth)
+    if 1.0 not in widths:
+        widths = (1.0, *widths)
+    t_start = time.perf_counter()
+    cache = Path(cache_dir) / "dp_scores.jsonl" if cache_dir is not None else None
+    calib = Evaluator(loaded, None, split="calib", seq_len=calib_seq_len, max_windows=calib_windows, cache=cache)
+    total = n_dp_evaluations(n, min_depth)
+
+    def dp_progress(done: int, tot: int) -> None:
+        if progress is not None:
+            progress("depth DP", done, tot)
+
+    result = dp_depth(
+        n,
+        min_depth,
+        metric=lambda s: calib.score(s).ppl,
+        progress=dp_progress,
+        is_cached=lambda s: calib.key(s) in calib._scores,  # noqa: SLF001
+    )
+    log.info("DP: %d evaluations (%d from cache) in %.1f s", result.n_evaluations, result.n_cached, result.seconds)
+
+    t_w = time.perf_counter()
+    stat_ids = token_windows(loaded.tokenizer, split_docs("calib"), calib_seq_len, stats_windows)
+    if progress is not None:
+        progress("width statistics", 0, 1)
+    stats = collect_stats(loaded, stat_ids)
+    base = Strategy(
+        model_fingerprint=loaded.fingerprint,
+        model_source=loaded.source,
+        geometry=loaded.geometry.to_dict(),
+        metric="calib-ppl",
+        calib_split="calib",
+        depth_layers=result.layers,
+        rankings=Strategy.trivial(loaded.geometry, loaded.fingerprint, loaded.source).rankings,
+        widths=tuple(widths),
+    )
+    full = SubnetShape(tuple(range(n)))
+    n_cand = len(width_candidates) * sum(1 for w in widths if w < 1.0)
+    done = [0]
+
+    def val_score(strategy: Strategy, width: float) -> float:
+        ev = Evaluator(loaded, strategy, split="val", seq_len=calib_seq_len, max_windows=val_windows)
+        s = ev.score(SubnetShape(full.layers, width)).ppl
+        done[0] += 1
+        if progress is not None:
+            progress("width metric", done[0], n_cand)
+        return s
+
+    chosen, report = choose_width_metric(loaded, base, stats, val_score, width_candidates)
+    total_s = time.perf_counter() - t_start
+    return chosen.with_(
+        stats={
+            "dp_evaluations": result.n_evaluations,
+            "dp_evaluations_expected": total,
+            "dp_evaluations_from_cache": result.n_cached,
+            "dp_seconds": round(result.seconds, 2),
+            "dp_calib_tokens": calib.n_windows * calib_seq_len,
+            "dp_calib_ppl": {str(d): round(v, 4) for d, v in sorted(result.scores.items(), reverse=True)},
+            "width_stats_tokens": stats.n_tokens,
+            "width_metric_val_ppl": {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in report.items()},
+            "width_seconds": round(time.perf_counter() - t_w, 2),
+            "total_seconds": round(total_s, 2),
+        }
+    )
