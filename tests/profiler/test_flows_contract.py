@@ -109,3 +109,12 @@ def test_pytorch_bfloat16_runs_and_is_its_own_variant() -> None:
     )
     assert flow.run_once(art, Workload("prefill", 8)) > 0 and flow.run_once(art, Workload("decode", 8)) > 0
     assert flow.variant == "bfloat16"
+
+
+def test_pytorch_builds_narrowed_mha_shapes() -> None:
+    """MHA at width 0.75 keeps 3 of 4 heads: 3 x 16 != hidden 64 (LLaMA2-7B's case at 24 x 128 != 4096)."""
+    g = ModelGeometry(n_layers=2, hidden=64, n_heads=4, n_kv_heads=4, intermediate=128, vocab=64, name="mha")
+    flow = make_flow("pytorch", FlowConfig(threads=1))
+    art = flow.build(g.scaled_dims(2, 0.75))
+    assert art.model.model.layers[0].self_attn.q_proj.weight.shape == (48, 64)
+    assert flow.run_once(art, Workload("decode", 8)) > 0
