@@ -16,7 +16,9 @@ objective. The scheme spends accuracy evaluations where they can still move the 
    narrowest feasible width, then, between two evaluated widths, the middle one, each with best
    case = accuracy of the next wider evaluated width (accuracy does not fall as width grows).
    Because measured latencies need not fall monotonically with width, the fastest
-   not-yet-evaluated width of the depth is a candidate too.
+   not-yet-evaluated width of the depth is a candidate too. Every width column with
+   evaluations also reopens the depth axis: its shallowest feasible depth, and the middle depth
+   between two evaluated depths of the column (best case: the deeper one's accuracy).
    Depth candidates stay in the pool. Evaluate the largest optimistic gain first; a depth whose
    candidates cannot add ``tol`` of the box is no longer promising and gets no more evaluations.
 4. Stop when no candidate gains more than ``tol`` of the box, or after ``max_evaluations``.
@@ -135,6 +137,19 @@ class HierarchicalSearch:
                 f = min(open_js, key=lambda j: self.lat[i, j])
                 above = [self.acc[(i, j)] for j in js if j > f]
                 out.append((i, f, min(above) if above else max(self.acc[(i, j)] for j in js)))
+        # The depth axis again, along every width that has evaluations (a narrow column of
+        # shallow-to-deep shapes can hold the front where the widest column does not).
+        for j in range(self.W):
+            col = sorted(i for i in self.feasible_depths if (i, j) in self.acc)
+            if not col:
+                continue
+            lower = [i for i in self.feasible_depths if i < col[0] and self.ok[i, j]]
+            if lower:
+                out.append((lower[0], j, self.acc[(col[0], j)]))
+            for a, b in zip(col, col[1:]):
+                mids = [i for i in self.feasible_depths if a < i < b and self.ok[i, j]]
+                if mids:
+                    out.append((mids[len(mids) // 2], j, max(self.acc[(a, j)], self.acc[(b, j)])))
         return out
 
     def _step(self, cands: list[tuple[int, int, float]], tol: float) -> bool:
