@@ -193,7 +193,7 @@ def draw(lines: list[dict], model: str, phase: str, prompt_len: int, path: Path)
     ax2.invert_xaxis()
     ax1.legend(fontsize=7, loc="best")
     fig.suptitle(
-        f"{model}: {phase} latency vs depth and width (solid: measured; dash-dot: predicted; "
+        f"{model}: {phase} latency vs depth and width (solid: measured or per-layer composed; dash-dot: predicted; "
         f"dashed: roofline floor, not measured)",
         fontsize=10,
     )
