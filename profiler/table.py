@@ -174,6 +174,7 @@ class LatencyTable:
         with open(self.lock_path, "a") as lf:
             fcntl.flock(lf, fcntl.LOCK_EX)
             try:
+                _remove_stale_temps(self.path.parent)
                 yield
             finally:
                 fcntl.flock(lf, fcntl.LOCK_UN)
@@ -251,6 +252,14 @@ class LatencyTable:
         df["samples_ms"] = df["samples_ms"].map(lambda xs: json.dumps([round(float(x), 4) for x in xs]))
         df.to_csv(out, index=False)
         return out
+
+
+def _remove_stale_temps(folder: Path) -> None:
+    """Temporary files of writers that were killed mid-write (their pid is gone)."""
+    for tmp in folder.glob(".*.tmp*"):
+        pid = tmp.name.rsplit(".tmp", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            tmp.unlink(missing_ok=True)
 
 
 def _match(df: pd.DataFrame, key: dict[str, Any]) -> pd.Series:

@@ -110,3 +110,12 @@ def test_replace_swaps_one_row_atomically(tmp_path: Path) -> None:
     assert len(back.df) == 2 and back.get(row_key("float32", 1, 1.0, "decode", 1, 32))["p50_ms"] == 1.5
     assert back.get(row_key("float32", 2, 1.0, "decode", 1, 32))["p50_ms"] == 6.0
     assert back.get(row_key("float32", 3, 1.0, "decode", 1, 32)) is None
+
+
+def test_stale_temp_files_of_killed_writers_are_removed(tmp_path: Path) -> None:
+    t = LatencyTable("dev", "pytorch", "tiny", tmp_path)
+    t.append(_row(1))
+    stale = t.path.with_name(f".{t.path.name}.tmp999999999")
+    stale.write_bytes(b"half a parquet")
+    t.append(_row(2))
+    assert not stale.exists() and len(LatencyTable("dev", "pytorch", "tiny", tmp_path).df) == 2
