@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from amoeba.cli import app
+from search.cli import parse_budget
+
+
+def _run(*args: str) -> tuple[int, str]:
+    r = CliRunner().invoke(app, list(args))
+    return r.exit_code, r.output + (str(r.exception) if r.exception and not isinstance(r.exception, SystemExit) else "")
+
+
+def test_parse_budget() -> None:
+    assert parse_budget("40ms") == 40 and parse_budget("0.04s") == 40 and parse_budget("2.5") == 2.5
+
+
+def test_query_prints_shape_latency_accuracy_and_export(run_dir: Path, profiles: Path) -> None:
+    code, out = _run("query", "--run", str(run_dir), "--root", str(profiles), "--device", "cpu-host", "--flow",
+                     "pytorch", "--budget", "1000ms")
+    assert code == 0, out
+    for word in ("shape", "latency", "predicted", "measured", "accuracy", "amoeba export --strategy"):
+        assert word in out
+    code, out = _run("query", "--run", str(run_dir), "--root", str(profiles), "--device", "cpu-host", "--flow",
+                     "pytorch", "--budget", "0.000001ms")
+    assert code == 1 and "infeasible" in out and "fastest" in out
+
+
+def test_query_errors(run_dir: Path, profiles: Path) -> None:
+    code, out = _run("query", "--run", str(run_dir), "--root", str(profiles), "--device", "mars", "--flow",
+                     "pytorch", "--budget", "5ms")
+    assert code != 0 and "known: cpu-host" in out
+    code, out = _run("query", "--run", str(run_dir), "--root", str(profiles), "--device", "cpu-host", "--flow",
+                     "pytorch", "--budget", "soon")
+    assert code != 0 and "budget" in out
+
+
+def test_plot_writes_one_png_per_device_flow(run_dir: Path, profiles: Path, tmp_path: Path) -> None:
+    code, out = _run("plot", "--run", str(run_dir), "--root", str(profiles), "--out", str(tmp_path), "--budget",
+                     "1ms")
+    assert code == 0, out
+    [png] = list(tmp_path.glob("*.png"))
+    assert png.name == "front-cpu-host-pytorch-decode.png" and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_serve_refuses_public_bind_without_token(run_dir: Path) -> None:
+    code, out = _run("serve", "--run", str(run_dir), "--host", "0.0.0.0")
+    assert code != 0 and "--token" in out
+
+
+def test_search_records_every_evaluation_in_the_study(run_dir: Path) -> None:
+    import optuna
+
+    from search.store import open_storage
+
+    storage = open_storage(None, run_dir)
+    [summary] = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    assert len(study.trials) == 60 and {t.user_attrs["shape"] for t in study.trials}
+    assert (run_dir / "accuracy.parquet").is_file() and (run_dir / "search.yaml").is_file()

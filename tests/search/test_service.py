@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+TOKEN = "s3cret"
+
+
+def _serve(run_dir: Path, profiles: Path, token: str | None) -> Iterator[str]:
+    import uvicorn
+
+    from search.service import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(run_dir, profiles, token), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    deadline = time.time() + 20
+    while not server.started:
+        assert time.time() < deadline, "server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    th.join(10)
+
+
+@pytest.fixture(scope="module")
+def url(run_dir: Path, profiles: Path) -> Iterator[str]:
+    yield from _serve(run_dir, profiles, None)
+
+
+@pytest.fixture(scope="module")
+def client(url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=url, timeout=10) as c:
+        yield c
+
+
+def test_endpoints(client: httpx.Client) -> None:
+    d = client.get("/devices").json()
+    assert d == {"model": "tiny", "devices": {"cpu-host": ["pytorch"]}}
+    front = client.get("/fronts/cpu-host/pytorch").json()["front"]
+    assert front and all(p["latency_source"] in ("measured", "predicted") for p in front)
+    slow = front[-1]["latency_ms"]
+    q = client.get("/query", params={"device": "cpu-host", "flow": "pytorch", "budget_ms": slow}).json()
+    assert q["feasible"] and q["shape"] == front[-1] and q["export_command"].startswith("amoeba export")
+    q = client.get("/query", params={"device": "cpu-host", "flow": "pytorch", "budget_ms": 1e-6}).json()
+    assert not q["feasible"] and q["fastest"] == front[0] and "fastest" in q["message"]
+    assert client.get("/openapi.json").json()["paths"].keys() >= {"/devices", "/query", "/fronts/{device}/{flow}"}
+
+
+@pytest.mark.parametrize("params, status, reason", [
+    ({"device": "nope", "flow": "pytorch", "budget_ms": 5}, 404, "known: cpu-host"),
+    ({"device": "cpu-host", "flow": "onnx", "budget_ms": 5}, 404, "known: pytorch"),
+    ({"device": "cpu-host", "flow": "pytorch", "budget_ms": -1}, 422, "greater than 0"),
+    ({"device": "cpu-host", "flow": "pytorch", "budget_ms": "fast"}, 422, "number"),
+    ({"device": "cpu-host", "flow": "pytorch", "budget_ms": "nan"}, 422, "finite"),
+    ({"device": "cpu-host", "flow": "pytorch", "budget_ms": 5, "phase": "x"}, 422, "decode"),
+    ({"device": "cpu-host", "flow": "pytorch"}, 422, "budget_ms"),
+])
+def test_bad_input_gets_4xx_with_a_reason(client: httpx.Client, params: dict, status: int, reason: str) -> None:
+    r = client.get("/query", params=params)
+    assert r.status_code == status and reason in r.text
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(path=st.sampled_from(["/query", "/fronts/{d}/{f}", "/devices"]),
+       device=st.one_of(st.just("cpu-host"), st.text(max_size=30)),
+       flow=st.one_of(st.just("pytorch"), st.text(max_size=30)),
+       budget=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=10), st.none()),
+       phase=st.one_of(st.sampled_from(["decode", "prefill", "e2e"]), st.text(max_size=8), st.none()))
+def test_fuzz_never_5xx(client: httpx.Client, path: str, device: str, flow: str, budget: object,
+                        phase: object) -> None:
+    params = {"device": device, "flow": flow}
+    if budget is not None:
+        params["budget_ms"] = str(budget)
+    if phase is not None:
+        params["phase"] = str(phase)
+    if "{d}" in path:
+        from urllib.parse import quote
+
+        path = f"/fronts/{quote(device, safe='') or '_'}/{quote(flow, safe='') or '_'}"
+    r = client.get(path, params=params)
+    assert r.status_code < 500, (path, params, r.text)
+    if r.status_code >= 400:
+        assert r.json()["detail"]
+
+
+def test_bearer_token(run_dir: Path, profiles: Path) -> None:
+    for base in _serve(run_dir, profiles, TOKEN):
+        assert httpx.get(f"{base}/devices").status_code == 401
+        assert httpx.get(f"{base}/devices", headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert httpx.get(f"{base}/devices", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
