@@ -145,7 +145,8 @@ class LlamaCppFlow(Flow):
         import llama_cpp
 
         env = super().environment()
-        env.update({"llama_cpp_python": llama_cpp.__version__, "quant": self.quant, "dtype": self.quant, "device": "cpu",
+        env.update({"llama_cpp_python": llama_cpp.__version__, "quant": self.quant, "dtype": self.quant,
+                    "device": "cpu",
                     "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip()})
         return env
 
@@ -160,7 +161,7 @@ def _check_dims(llm: Any, geometry: ModelGeometry, path: Path) -> None:
     arch = meta.get("general.architecture", "llama")
     got = {"n_layers": meta.get(f"{arch}.block_count"), "hidden": meta.get(f"{arch}.embedding_length"),
            "n_heads": meta.get(f"{arch}.attention.head_count"),
-           "n_kv_heads": meta.get(f"{arch}.attention.head_count_kv", meta.get(f"{arch}.attention.head_count")),
+           "n_kv_heads": meta.get(f"{arch}.attention.head_count_kv") or meta.get(f"{arch}.attention.head_count"),
            "intermediate": meta.get(f"{arch}.feed_forward_length"), "vocab": llm.n_vocab()}
     bad = {k: v for k, v in got.items() if v is None or int(v) != getattr(geometry, k)}
     if bad:

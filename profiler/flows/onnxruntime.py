@@ -105,9 +105,10 @@ def export_onnx(geometry: ModelGeometry, out_dir: str | Path, exporter: str = "t
         else:
             P = torch.export.Dim("P", min=2, max=geometry.max_position)
             S = torch.export.Dim("S", min=1, max=geometry.max_position - 1)
-            torch.onnx.export(prefill, (ids,), str(out / "prefill.onnx"), dynamo=True, input_names=["input_ids"],
+            torch.onnx.export(prefill, (ids,), str(out / "prefill.onnx"), dynamo=True, verbose=False,
+                              input_names=["input_ids"],
                               output_names=out_names, dynamic_shapes={"ids": {1: P}})
-            torch.onnx.export(decode, (one, *past), str(out / "decode.onnx"), dynamo=True,
+            torch.onnx.export(decode, (one, *past), str(out / "decode.onnx"), dynamo=True, verbose=False,
                               input_names=["input_ids", *past_names], output_names=out_names,
                               dynamic_shapes=({}, tuple({2: S} for _ in past)))
     return out

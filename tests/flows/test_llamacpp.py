@@ -23,7 +23,8 @@ TINY = ModelGeometry.preset("tiny")
 
 
 def _flow(cache: Path, quant: str) -> LlamaCppFlow:
-    return make_flow("llamacpp", FlowConfig(threads=1, options={"quant": quant, "cache_dir": str(cache)}))  # type: ignore[return-value]
+    config = FlowConfig(threads=1, options={"quant": quant, "cache_dir": str(cache)})
+    return make_flow("llamacpp", config)  # type: ignore[return-value]
 
 
 @pytest.mark.parametrize("quant", ["f16", "q8_0", "q4_0"])
@@ -107,7 +108,8 @@ def test_bad_options_and_missing_runtime(monkeypatch: pytest.MonkeyPatch) -> Non
     with pytest.raises(AmoebaError, match="quant"):
         LlamaCppFlow(FlowConfig(options={"quant": "q5_k"}))
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import now fails as if not installed
-    with pytest.raises(NotInstalledError, match=r"llama-cpp-python is not installed: pip install 'amoeba-deploy\[llamacpp\]'"):
+    hint = r"llama-cpp-python is not installed: pip install 'amoeba-deploy\[llamacpp\]'"
+    with pytest.raises(NotInstalledError, match=hint):
         LlamaCppFlow.check_available()
 
 
