@@ -13,7 +13,6 @@ import logging
 import os
 import sys
 
-import click
 import typer
 
 from amoeba_core.errors import AmoebaError
@@ -51,18 +50,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=os.environ.get("AMOEBA_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     command = typer.main.get_command(app)
     try:
-        rc = command.main(args=argv, prog_name="amoeba", standalone_mode=False)
+        # standalone mode: typer/click report usage errors themselves (exit 2) and exit with
+        # the command's return code; our own errors propagate to here.
+        command.main(args=argv, prog_name="amoeba", standalone_mode=True)
     except AmoebaError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.Abort:
-        print("aborted", file=sys.stderr)
-        sys.exit(130)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    sys.exit(rc if isinstance(rc, int) else 0)
-
 
 if __name__ == "__main__":
     main()
