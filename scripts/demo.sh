@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The end-to-end slice on the bundled SmolLM2-135M with the default SQLite store:
+#   profile -> select -> search -> query -> plot
+# Usage: scripts/demo.sh [RUN_DIR]   (make demo calls it; every step is resumable)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=${1:-runs/smollm2}
+AMOEBA=${AMOEBA:-.venv/bin/amoeba}
+MODEL=smollm2-135m
+WIDTHS=1,0.875,0.75,0.625
+mkdir -p "$RUN"
+t0=$(date +%s)
+step() { printf '\n\033[1m== %s\033[0m (%ss elapsed)\n' "$1" "$(( $(date +%s) - t0 ))"; }
+
+step "1/5 profile: measured cpu-host PyTorch latency table for $MODEL"
+$AMOEBA profile --device cpu-host --flow pytorch --model $MODEL \
+    --depths 6,12,18,24,30 --widths $WIDTHS --prompt-len 128 --threads 2
+
+step "2/5 select: Stage 1 strategy (DP depth + importance width) on the real model"
+# DEMO_SELECT_ARGS trades calibration text for time; the full-budget run is `amoeba select` with defaults.
+$AMOEBA select --model $MODEL --min-depth 15 --widths $WIDTHS --out "$RUN/strategy.yaml" \
+    ${DEMO_SELECT_ARGS:---calib-windows 2 --stats-windows 4 --val-windows 2}
+
+step "3/5 search: hierarchical search of the accuracy-latency front (SQLite store in $RUN)"
+$AMOEBA search --strategy "$RUN/strategy.yaml" --device cpu-host --flow pytorch \
+    --method hierarchical --run "$RUN" ${DEMO_SEARCH_ARGS:-}
+
+step "4/5 query: best shape under 40 ms/token"
+$AMOEBA query --device cpu-host --flow pytorch --budget 40ms --run "$RUN"
+
+step "5/5 plot"
+$AMOEBA plot --run "$RUN" --budget 40ms
+echo
+echo "front PNGs:"; ls -1 "$RUN"/*.png
+echo "demo finished in $(( $(date +%s) - t0 )) s"
