@@ -100,7 +100,8 @@ class Evaluator:
             for line in self.cache.read_text().splitlines():
                 try:
                     row = json.loads(line)
-                    self._scores[row.pop("key")] = ShapeScore(**row)
+                    key = row.pop("key")
+                    self._scores[key] = ShapeScore(**row)
                 except (json.JSONDecodeError, TypeError, KeyError):
                     continue  # a torn last line from a killed run
         n_layers = len(loaded.model.model.layers)
