@@ -3,9 +3,9 @@
 Export. Two fp32 graphs of one random-weight LLaMA (``amoeba_core.model.random_llama``) run
 through the explicit-cache decoder of :mod:`profiler.flows._kv_llama`, with dynamic lengths:
 
-* ``prefill.onnx``: ``input_ids[1,P] -> logits[1,V], present_k_0, present_v_0, ...`` (each
+* ``prefill/model.onnx``: ``input_ids[1,P] -> logits[1,V], present_k_0, present_v_0, ...`` (each
   ``[1, n_kv, P, head_dim]``; logits of the last token only).
-* ``decode.onnx``: ``input_ids[1,1], past_k_0, past_v_0, ... [1, n_kv, S, hd] -> logits,
+* ``decode/model.onnx``: ``input_ids[1,1], past_k_0, past_v_0, ... [1, n_kv, S, hd] -> logits,
   present_* [1, n_kv, S+1, hd]``; the new token's position is ``S``, read from the past's shape.
 
 The default exporter is the TorchScript one (``torch.onnx.export(..., dynamo=False)``): with
@@ -42,6 +42,7 @@ from profiler.flows.base import Flow, FlowConfig, Workload
 log = logging.getLogger(__name__)
 
 EXPORTERS = ("torchscript", "dynamo")
+PREFILL, DECODE = "prefill/model.onnx", "decode/model.onnx"
 _OPSET = 17
 
 
@@ -67,7 +68,9 @@ def export_onnx(geometry: ModelGeometry, out_dir: str | Path, exporter: str = "t
     if exporter not in EXPORTERS:
         raise AmoebaError(f"onnxruntime flow: exporter must be one of {EXPORTERS}, got {exporter!r}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    pre_path, dec_path = out / PREFILL, out / DECODE
+    pre_path.parent.mkdir(parents=True, exist_ok=True)
+    dec_path.parent.mkdir(parents=True, exist_ok=True)  # own folders: >2 GB exports write external data files
     class PrefillGraph(nn.Module):
         def __init__(self, core: KvLlama) -> None:
             super().__init__()
@@ -95,20 +98,20 @@ def export_onnx(geometry: ModelGeometry, out_dir: str | Path, exporter: str = "t
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if exporter == "torchscript":
-            torch.onnx.export(prefill, (ids,), str(out / "prefill.onnx"), dynamo=False, opset_version=_OPSET,
+            torch.onnx.export(prefill, (ids,), str(pre_path), dynamo=False, opset_version=_OPSET,
                               input_names=["input_ids"], output_names=out_names,
                               dynamic_axes={"input_ids": {1: "P"}, **{k: {2: "P"} for k in out_names[1:]}})
-            torch.onnx.export(decode, (one, *past), str(out / "decode.onnx"), dynamo=False, opset_version=_OPSET,
+            torch.onnx.export(decode, (one, *past), str(dec_path), dynamo=False, opset_version=_OPSET,
                               input_names=["input_ids", *past_names], output_names=out_names,
                               dynamic_axes={**{k: {2: "S"} for k in past_names},
                                             **{k: {2: "S1"} for k in out_names[1:]}})
         else:
             P = torch.export.Dim("P", min=2, max=geometry.max_position)
             S = torch.export.Dim("S", min=1, max=geometry.max_position - 1)
-            torch.onnx.export(prefill, (ids,), str(out / "prefill.onnx"), dynamo=True, verbose=False,
+            torch.onnx.export(prefill, (ids,), str(pre_path), dynamo=True, verbose=False,
                               input_names=["input_ids"],
                               output_names=out_names, dynamic_shapes={"ids": {1: P}})
-            torch.onnx.export(decode, (one, *past), str(out / "decode.onnx"), dynamo=True, verbose=False,
+            torch.onnx.export(decode, (one, *past), str(dec_path), dynamo=True, verbose=False,
                               input_names=["input_ids", *past_names], output_names=out_names,
                               dynamic_shapes=({}, tuple({2: S} for _ in past)))
     return out
@@ -120,7 +123,7 @@ def cached_export(geometry: ModelGeometry, exporter: str = "torchscript", seed: 
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"{geometry.fingerprint}-{exporter}-s{seed}"
-    if (target / "decode.onnx").is_file():
+    if (target / DECODE).is_file() and (target / PREFILL).is_file():
         return target
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     try:
@@ -189,8 +192,8 @@ class OnnxRuntimeFlow(Flow):
     def build(self, geometry: ModelGeometry) -> OrtArtifact:
         folder = cached_export(geometry, self.exporter, int(self.config.options.get("seed", 0)),
                                self.config.options.get("cache_dir"))
-        return OrtArtifact(folder, geometry, self._session(folder / "prefill.onnx"),
-                           self._session(folder / "decode.onnx"), self.config.device)
+        return OrtArtifact(folder, geometry, self._session(folder / PREFILL), self._session(folder / DECODE),
+                           self.config.device)
 
     # -- timing ----------------------------------------------------------------------------
     def _ids(self, art: OrtArtifact, n: int, salt: int = 0) -> Any:

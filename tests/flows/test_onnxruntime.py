@@ -17,7 +17,7 @@ from amoeba_core.errors import AmoebaError, NotInstalledError  # noqa: E402
 from amoeba_core.model import random_llama  # noqa: E402
 from amoeba_core.shape import ModelGeometry  # noqa: E402
 from profiler.flows import FlowConfig, Workload, make_flow  # noqa: E402
-from profiler.flows.onnxruntime import OnnxRuntimeFlow, OrtArtifact  # noqa: E402
+from profiler.flows.onnxruntime import DECODE, OnnxRuntimeFlow, OrtArtifact  # noqa: E402
 
 GEOM = ModelGeometry.preset("tiny").scaled_dims(2, 0.5)  # GQA cut: 2 heads of 16, MLP 64
 
@@ -68,9 +68,9 @@ def test_decode_past_stays_on_prompt_len(built: tuple[OnnxRuntimeFlow, OrtArtifa
 
 def test_export_is_cached(built: tuple[OnnxRuntimeFlow, OrtArtifact], flow_cache: Path) -> None:
     flow, art = built
-    mtime = (art.folder / "decode.onnx").stat().st_mtime_ns
+    mtime = (art.folder / DECODE).stat().st_mtime_ns
     again = flow.build(GEOM)
-    assert again.folder == art.folder and (again.folder / "decode.onnx").stat().st_mtime_ns == mtime
+    assert again.folder == art.folder and (again.folder / DECODE).stat().st_mtime_ns == mtime
     assert not list((flow_cache).glob("**/.tmp-*"))
 
 
