@@ -76,8 +76,9 @@ class KvLlama(nn.Module):
         vv = v[:, :, None].expand(b, self.n_kv, g, s, self.head_dim).reshape(b, self.n_heads, s, self.head_dim)
         scores = torch.matmul(q, kk.transpose(2, 3)) * (self.head_dim ** -0.5)
         if causal:
-            mask = torch.full((t, s), float("-inf")).triu(1)
-            scores = scores + mask
+            # future positions get -1e9 (built from aranges: TVM cannot legalise full(-inf))
+            future = (torch.arange(s)[None, :] > torch.arange(t)[:, None]).to(scores.dtype)
+            scores = scores - future * 1e9
         probs = torch.softmax(scores, dim=-1)
         out = torch.matmul(probs, vv).transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)
         return att.o_proj(out), k, v

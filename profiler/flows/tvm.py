@@ -1,0 +1,242 @@
+"""Apache TVM flow (the compiler under MLC-LLM): a shape compiled for the host CPU.
+
+Route: ``torch.export`` of an explicit-KV-cache LLaMA (``_kv_llama``: fixed-shape prefill
+``(1,P)`` and decode ``(1,1)`` graphs that take and return the cache as tensors) ->
+``tvm.relax.frontend.torch.from_exported_program`` -> ``tvm.compile`` for
+``{"kind": "llvm", "num-cores": T}`` -> ``relax.VirtualMachine``. Weights stay graph inputs
+(``keep_params_as_input``), so compiling does not embed them. Graphs are compiled lazily, one
+per (phase, prompt_len), during the first (warm-up) ``run_once`` of a shape.
+
+Variants (recorded as separate table rows):
+
+* ``untuned``: TVM's default CPU pipeline. Correct (checked against transformers) but its code
+  is untuned, often far slower than PyTorch.
+* ``tuned-<trials>``: MetaSchedule tuning with a global budget of ``trials`` (option
+  ``trials``; ``trials_per_task`` caps each operator), then the best schedules from the
+  database are applied (the ``static_shape_tuning`` pipeline with 0 further trials). The
+  database is cached per device and width geometry under
+  ``device_profiles/<device>/tvm_tuning/<geometry>/`` (the same operators recur at every depth,
+  so a depth sweep tunes once per width); ``tuned.json`` there records which graphs were tuned
+  with which budget, and a graph already tuned is never tuned again.
+
+Known pitfalls in apache-tvm 0.27 found here (see FACTS.md):
+
+* ``apache-tvm-ffi`` 0.1.15 segfaults in ``ToJSONGraph`` (``tvm.ir.save_json`` of any IR node),
+  which MetaSchedule's database and builder use: pin ``apache-tvm-ffi<0.1.15`` (0.1.14.post1
+  works). ``check_available`` refuses the bad combination with that message.
+* MetaSchedule's builder worker imports ``tvm.s_tir.tensor_intrin`` on its first build (tens of
+  seconds on a small CPU), longer than the default 30 s build timeout, so every candidate
+  "fails to build" and the worker is restarted forever. The flow pre-imports it in the worker
+  initializer and uses a long build timeout.
+* ``x[:, -1, :]`` (negative index ``select``) imported wrongly (NaN logits); ``narrow`` is used.
+
+Options: ``trials`` (0 = untuned), ``trials_per_task`` (default 16), ``device_name``
+(default ``cpu-host``), ``tuning_dir`` (overrides the folder), ``profiles_root``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from amoeba_core.errors import AmoebaError, NotInstalledError
+from amoeba_core.shape import ModelGeometry
+from profiler.flows.base import Flow, FlowConfig, Workload
+
+log = logging.getLogger(__name__)
+
+INSTALL = 'pip install "amoeba-deploy[tvm]"  (i.e. apache-tvm>=0.22 "apache-tvm-ffi<0.1.15" xgboost psutil cloudpickle)'
+
+
+def tuning_key(geometry: ModelGeometry) -> str:
+    """Depth-independent name of a width geometry (its layers' operator shapes)."""
+    g = geometry
+    base = g.name.split(":")[0] or "custom"
+    return f"{base}-h{g.hidden}-a{g.n_heads}-kv{g.n_kv_heads}-f{g.intermediate}-v{g.vocab}"
+
+
+def tuning_dir(geometry: ModelGeometry, device_name: str = "cpu-host", profiles_root: str | Path | None = None) -> Path:
+    root = Path(profiles_root) if profiles_root else Path(os.environ.get("AMOEBA_PROFILES", "device_profiles"))
+    return root / device_name / "tvm_tuning" / tuning_key(geometry)
+
+
+def target_dict(threads: int) -> dict[str, Any]:
+    """The LLVM host target; this TVM accepts only the JSON-dict form (not "llvm -num-cores 2")."""
+    return {"kind": "llvm", "num-cores": max(1, int(threads))}
+
+
+@dataclass
+class Graph:
+    vm: Any
+    args: list[Any]  # inputs then weights, as tvm tensors
+
+
+@dataclass
+class TvmArtifact:
+    geometry: ModelGeometry
+    core: Any  # KvLlama
+    graphs: dict[tuple[str, int], Graph] = field(default_factory=dict)
+
+
+class TvmFlow(Flow):
+    name: ClassVar[str] = "tvm"
+    install_hint: ClassVar[str] = INSTALL
+
+    def __init__(self, config: FlowConfig | None = None) -> None:
+        super().__init__(config)
+        if self.config.dtype != "float32":
+            raise AmoebaError(f"tvm flow compiles float32 for the CPU, got dtype {self.config.dtype!r}")
+        if self.config.device != "cpu":
+            raise AmoebaError("tvm flow targets the host CPU (llvm); use --flow-device cpu")
+        o = self.config.options
+        self.trials = int(o.get("trials", 0))
+        self.trials_per_task = int(o.get("trials_per_task", 16))
+        if self.trials < 0 or self.trials_per_task < 1:
+            raise AmoebaError("tvm flow: trials must be >= 0 and trials_per_task >= 1")
+        self.threads = self.config.threads or len(os.sched_getaffinity(0))
+        if self.config.threads:
+            os.environ["TVM_NUM_THREADS"] = str(self.config.threads)  # read when TVM's pool starts
+
+    @classmethod
+    def check_available(cls) -> None:
+        try:
+            import tvm  # noqa: F401
+            from tvm.relax.frontend.torch import from_exported_program  # noqa: F401
+        except ImportError as e:
+            raise NotInstalledError(f"tvm flow: Apache TVM is not installed ({e}); install with: {INSTALL}") from None
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            ffi = version("apache-tvm-ffi")
+        except PackageNotFoundError:
+            return
+        if tuple(int(x) for x in ffi.split(".")[:3] if x.isdigit()) >= (0, 1, 15) and version("apache-tvm").startswith("0.27"):
+            raise NotInstalledError(f"tvm flow: apache-tvm-ffi {ffi} segfaults with apache-tvm 0.27 (IR serialisation); "
+                                    f'install with: pip install "apache-tvm-ffi<0.1.15"')
+
+    # -- building ------------------------------------------------------------------------
+    def build(self, geometry: ModelGeometry) -> TvmArtifact:
+        import torch
+
+        from amoeba_core.model import random_llama
+        from profiler.flows._kv_llama import KvLlama
+
+        with torch.no_grad():
+            core = KvLlama(random_llama(geometry, "float32")).eval()
+        return TvmArtifact(geometry, core)
+
+    def compile(self, art: TvmArtifact, phase: str, prompt_len: int) -> Graph:
+        """Export, import, (tune,) compile one fixed-shape graph; cached on the artifact."""
+        key = (phase, prompt_len)
+        if key in art.graphs:
+            return art.graphs[key]
+        import torch
+        import tvm
+        from tvm import relax
+        from tvm.relax.frontend.torch import from_exported_program
+
+        from profiler.flows._kv_llama import Decode, Prefill, example_inputs
+
+        t0 = time.perf_counter()
+        module = Prefill(art.core) if phase == "prefill" else Decode(art.core, prompt_len)
+        inputs = example_inputs(art.core, phase, prompt_len)
+        with torch.no_grad():
+            ep = torch.export.export(module.eval(), inputs)
+        mod = from_exported_program(ep, keep_params_as_input=True)
+        mod, params = relax.frontend.detach_params(mod)
+        target = tvm.target.Target(target_dict(self.threads))
+        if self.trials:
+            mod = self._tuned(mod, target, art.geometry)
+        ex = tvm.compile(mod, target=target)
+        dev = tvm.cpu()
+        vm = relax.VirtualMachine(ex, dev)
+        args = [tvm.runtime.tensor(x.numpy(), dev) for x in inputs]
+        args += [tvm.runtime.tensor(p.numpy(), dev) for p in params["main"]]
+        log.info("tvm %s graph P=%d of %s compiled in %.1f s (%s)", phase, prompt_len, art.geometry.name,
+                 time.perf_counter() - t0, self.variant)
+        art.graphs[key] = Graph(vm, args)
+        return art.graphs[key]
+
+    def _tuned(self, mod: Any, target: Any, geometry: ModelGeometry) -> Any:
+        import tvm_ffi
+        from tvm import relax
+
+        o = self.config.options
+        work = Path(o["tuning_dir"]) if o.get("tuning_dir") else tuning_dir(
+            geometry, str(o.get("device_name", "cpu-host")), o.get("profiles_root"))
+        work.mkdir(parents=True, exist_ok=True)
+        ledger = work / "tuned.json"
+        done = json.loads(ledger.read_text()) if ledger.is_file() else {}
+        sig = f"{tvm_ffi.structural_hash(mod)}:{self.trials}:{self.trials_per_task}"
+        if sig not in done:
+            t0 = time.perf_counter()
+            n = tune(mod, target, work, self.trials, self.trials_per_task, self.threads)
+            done[sig] = {"trials": self.trials, "trials_per_task": self.trials_per_task, "records": n,
+                         "seconds": round(time.perf_counter() - t0, 1), "geometry": geometry.name}
+            tmp = ledger.with_suffix(".tmp")
+            tmp.write_text(json.dumps(done, indent=1))
+            tmp.replace(ledger)
+        return relax.get_pipeline("static_shape_tuning", total_trials=0, target=target, work_dir=str(work))(mod)
+
+    # -- timing ----------------------------------------------------------------------------
+    def run_once(self, artifact: TvmArtifact, workload: Workload) -> float:
+        if workload.batch != 1:
+            raise AmoebaError("tvm flow compiles batch-1 graphs only")
+        if workload.prompt_len + 1 > artifact.geometry.max_position:
+            raise AmoebaError(f"prompt_len {workload.prompt_len} exceeds the model's positions")
+        g = self.compile(artifact, workload.phase, workload.prompt_len)
+        fn = g.vm["main"]
+        t0 = time.perf_counter()
+        out = fn(*g.args)  # CPU VM calls are synchronous: outputs exist when it returns
+        dt = time.perf_counter() - t0
+        del out
+        return dt
+
+    def close(self, artifact: TvmArtifact) -> None:
+        artifact.graphs.clear()
+
+    def environment(self) -> dict[str, Any]:
+        env = super().environment()
+        try:
+            import tvm
+
+            env["tvm"] = tvm.__version__
+        except ImportError:
+            pass
+        env.update({"target": target_dict(self.threads), "trials": self.trials,
+                    "trials_per_task": self.trials_per_task, "TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS")})
+        return env
+
+    @property
+    def variant(self) -> str:
+        return f"tuned-{self.trials}" if self.trials else "untuned"
+
+
+def _preimport() -> None:
+    """Builder-worker initializer: the slow import happens before the build timeout starts."""
+    import tvm.s_tir.tensor_intrin  # noqa: F401
+
+
+def tune(mod: Any, target: Any, work_dir: Path, trials: int, per_task: int, threads: int,
+         build_timeout: float = 600.0, run_timeout: float = 60.0) -> int:
+    """MetaSchedule over the tasks of ``mod`` (after the same passes the tuning pipeline applies)."""
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    with target:
+        pre = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
+                                        relax.transform.CanonicalizeBindings(),
+                                        relax.get_pipeline("zero")])(mod)
+    db = ms.relax_integration.tune_relax(
+        mod=pre, params={}, target=target, work_dir=str(work_dir), max_trials_global=trials,
+        max_trials_per_task=per_task, num_trials_per_iter=min(per_task, 16),
+        builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=build_timeout, initializer=_preimport),
+        runner=ms.runner.LocalRunner(timeout_sec=run_timeout),
+    )
+    return len(db.get_all_tuning_records())
