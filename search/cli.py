@@ -90,6 +90,9 @@ def search(
     from search.space import SearchSpace
     from search.store import open_storage, storage_url, study_name
 
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     if method not in ("hierarchical", "nsga2", "tpe", "random"):
         raise AmoebaError(f"unknown method {method!r}; known: hierarchical, nsga2, tpe, random")
     space = SearchSpace.from_strategy(strategy, model=model, widths=_widths(widths))

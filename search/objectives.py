@@ -219,6 +219,10 @@ class LatencyObjective:
         measured = sum(e.measured_ms * k for e, k in ests) if all(e.measured_ms is not None for e, _ in ests) else None
         predicted = sum(e.predicted_ms * k for e, k in ests) if all(e.predicted_ms is not None for e, _ in ests) \
             else None
+        if not ms > 0:
+            raise AmoebaError(f"{self.device}/{self.flow}/{self.model} gives a non-positive {self.phase} latency "
+                              f"({ms:.4g} ms, {source}) for d{depth}-w{width:.3f}: the shape is outside what the "
+                              "table's predictor can extrapolate; profile widths/depths that cover it")
         out = ShapeLatency(float(ms), source, measured, predicted)
         self._cache[key] = out
         return out

@@ -106,17 +106,20 @@ class QueryIndex:
             raise AmoebaError(f"no evaluated shapes in {self.run_dir / 'accuracy.parquet'}")
         self._lock = threading.Lock()
         self._indexes: dict[tuple[str, str, str], _Index] = {}
+        self._tables: dict[str, list[str]] | None = None
 
     # -- what is known -------------------------------------------------------------------
     def tables(self) -> dict[str, list[str]]:
-        """device -> flows with a latency table for this run's model."""
+        """device -> flows with a latency table for this run's model (read once per index)."""
         from profiler.lookup import list_tables
 
-        out: dict[str, list[str]] = {}
-        for t in list_tables(self.root):
-            if t.model == self.model:
-                out.setdefault(t.device, []).append(t.flow)
-        return {d: sorted(f) for d, f in sorted(out.items())}
+        if self._tables is None:
+            out: dict[str, list[str]] = {}
+            for t in list_tables(self.root):
+                if t.model == self.model:
+                    out.setdefault(t.device, []).append(t.flow)
+            self._tables = {d: sorted(f) for d, f in sorted(out.items())}
+        return self._tables
 
     def _check(self, device: str, flow: str, phase: str) -> None:
         if phase not in PHASES:

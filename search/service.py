@@ -2,7 +2,9 @@
 
 Bad input gets a 4xx with a reason: 422 for malformed parameters (FastAPI validation), 404 for
 an unknown device or flow (the reason lists the known ones), 401 for a missing or wrong bearer
-token. OpenAPI docs are at ``/docs``. ``amoeba serve`` binds 127.0.0.1 by default and refuses
+token. OpenAPI docs are at ``/docs``. Handlers are ``async``: a query is a
+microsecond binary search on an index warmed at start-up, so it never blocks the event loop
+(an index not warmed yet, e.g. a first ``e2e`` query, is built once on first use). ``amoeba serve`` binds 127.0.0.1 by default and refuses
 another address without a token.
 """
 
@@ -89,17 +91,17 @@ def create_app(run_dir: Path | str, root: Path | None = None, token: str | None 
         return JSONResponse(status_code=404 if "unknown" in str(exc) else 400, content={"detail": str(exc)})
 
     @app.get("/devices", response_model=DevicesOut)
-    def devices() -> DevicesOut:
+    async def devices() -> DevicesOut:
         return DevicesOut(model=index.model, devices=index.tables())
 
     @app.get("/fronts/{device}/{flow}", response_model=FrontOut)
-    def front(device: str, flow: str, phase: Phase = "decode") -> FrontOut:
+    async def front(device: str, flow: str, phase: Phase = "decode") -> FrontOut:
         pts = index.front(device, flow, phase)
         return FrontOut(device=device, flow=flow, phase=phase, front=[ShapeOut.of(p) for p in pts],
                         n_evaluated=len(index.records))
 
     @app.get("/query", response_model=QueryOut)
-    def query(device: str = Query(..., max_length=200), flow: str = Query(..., max_length=200),
+    async def query(device: str = Query(..., max_length=200), flow: str = Query(..., max_length=200),
               budget_ms: float = Query(..., gt=0, allow_inf_nan=False, description="Latency budget in ms"),
               phase: Phase = "decode") -> QueryOut:
         a = index.best(device, flow, budget_ms, phase)
