@@ -60,10 +60,6 @@ def select_strategy(
     log.info("DP: %d evaluations (%d from cache) in %.1f s", result.n_evaluations, result.n_cached, result.seconds)
 
     t_w = time.perf_counter()
-    stat_ids = token_windows(loaded.tokenizer, split_docs("calib"), calib_seq_len, stats_windows)
-    if progress is not None:
-        progress("width statistics", 0, 1)
-    stats = collect_stats(loaded, stat_ids)
     base = Strategy(
         model_fingerprint=loaded.fingerprint,
         model_source=loaded.source,
@@ -74,8 +70,44 @@ def select_strategy(
         rankings=Strategy.trivial(loaded.geometry, loaded.fingerprint, loaded.source).rankings,
         widths=tuple(widths),
     )
+    chosen, report, stats_tokens = select_width(
+        loaded, base, calib_seq_len, stats_windows, val_windows, width_candidates, progress
+    )
+    total_s = time.perf_counter() - t_start
+    return chosen.with_(
+        stats={
+            "dp_evaluations": result.n_evaluations,
+            "dp_evaluations_expected": total,
+            "dp_evaluations_from_cache": result.n_cached,
+            "dp_seconds": round(result.seconds, 2),
+            "dp_calib_tokens": calib.n_windows * calib_seq_len,
+            "dp_calib_ppl": {str(d): round(v, 4) for d, v in sorted(result.scores.items(), reverse=True)},
+            "width_stats_tokens": stats_tokens,
+            "width_metric_val_ppl": {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in report.items()},
+            "width_seconds": round(time.perf_counter() - t_w, 2),
+            "total_seconds": round(total_s, 2),
+        }
+    )
+
+
+def select_width(
+    loaded: LoadedModel,
+    base: Strategy,
+    calib_seq_len: int = 256,
+    stats_windows: int = 4,
+    val_windows: int = 2,
+    width_candidates: tuple[str, ...] = ("flap-bias", "flap", "wanda"),
+    progress: Progress | None = None,
+) -> tuple[Strategy, dict[str, dict[str, float]], int]:
+    """Width half of Stage 1 (independent of the depth DP): calibration statistics, candidate
+    metrics scored by validation perplexity at full depth, the best kept."""
+    n = loaded.geometry.n_layers
+    stat_ids = token_windows(loaded.tokenizer, split_docs("calib"), calib_seq_len, stats_windows)
+    if progress is not None:
+        progress("width statistics", 0, 1)
+    stats = collect_stats(loaded, stat_ids)
     full = SubnetShape(tuple(range(n)))
-    n_cand = len(width_candidates) * sum(1 for w in widths if w < 1.0)
+    n_cand = len(width_candidates) * sum(1 for w in base.widths if w < 1.0)
     done = [0]
 
     def val_score(strategy: Strategy, width: float) -> float:
@@ -87,18 +119,4 @@ def select_strategy(
         return s
 
     chosen, report = choose_width_metric(loaded, base, stats, val_score, width_candidates)
-    total_s = time.perf_counter() - t_start
-    return chosen.with_(
-        stats={
-            "dp_evaluations": result.n_evaluations,
-            "dp_evaluations_expected": total,
-            "dp_evaluations_from_cache": result.n_cached,
-            "dp_seconds": round(result.seconds, 2),
-            "dp_calib_tokens": calib.n_windows * calib_seq_len,
-            "dp_calib_ppl": {str(d): round(v, 4) for d, v in sorted(result.scores.items(), reverse=True)},
-            "width_stats_tokens": stats.n_tokens,
-            "width_metric_val_ppl": {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in report.items()},
-            "width_seconds": round(time.perf_counter() - t_w, 2),
-            "total_seconds": round(total_s, 2),
-        }
-    )
+    return chosen, report, stats.n_tokens

@@ -64,6 +64,9 @@ def main() -> None:
     ap.add_argument("--bi-windows", type=int, default=4, help="calibration windows for ShortGPT block influence")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--baselines-only", action="store_true",
+                    help="score only drop_last/shortgpt rows into the score cache (width selection run here); "
+                         "use while `amoeba select` is still running")
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/stage1.json"))
     args = ap.parse_args()
     import torch
@@ -76,7 +79,14 @@ def main() -> None:
     loaded = load_model(args.model)
     n = loaded.geometry.n_layers
     depths = tuple(d for d in depths if d <= n) or (n, max(1, n // 2))
-    strategy, source = find_strategy(loaded, args.strategy, min(depths))
+    if args.baselines_only:
+        from amoeba_core.select import select_width
+
+        strategy, _, _ = select_width(loaded, Strategy.trivial(loaded.geometry, loaded.fingerprint, loaded.source, WIDTHS))
+        source = "width selection only"
+        print(f"width metric {strategy.width_metric}, width id {strategy.width_id}", flush=True)
+    else:
+        strategy, source = find_strategy(loaded, args.strategy, min(depths))
     missing = [d for d in depths if d not in strategy.depth_layers]
     if missing:
         raise AmoebaError(f"strategy lacks depths {missing}")
@@ -99,6 +109,11 @@ def main() -> None:
     for d in depths:
         for w in widths:
             row: dict[str, object] = {"depth": d, "width": w, "params_M": round(loaded.geometry.scaled_dims(d, w).n_params() / 1e6, 2)}
+            if args.baselines_only:
+                for m in ("drop_last", "shortgpt"):
+                    sc = evs["chosen"].score(SubnetShape(layer_sets[m][d], w))
+                    print(f"d{d} w{w:.3f} {m}: ppl {sc.ppl:.2f}", flush=True)
+                continue
             for m in METHODS:
                 if m == "dp_magnitude" and w == 1.0:
                     row[m] = row["dp"]
@@ -111,6 +126,8 @@ def main() -> None:
             rows.append(row)
             print(f"d{d:>2} w{w:.3f}  " + "  ".join(f"{m} {ppl[m]:>10.2f}" for m in METHODS) + f"  best={row['best']}",
                   flush=True)
+    if args.baselines_only:
+        return
     dp_best_depth = sum(
         1 for r in rows if r["dp"]["ppl"] <= min(r["drop_last"]["ppl"], r["shortgpt"]["ppl"])  # type: ignore[index]
     )

@@ -12,9 +12,6 @@ from amoeba_core.strategy import LayerMeans, LayerRanking, Strategy
 
 @pytest.fixture(scope="session")
 def tiny() -> LoadedModel:
-    import torch
-
-    torch.set_num_threads(1)
     return load_model("tiny")
 
 
