@@ -124,7 +124,8 @@ def main() -> None:
     print(f"space: {len(space.depths)} depths x {len(space.widths)} widths = {space.size} shapes "
           f"({space.model}, {args.device}/{args.flow} {args.phase})", flush=True)
     t0 = time.perf_counter()
-    for k, s in enumerate(shapes, 1):
+    # Width by width, shallow to deep: the evaluator reuses the hidden states of a shared prefix.
+    for k, s in enumerate(sorted(shapes, key=lambda s: (s.width, s.depth)), 1):
         accuracy(s)
         if k % 25 == 0:
             print(f"  exhaustive accuracy {k}/{space.size} ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -147,8 +148,13 @@ def main() -> None:
             if method == "hierarchical":
                 run_hierarchical(p, tol=0.0, max_evaluations=space.size)
             else:
+                def reached(study: optuna.Study, _: object, p: SearchProblem = p) -> None:
+                    hv = hypervolume([e.latency_ms for e in p.history], [e.accuracy for e in p.history], *ref)
+                    if hv >= target:  # stop as soon as the target is reached: the count is all we need
+                        study.stop()
+
                 run_optuna(p, method, n_trials=8 * space.size, seed=seed, max_evaluations=space.size,
-                           population_size=10, n_startup_trials=10)
+                           population_size=10, n_startup_trials=10, callbacks=[reached])
             need = first_reach(p.history, ref, target)
             results.setdefault(method, []).append({"seed": seed, "evaluations_to_target": need,
                                                    "evaluated": len(p.history),
