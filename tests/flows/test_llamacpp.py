@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 llama_cpp = pytest.importorskip("llama_cpp")
+pytestmark = pytest.mark.llamacpp
 
 import gguf  # noqa: E402
 

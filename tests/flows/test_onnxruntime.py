@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 ort = pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.onnx
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
