@@ -116,10 +116,17 @@ def sandwich(shapes: list[SubnetShape], k: int, rng: random.Random) -> list[Subn
     return [shapes[0], *middle, shapes[-1]]
 
 
+_WINDOWS: dict[tuple[int, int, int], torch.Tensor] = {}
+
+
 def train_windows(tokenizer: Any, seq_len: int, data_seed: int = 0) -> torch.Tensor:
+    """All ``seq_len`` windows of the ``train`` split (memoised per tokenizer object)."""
     from amoeba_core.data import text_splits, token_windows
 
-    return token_windows(tokenizer, text_splits(data_seed)["train"], seq_len)
+    key = (id(tokenizer), seq_len, data_seed)
+    if key not in _WINDOWS:
+        _WINDOWS[key] = token_windows(tokenizer, text_splits(data_seed)["train"], seq_len)
+    return _WINDOWS[key]
 
 
 def _lm_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -179,6 +179,7 @@ def install_smol(model: LlamaForCausalLM, cfg: SMoLConfig) -> list[SMoLLinear]:
         for name in cfg.targets:
             parent = layer.self_attn if name in ATTN else layer.mlp
             wrapped = SMoLLinear(getattr(parent, name), cfg, gen)
+            wrapped.train(model.training)  # noisy gate only while the model trains
             setattr(parent, name, wrapped)
             mods.append(wrapped)
     model._smol_config = cfg  # type: ignore[attr-defined]
@@ -238,7 +239,8 @@ def routing(model: LlamaForCausalLM, shape: SubnetShape) -> list[tuple[list[int]
         for m in smol_modules(model):
             was = m.training
             m.eval()
-            idx, w = m.route()
+            with torch.no_grad():
+                idx, w = m.route()
             m.train(was)
             out.append((idx.tolist(), [round(float(x), 6) for x in w]))
     finally:

@@ -1,0 +1,74 @@
+"""`amoeba finetune` (Stage 2; thin wrapper, heavy imports inside)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from amoeba_core.errors import AmoebaError
+
+
+def finetune(
+    strategy: Path = typer.Option(..., help="Stage-1 strategy YAML (from `amoeba select`)."),
+    steps: int = typer.Option(..., help="Optimizer steps."),
+    out: Path = typer.Option(..., help="Output folder (adapters.pt, smol.json, checkpoint.pt, train_log.jsonl)."),
+    model: str = typer.Option("smollm2-135m", help="smollm2-135m, tiny, a .gguf file or an HF folder."),
+    k: int = typer.Option(4, help="Shapes per step (sandwich: largest, smallest, K-2 random)."),
+    seq_len: int = typer.Option(128, help="Tokens per training window."),
+    batch: int = typer.Option(2, help="Windows per micro-batch."),
+    grad_accum: int = typer.Option(1, help="Micro-batches per optimizer step."),
+    lr: float = typer.Option(2e-4, help="AdamW peak learning rate (warm-up then cosine)."),
+    rank: int = typer.Option(8, help="LoRA rank of each expert."),
+    experts: int = typer.Option(4, help="LoRA experts per adapted linear (SMoL)."),
+    top_k: int = typer.Option(2, help="Experts the gate picks per shape."),
+    min_depth: int = typer.Option(0, help="Sample only shapes at least this deep (0: all strategy depths)."),
+    no_smol: bool = typer.Option(False, "--no-smol", help="Ablation: one shared LoRA instead of SMoL."),
+    no_distill: bool = typer.Option(False, "--no-distill", help="Ablation: all shapes learn from labels."),
+    no_balance: bool = typer.Option(False, "--no-balance", help="Ablation: no loss-magnitude balancing."),
+    checkpoint_every: int = typer.Option(10, help="Checkpoint every N steps."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt."),
+    seed: int = typer.Option(0, help="Seed for adapters, batches, shapes and gate noise."),
+    threads: int = typer.Option(0, help="torch threads (0: default)."),
+) -> None:
+    """Stage 2: one-for-all fine-tuning of SMoL adapters for every shape of a strategy."""
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from amoeba_core.finetune import FinetuneConfig, StepReport, finetune as run, steps_done
+    from amoeba_core.model import load_model
+    from amoeba_core.strategy import Strategy
+
+    if steps < 1:
+        raise AmoebaError(f"--steps must be >= 1, got {steps}")
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if not strategy.is_file():
+        raise AmoebaError(f"strategy file {strategy} does not exist")
+    if resume and not (out / "checkpoint.pt").is_file():
+        raise AmoebaError(f"cannot resume: no checkpoint at {out / 'checkpoint.pt'}")
+    console = Console()
+    t0 = time.perf_counter()
+    loaded = load_model(model)
+    strat = Strategy.load(strategy, expect_fingerprint=loaded.fingerprint)
+    cfg = FinetuneConfig(steps=steps, k=k, seq_len=seq_len, batch=batch, grad_accum=grad_accum, lr=lr, rank=rank,
+                         experts=experts, top_k=top_k, min_depth=min_depth or None, smol=not no_smol,
+                         distill=not no_distill, balance=not no_balance, checkpoint_every=checkpoint_every, seed=seed)
+    start = steps_done(out) if resume else 0
+    console.print(f"loaded {loaded.source} ({loaded.fingerprint}) in {time.perf_counter() - t0:.1f} s; "
+                  f"{'resuming at step ' + str(start) if resume else 'new run'} -> {out}", highlight=False)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[losses]}"), console=console) as bar:
+        task = bar.add_task("fine-tuning", total=steps, completed=start, losses="")
+
+        def on_step(r: StepReport) -> None:
+            losses = " ".join(f"{k}={v:.3f}" for k, v in r.losses.items())
+            bar.update(task, completed=r.step, losses=f"{losses} lr={r.lr:.2e} {r.seconds:.1f}s/step")
+
+        run(loaded, strat, cfg, out, resume=resume, on_step=on_step)
+    console.print(f"adapters written to {out} (use --adapters {out}); {time.perf_counter() - t0:.1f} s", highlight=False)
+
+
+COMMANDS = {"finetune": finetune}
