@@ -146,7 +146,7 @@ class LlamaCppFlow(Flow):
 
         env = super().environment()
         env.update({"llama_cpp_python": llama_cpp.__version__, "quant": self.quant, "dtype": self.quant,
-                    "device": "cpu",
+                    "device": "cpu", "flash_attn": False, "n_batch": "n_ctx (no chunking)",
                     "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip()})
         return env
 
