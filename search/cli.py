@@ -69,6 +69,7 @@ def search(
     model: Optional[str] = typer.Option(None, help="Latency-table model name (default: from the strategy)."),
     source: Optional[str] = typer.Option(None, help="Model to evaluate (default: the strategy's source)."),
     widths: Optional[str] = typer.Option(None, help="Width axis: '1,0.75' or LO:HI:STEP e.g. 0.5:1:1/32."),
+    depths: Optional[str] = typer.Option(None, help="Only these depths of the strategy, e.g. 15,16,17 (default: all)."),
     phase: str = _PHASE,
     prompt_len: Optional[int] = typer.Option(None, help="Prompt length of the latency rows (default: table's)."),
     gen_len: int = typer.Option(128, help="Generated tokens for --phase e2e."),
@@ -95,7 +96,10 @@ def search(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if method not in ("hierarchical", "nsga2", "tpe", "random"):
         raise AmoebaError(f"unknown method {method!r}; known: hierarchical, nsga2, tpe, random")
-    space = SearchSpace.from_strategy(strategy, model=model, widths=_widths(widths))
+    from amoeba_core.shape import parse_ints
+
+    space = SearchSpace.from_strategy(strategy, model=model, widths=_widths(widths),
+                                      depths=parse_ints(depths) if depths else None)
     latency = LatencyObjective(device, flow, space.model, phase, prompt_len, gen_len, root)
     table = AccuracyTable(run / "accuracy.parquet")
     accuracy = AccuracyObjective.from_stage1(strategy, table, source, split, seq_len, max_windows)
@@ -143,7 +147,7 @@ def query(
     from search.query import QueryIndex
 
     ans = QueryIndex(run, root).best(device, flow, parse_budget(budget), phase)
-    console = Console()
+    console = Console(markup=False, highlight=False)
     if not ans.feasible:
         f = ans.fastest
         console.print(f"infeasible: {ans.message}", highlight=False)

@@ -29,6 +29,7 @@ class FrontPlotData(NamedTuple):
     width_only: list[Point]  # full depth, every evaluated width
     drop_last: list[tuple[float, float]]  # (latency_ms, accuracy) of drop-last-layers baselines
     budget_ms: float | None
+    strategy: str | None = None
 
 
 def front_data(index: QueryIndex, device: str, flow: str, phase: str = "decode",
@@ -42,7 +43,20 @@ def front_data(index: QueryIndex, device: str, flow: str, phase: str = "decode",
         lat: LatencyObjective = index.latency_objective(device, flow, phase)
         drop_last = sorted((lat.at(r.depth, r.width).ms, r.top1_acc) for r in index.baselines)
     return FrontPlotData(device, flow, phase, index.model, pts, index.front(device, flow, phase), depth_only,
-                         width_only, drop_last, budget_ms)
+                         width_only, drop_last, budget_ms, _strategy_label(index))
+
+
+def _strategy_label(index: QueryIndex) -> str | None:
+    path = index.space.strategy_path
+    if not path:
+        return None
+    try:
+        import yaml
+
+        meta = yaml.safe_load(Path(path).read_text())
+        return f"{Path(path).name} (depth: {meta.get('metric', '?')}, width: {meta.get('width_metric', '?')})"
+    except (OSError, ValueError, AttributeError):
+        return Path(path).name
 
 
 def draw(data: FrontPlotData, out: Path | str) -> Path:
@@ -75,7 +89,8 @@ def draw(data: FrontPlotData, out: Path | str) -> Path:
         ax.axvline(data.budget_ms, c="k", ls="-.", lw=1, label=f"budget {data.budget_ms:g} ms")
     ax.set_xlabel(f"{data.phase} latency (ms) on {data.device} / {data.flow}")
     ax.set_ylabel("next-token top-1 accuracy (held-out)")
-    ax.set_title(f"{data.model}: accuracy vs latency")
+    ax.set_title(f"{data.model}: accuracy vs latency" + (f"\nstrategy {data.strategy}" if data.strategy else ""),
+                 fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
