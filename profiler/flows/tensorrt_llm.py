@@ -248,7 +248,11 @@ def make_llm(hf_dir: Path, prompt_len: int, decode_tokens: int, dtype: str, back
             kw["cuda_graph_config"] = CudaGraphConfig(**kw["cuda_graph_config"])
         return LLM(**kw)
     from tensorrt_llm import BuildConfig
-    from tensorrt_llm._tensorrt_engine import LLM as TrtLLM
+
+    try:
+        from tensorrt_llm._tensorrt_engine import LLM as TrtLLM  # 1.x: the engine-building LLM
+    except ImportError:  # 0.x (e.g. the v0.12.0-jetson branch): LLM itself builds engines
+        from tensorrt_llm import LLM as TrtLLM
 
     if (engine_dir / "config.json").is_file():
         kw["model"] = str(engine_dir)

@@ -24,10 +24,11 @@ Known pitfalls in apache-tvm 0.27 found here (see FACTS.md):
 * ``apache-tvm-ffi`` 0.1.15 segfaults in ``ToJSONGraph`` (``tvm.ir.save_json`` of any IR node),
   which MetaSchedule's database and builder use: pin ``apache-tvm-ffi<0.1.15`` (0.1.14.post1
   works). ``check_available`` refuses the bad combination with that message.
-* MetaSchedule's builder worker imports ``tvm.s_tir.tensor_intrin`` on its first build (tens of
-  seconds on a small CPU), longer than the default 30 s build timeout, so every candidate
-  "fails to build" and the worker is restarted forever. The flow pre-imports it in the worker
-  initializer and uses a long build timeout.
+* MetaSchedule (main process and builder worker) imports ``tvm.s_tir.tensor_intrin``, whose
+  TVMScript parser calls ``inspect.stack()`` hundreds of times: 255 s on this 2-core machine,
+  far past the builder's default 30 s timeout, so every candidate "failed to build" and the
+  worker was restarted forever. The flow imports it with a source-free ``inspect.stack``
+  (8.7 s), in the worker initializer too, and uses a long build timeout.
 * ``x[:, -1, :]`` (negative index ``select``) imported wrongly (NaN logits); ``narrow`` is used.
 
 Options: ``trials`` (0 = untuned), ``trials_per_task`` (default 16), ``device_name``
@@ -36,13 +37,17 @@ Options: ``trials`` (0 = untuned), ``trials_per_task`` (default 16), ``device_na
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
+import linecache
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 from amoeba_core.errors import AmoebaError, NotInstalledError
 from amoeba_core.shape import ModelGeometry
@@ -51,6 +56,12 @@ from profiler.flows.base import Flow, FlowConfig, Workload
 log = logging.getLogger(__name__)
 
 INSTALL = 'pip install "amoeba-deploy[tvm]"  (i.e. apache-tvm>=0.22 "apache-tvm-ffi<0.1.15" xgboost psutil cloudpickle)'
+
+
+def ffi_is_broken(tvm_version: str, ffi_version: str) -> bool:
+    """apache-tvm 0.27 with apache-tvm-ffi >= 0.1.15 segfaults in IR serialisation (found here)."""
+    ffi = tuple(int(x) for x in ffi_version.split(".")[:3] if x.isdigit())
+    return tvm_version.startswith("0.27") and ffi >= (0, 1, 15)
 
 
 def tuning_key(geometry: ModelGeometry) -> str:
@@ -115,7 +126,7 @@ class TvmFlow(Flow):
             ffi = version("apache-tvm-ffi")
         except PackageNotFoundError:
             return
-        if tuple(int(x) for x in ffi.split(".")[:3] if x.isdigit()) >= (0, 1, 15) and version("apache-tvm").startswith("0.27"):
+        if ffi_is_broken(version("apache-tvm"), ffi):
             raise NotInstalledError(f"tvm flow: apache-tvm-ffi {ffi} segfaults with apache-tvm 0.27 (IR serialisation); "
                                     f'install with: pip install "apache-tvm-ffi<0.1.15"')
 
@@ -217,9 +228,38 @@ class TvmFlow(Flow):
         return f"tuned-{self.trials}" if self.trials else "untuned"
 
 
+@contextlib.contextmanager
+def _cheap_inspect_stack() -> Iterator[None]:
+    """``inspect.stack()`` without source-file lookups, while TVMScript parses its intrinsics.
+
+    ``@T.prim_func`` calls ``inspect.stack()`` (which resolves every frame's module by scanning
+    ``sys.modules``) for each of the hundreds of tensor intrinsics in ``tvm.s_tir.tensor_intrin``;
+    that import took 255 s on this 2-core machine under load, 8.7 s with this stack.
+    """
+    orig = inspect.stack
+
+    def stack(context: int = 1) -> list[inspect.FrameInfo]:
+        out, f = [], sys._getframe(1)
+        while f is not None:
+            fn, ln = f.f_code.co_filename, f.f_lineno
+            line = linecache.getline(fn, ln)
+            out.append(inspect.FrameInfo(f, fn, ln, f.f_code.co_name, [line] if line else None, 0 if line else None))
+            f = f.f_back
+        return out
+
+    inspect.stack = stack  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        inspect.stack = orig  # type: ignore[assignment]
+
+
 def _preimport() -> None:
-    """Builder-worker initializer: the slow import happens before the build timeout starts."""
-    import tvm.s_tir.tensor_intrin  # noqa: F401
+    """Import the tensor intrinsics MetaSchedule loads (also the builder-worker initializer)."""
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
+    with _cheap_inspect_stack():
+        import tvm.s_tir.tensor_intrin  # noqa: F401
 
 
 def tune(mod: Any, target: Any, work_dir: Path, trials: int, per_task: int, threads: int,
@@ -229,6 +269,7 @@ def tune(mod: Any, target: Any, work_dir: Path, trials: int, per_task: int, thre
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
 
+    _preimport()
     with target:
         pre = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
                                         relax.transform.CanonicalizeBindings(),

@@ -16,7 +16,7 @@ from profiler.flows import FlowConfig, Workload, make_flow
 pytest.importorskip("tvm")
 pytestmark = pytest.mark.tvm
 
-GEOM = ModelGeometry.preset("tiny").scaled_dims(2, 1.0)
+GEOM = ModelGeometry.preset("tiny").scaled_dims(1, 1.0)
 
 
 def _torch_outputs(art, phase: str, p: int) -> tuple[torch.Tensor, ...]:  # noqa: ANN001
@@ -82,3 +82,11 @@ def test_bad_options_are_user_errors() -> None:
         make_flow("tvm", FlowConfig(dtype="bfloat16"))
     with pytest.raises(AmoebaError, match="trials"):
         make_flow("tvm", FlowConfig(options={"trials": -1}))
+
+
+def test_known_bad_ffi_combination_is_refused() -> None:
+    from profiler.flows.tvm import ffi_is_broken
+
+    assert ffi_is_broken("0.27.0.post1", "0.1.15.post2")
+    assert not ffi_is_broken("0.27.0.post1", "0.1.14.post1")
+    assert not ffi_is_broken("0.28.0", "0.1.15")
