@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("hf", "gguf")
 Format = Literal["hf", "gguf"]
-_SKIP_KEYS = ("GGUF.", "general.architecture", "general.file_type", "general.quantization_version", "llama.")
+_SKIP_KEYS = ("GGUF.", "general.architecture", "general.name", "general.size_label", "general.file_type",
+              "general.quantization_version", "llama.")
 
 
 def export_subnet(
