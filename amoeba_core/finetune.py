@@ -125,8 +125,27 @@ def train_windows(tokenizer: Any, seq_len: int, data_seed: int = 0) -> torch.Ten
 
     key = (id(tokenizer), seq_len, data_seed)
     if key not in _WINDOWS:
-        _WINDOWS[key] = token_windows(tokenizer, text_splits(data_seed)["train"], seq_len)
+        _WINDOWS[key] = token_windows(tokenizer, train_docs(data_seed), seq_len)
     return _WINDOWS[key]
+
+
+def train_docs(data_seed: int = 0, passage: int = 200, stride: int = 97) -> list[str]:
+    """The ``train`` split minus every document that shares text with calib/val/test.
+
+    ``pydoc_data.topics`` repeats text across topics (identical documents under two names,
+    and long passages quoted in several topics), so a split by topic name alone leaks
+    held-out text into training. A train document is dropped when it contains any
+    ``passage``-character piece (taken every ``stride`` characters) of a held-out document.
+    """
+    from amoeba_core.data import text_splits
+
+    splits = text_splits(data_seed)
+    pieces = {h[i : i + passage] for name in ("calib", "val", "test") for h in splits[name]
+              for i in range(0, max(1, len(h) - passage), stride)}
+    keep = [d for d in splits["train"] if not any(p in d for p in pieces)]
+    log.info("train text: %d of %d train documents share no text with calib/val/test",
+             len(keep), len(splits["train"]))
+    return keep
 
 
 def _lm_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
