@@ -86,20 +86,26 @@ def test_bad_inputs(loaded: LoadedModel, strategy: Strategy, tmp_path: Path) -> 
         load_adapted(load_model("tiny"), strategy, tmp_path / "missing")
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "amoeba.cli", *args], capture_output=True, text=True, timeout=120)
+def _cli(*args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    from amoeba.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    return int(e.value.code), capsys.readouterr().err
 
 
-def test_cli_errors_exit_2(strategy: Strategy, tmp_path: Path) -> None:
+def test_cli_errors_exit_2(strategy: Strategy, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     strategy.with_(model_fingerprint="0" * 16).save(tmp_path / "other.yaml")
     strategy.save(tmp_path / "s.yaml")
     base = ["finetune", "--model", "tiny", "--steps", "2", "--seq-len", "32"]
-    r = _cli(*base, "--strategy", str(tmp_path / "other.yaml"), "--out", str(tmp_path / "o"))
-    assert r.returncode == 2 and "error:" in r.stderr and "model" in r.stderr
-    r = _cli(*base, "--strategy", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "o"), "--resume")
-    assert r.returncode == 2 and "no checkpoint" in r.stderr
-    r = _cli(*base, "--strategy", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "o"), "--k", "50")
-    assert r.returncode == 2 and "K=50" in r.stderr
+    rc, err = _cli(*base, "--strategy", str(tmp_path / "other.yaml"), "--out", str(tmp_path / "o"), capsys=capsys)
+    assert rc == 2 and "error:" in err and "model" in err
+    rc, err = _cli(*base, "--strategy", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "o"), "--resume", capsys=capsys)
+    assert rc == 2 and "no checkpoint" in err
+    rc, err = _cli(*base, "--strategy", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "o"), "--k", "50", capsys=capsys)
+    assert rc == 2 and "K=50" in err
+    rc, err = _cli(*base, "--strategy", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "o"), capsys=capsys)
+    assert rc == 2 and "does not exist" in err
 
 
 def test_cli_kill_and_resume(strategy: Strategy, tmp_path: Path) -> None:
