@@ -195,6 +195,7 @@ class Strategy(BaseModel):
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(text)
+            os.chmod(tmp, 0o644)
             os.replace(tmp, p)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
