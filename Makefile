@@ -8,8 +8,10 @@ STAMP := $(VENV)/.installed
 # The llama.cpp flow compiles llama.cpp once (about 4-5 min on 2 cores; pip caches the wheel).
 # LLAMACPP=0 skips it: its tests and rows are then skipped with a clear message.
 LLAMACPP ?= 1
+# Apache TVM (MLC-LLM's compiler) for the tvm flow: about 300 MB of wheels. TVM=0 skips it.
+TVM ?= 1
 comma := ,
-EXTRAS := dev,onnx$(if $(filter 1,$(LLAMACPP)),$(comma)llamacpp)
+EXTRAS := dev,onnx$(if $(filter 1,$(LLAMACPP)),$(comma)llamacpp)$(if $(filter 1,$(TVM)),$(comma)tvm)
 RUN ?= runs/smollm2
 
 .PHONY: install demo test test-all bench clean
@@ -31,10 +33,15 @@ test: install
 demo: install
 	bash scripts/demo.sh $(RUN)
 
+# Every figure the README quotes (long: run on a quiet machine, see README "Benchmarks").
 bench: install
 	$(BIN)/python benchmarks/predictor_accuracy.py
 	$(BIN)/python benchmarks/roofline_ratio.py
 	$(BIN)/python benchmarks/fig1.py
+	$(BIN)/python benchmarks/stage1.py
+	$(BIN)/python benchmarks/search_efficiency.py --strategy benchmarks/results/smollm2_strategy.yaml --device cpu-host --flow pytorch
+	$(BIN)/python benchmarks/query_load.py
+	$(BIN)/python benchmarks/stage2_ablation.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
