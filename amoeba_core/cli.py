@@ -83,7 +83,7 @@ def select(
     console.print(f"wrote {out}; total time {total:.1f} s ({total / 60:.1f} min)", highlight=False)
 
 
-def _load_for(strategy_path: Path, model: Optional[str]):  # noqa: ANN202
+def _load_for(strategy_path: Path, model: Optional[str], adapters: Optional[Path] = None):  # noqa: ANN202
     from amoeba_core.model import load_model
     from amoeba_core.strategy import Strategy
 
@@ -92,6 +92,10 @@ def _load_for(strategy_path: Path, model: Optional[str]):  # noqa: ANN202
     if loaded.fingerprint != strategy.model_fingerprint:
         raise AmoebaError(f"strategy {strategy_path} was made for model {strategy.model_fingerprint} "
                           f"({strategy.model_source}), but the loaded model is {loaded.fingerprint}")
+    if adapters is not None:
+        from amoeba_core.finetune import apply_adapters
+
+        loaded = apply_adapters(loaded, strategy, adapters)
     return loaded, strategy
 
 
@@ -102,6 +106,7 @@ def eval(  # noqa: A001 - the command is called eval
     seq_len: int = typer.Option(256, help="Tokens per window (stride = seq_len)."),
     windows: int = typer.Option(16, help="Windows to score."),
     model: Optional[str] = typer.Option(None, help="Model (default: the strategy's source)."),
+    adapters: Optional[Path] = typer.Option(None, help="Stage 2 output folder (`amoeba finetune --out`)."),
     threads: int = typer.Option(0, help="torch threads (0: default)."),
 ) -> None:
     """Perplexity and next-token top-1 accuracy of shapes of a strategy (cached per shape)."""
@@ -114,7 +119,7 @@ def eval(  # noqa: A001 - the command is called eval
     strat = Strategy.load(strategy)
     shapes = [strat.resolve(s) for s in shape]  # bad shapes fail before the model loads
     _threads(threads)
-    loaded, strat = _load_for(strategy, model)
+    loaded, strat = _load_for(strategy, model, adapters)
     cache = strategy.parent / f".{strategy.stem}.cache-{loaded.fingerprint}" / "eval_scores.jsonl"
     ev = Evaluator(loaded, strat, split=split, seq_len=seq_len, max_windows=windows, cache=cache)
     console = _console()
@@ -131,6 +136,7 @@ def export(
     format: str = typer.Option("hf", "--format", help="hf | gguf."),  # noqa: A002
     out: Path = typer.Option(..., help="Output folder (hf) or .gguf file (gguf)."),
     model: Optional[str] = typer.Option(None, help="Model (default: the strategy's source)."),
+    adapters: Optional[Path] = typer.Option(None, help="Stage 2 output folder (`amoeba finetune --out`)."),
 ) -> None:
     """Write a physical subnet as an HF folder (with tokenizer) or a GGUF file."""
     from amoeba_core.export import FORMATS, export_subnet
@@ -141,7 +147,7 @@ def export(
     if out.exists():
         raise AmoebaError(f"{out} already exists; refusing to overwrite")
     s = Strategy.load(strategy).resolve(shape)
-    loaded, strat = _load_for(strategy, model)
+    loaded, strat = _load_for(strategy, model, adapters)
     path = export_subnet(loaded, strat, s, out, format)  # type: ignore[arg-type]
     _console().print(f"wrote {format} subnet {s.key} ({loaded.geometry.scaled(s).n_params() / 1e6:.1f} M params) "
                      f"to {path}", highlight=False)

@@ -121,7 +121,7 @@ class Evaluator:
 
     def key(self, shape: SubnetShape) -> str:
         wid = self.strategy.width_id if (shape.width < 1.0 and self.strategy is not None) else "-"
-        return f"{self.loaded.fingerprint}|{shape.key}|{wid}|{self.split}|{self.seq_len}|{self.n_windows}"
+        return f"{self.loaded.score_id}|{shape.key}|{wid}|{self.split}|{self.seq_len}|{self.n_windows}"
 
     def score(self, shape: SubnetShape) -> ShapeScore:
         """Score ``shape`` (from the cache when it was scored before)."""
@@ -159,6 +159,15 @@ class Evaluator:
         return k
 
     def _run(self, shape: SubnetShape) -> tuple[float, int, int]:
+        from amoeba_core.smol import set_shape
+
+        set_shape(self.loaded.model, shape)  # routes Stage 2 adapters, if installed
+        try:
+            return self._run_layers(shape)
+        finally:
+            set_shape(self.loaded.model, None)
+
+    def _run_layers(self, shape: SubnetShape) -> tuple[float, int, int]:
         import torch
 
         model = self.loaded.model

@@ -53,7 +53,12 @@ def export_subnet(
     out = Path(out)
     if out.exists():
         raise AmoebaError(f"{out} already exists; refusing to overwrite")
-    sub = extract_subnet(loaded.model, shape, strategy)
+    if loaded.adapters is not None:
+        from amoeba_core.smol import merge_for_shape
+
+        sub = merge_for_shape(loaded.model, shape, strategy)  # adapters folded in, plain LLaMA
+    else:
+        sub = extract_subnet(loaded.model, shape, strategy)
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "hf":
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -62,7 +67,8 @@ def export_subnet(
             loaded.tokenizer.save_pretrained(tmp)
             (tmp / "amoeba_subnet.json").write_text(json.dumps(
                 {"shape": shape.key, "layers": list(shape.layers), "width": shape.width,
-                 "parent_fingerprint": loaded.fingerprint, "parent_source": loaded.source}, indent=1))
+                 "parent_fingerprint": loaded.fingerprint, "parent_source": loaded.source,
+                 "adapters": loaded.adapters}, indent=1))
             tmp.rename(out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -129,23 +129,12 @@ def train_windows(tokenizer: Any, seq_len: int, data_seed: int = 0) -> torch.Ten
     return _WINDOWS[key]
 
 
-def train_docs(data_seed: int = 0, passage: int = 200, stride: int = 97) -> list[str]:
-    """The ``train`` split minus every document that shares text with calib/val/test.
-
-    ``pydoc_data.topics`` repeats text across topics (identical documents under two names,
-    and long passages quoted in several topics), so a split by topic name alone leaks
-    held-out text into training. A train document is dropped when it contains any
-    ``passage``-character piece (taken every ``stride`` characters) of a held-out document.
-    """
+def train_docs(data_seed: int = 0) -> list[str]:
+    """The ``train`` split; :mod:`amoeba_core.data` already drops every document that shares
+    text with calib/val/test."""
     from amoeba_core.data import text_splits
 
-    splits = text_splits(data_seed)
-    pieces = {h[i : i + passage] for name in ("calib", "val", "test") for h in splits[name]
-              for i in range(0, max(1, len(h) - passage), stride)}
-    keep = [d for d in splits["train"] if not any(p in d for p in pieces)]
-    log.info("train text: %d of %d train documents share no text with calib/val/test",
-             len(keep), len(splits["train"]))
-    return keep
+    return text_splits(data_seed)["train"]
 
 
 def _lm_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -321,6 +310,20 @@ def load_adapted(loaded: LoadedModel, strategy: Strategy | None, adapters_dir: s
     install_smol(loaded.model, SMoLConfig.from_dict(meta["smol"]))
     load_adapter_state(loaded.model, torch.load(d / ADAPTERS, weights_only=True))
     return loaded.model.eval()
+
+
+def apply_adapters(loaded: LoadedModel, strategy: Strategy | None, adapters_dir: str | Path) -> LoadedModel:
+    """``loaded`` with the adapters of a ``finetune`` run installed and tagged (``--adapters``).
+
+    Scores are cached under the adapters' hash, so an adapted shape never reuses a score of
+    the plain model; export folds the shape's experts into a plain subnet.
+    """
+    import dataclasses
+    import hashlib
+
+    load_adapted(loaded, strategy, adapters_dir)
+    tag = hashlib.sha1((Path(adapters_dir) / ADAPTERS).read_bytes()).hexdigest()[:10]
+    return dataclasses.replace(loaded, adapters=tag)
 
 
 @torch.no_grad()

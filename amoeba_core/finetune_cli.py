@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import time
 from pathlib import Path
 
@@ -14,7 +16,7 @@ def finetune(
     strategy: Path = typer.Option(..., help="Stage-1 strategy YAML (from `amoeba select`)."),
     steps: int = typer.Option(..., help="Optimizer steps."),
     out: Path = typer.Option(..., help="Output folder (adapters.pt, smol.json, checkpoint.pt, train_log.jsonl)."),
-    model: str = typer.Option("smollm2-135m", help="smollm2-135m, tiny, a .gguf file or an HF folder."),
+    model: Optional[str] = typer.Option(None, help="Model (default: the strategy's source): smollm2-135m, tiny, a .gguf file or an HF folder."),
     k: int = typer.Option(4, help="Shapes per step (sandwich: largest, smallest, K-2 random)."),
     seq_len: int = typer.Option(128, help="Tokens per training window."),
     batch: int = typer.Option(2, help="Windows per micro-batch."),
@@ -51,7 +53,7 @@ def finetune(
         raise AmoebaError(f"cannot resume: no checkpoint at {out / 'checkpoint.pt'}")
     console = Console()
     t0 = time.perf_counter()
-    loaded = load_model(model)
+    loaded = load_model(model or Strategy.load(strategy).model_source)
     strat = Strategy.load(strategy, expect_fingerprint=loaded.fingerprint)
     cfg = FinetuneConfig(steps=steps, k=k, seq_len=seq_len, batch=batch, grad_accum=grad_accum, lr=lr, rank=rank,
                          experts=experts, top_k=top_k, min_depth=min_depth or None, smol=not no_smol,

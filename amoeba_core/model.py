@@ -79,6 +79,12 @@ class LoadedModel:
     geometry: ModelGeometry
     fingerprint: str
     source: str
+    adapters: str | None = None  # hash of Stage 2 adapters installed on ``model`` (amoeba finetune)
+
+    @property
+    def score_id(self) -> str:
+        """What a cached score depends on: the weights, plus the adapters when installed."""
+        return self.fingerprint if self.adapters is None else f"{self.fingerprint}+{self.adapters}"
 
 
 def smollm2_gguf_path() -> Path:

@@ -68,6 +68,7 @@ def search(
     run: Path = _RUN,
     model: Optional[str] = typer.Option(None, help="Latency-table model name (default: from the strategy)."),
     source: Optional[str] = typer.Option(None, help="Model to evaluate (default: the strategy's source)."),
+    adapters: Optional[Path] = typer.Option(None, help="Stage 2 adapters (`amoeba finetune --out`) to evaluate with."),
     widths: Optional[str] = typer.Option(None, help="Width axis: '1,0.75' or LO:HI:STEP e.g. 0.5:1:1/32."),
     depths: Optional[str] = typer.Option(None, help="Only these depths of the strategy, e.g. 15,16,17 (default: all)."),
     phase: str = _PHASE,
@@ -102,7 +103,7 @@ def search(
                                       depths=parse_ints(depths) if depths else None)
     latency = LatencyObjective(device, flow, space.model, phase, prompt_len, gen_len, root)
     table = AccuracyTable(run / "accuracy.parquet")
-    accuracy = AccuracyObjective.from_stage1(strategy, table, source, split, seq_len, max_windows)
+    accuracy = AccuracyObjective.from_stage1(strategy, table, source, split, seq_len, max_windows, adapters)
     space = dataclasses.replace(space, fingerprint=accuracy.fingerprint)
     write_meta(run, space)
     problem = SearchProblem(space, accuracy, latency, budget_ms)

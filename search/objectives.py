@@ -148,7 +148,8 @@ class AccuracyObjective:
 
     @classmethod
     def from_stage1(cls, strategy_path: Path | str, table: AccuracyTable, model_source: str | None = None,
-                    split: str = "val", seq_len: int = 256, max_windows: int | None = 8) -> AccuracyObjective:
+                    split: str = "val", seq_len: int = 256, max_windows: int | None = 8,
+                    adapters: Path | str | None = None) -> AccuracyObjective:
         """The Stage 1 evaluator for a strategy (model from ``model_source``, default the strategy's source).
 
         The cache context (``fingerprint``) is model fingerprint | width rankings | split | seq_len |
@@ -160,8 +161,12 @@ class AccuracyObjective:
 
         strategy = Strategy.load(strategy_path)
         loaded = load_model(model_source or strategy.model_source)
+        if adapters is not None:
+            from amoeba_core.finetune import apply_adapters
+
+            loaded = apply_adapters(loaded, strategy, adapters)
         ev = Evaluator(loaded, strategy, split=split, seq_len=seq_len, max_windows=max_windows)
-        ctx = f"{loaded.fingerprint}|{strategy.width_id}|{split}|{seq_len}|{ev.n_windows}"
+        ctx = f"{loaded.score_id}|{strategy.width_id}|{split}|{seq_len}|{ev.n_windows}"
         obj = cls(ev.score, table, ctx)
         obj.evaluator = ev
         return obj
