@@ -19,17 +19,16 @@ $AMOEBA profile --device cpu-host --flow pytorch --model $MODEL \
 step "2/5 select: Stage 1 strategy (DP depth + importance width) on the real model"
 # DEMO_SELECT_ARGS trades calibration text for time; the full-budget run is `amoeba select` with defaults.
 $AMOEBA select --model $MODEL --min-depth 15 --widths $WIDTHS --out "$RUN/strategy.yaml" \
-    ${DEMO_SELECT_ARGS:---calib-windows 2 --stats-windows 4 --val-windows 2}
+    ${DEMO_SELECT_ARGS:---calib-seq-len 128 --calib-windows 1 --stats-windows 2 --val-windows 1}
 
 step "3/5 search: hierarchical search of the accuracy-latency front (SQLite store in $RUN)"
 $AMOEBA search --strategy "$RUN/strategy.yaml" --device cpu-host --flow pytorch \
-    --method hierarchical --run "$RUN" ${DEMO_SEARCH_ARGS:-}
+    --method hierarchical --run "$RUN" \
+    ${DEMO_SEARCH_ARGS:---widths 0.5:1:1/16 --trials 60 --seq-len 128 --max-windows 4}
 
 step "4/5 query: best shape under 40 ms/token"
 $AMOEBA query --device cpu-host --flow pytorch --budget 40ms --run "$RUN"
 
 step "5/5 plot"
 $AMOEBA plot --run "$RUN" --budget 40ms
-echo
-echo "front PNGs:"; ls -1 "$RUN"/*.png
 echo "demo finished in $(( $(date +%s) - t0 )) s"
