@@ -73,4 +73,6 @@ def test_d24_w075_extract_export(smol, smol_strategy: Strategy, tmp_path: Path) 
     got = np.array(llm.scores[: ids.shape[1]])
     want = ref[0].numpy()
     assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.9
-    assert np.abs(got - want).max() < 0.5
+    # f16 weights: the error scales with the logits' magnitude (and differs across llama.cpp
+    # builds), so bound it relative to the largest logit (3%) instead of in absolute terms
+    assert np.abs(got - want).max() < 0.03 * np.abs(want).max()
