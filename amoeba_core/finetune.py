@@ -121,7 +121,7 @@ _WINDOWS: dict[tuple[int, int, int], torch.Tensor] = {}
 
 def train_windows(tokenizer: Any, seq_len: int, data_seed: int = 0) -> torch.Tensor:
     """All ``seq_len`` windows of the ``train`` split (memoised per tokenizer object)."""
-    from amoeba_core.data import text_splits, token_windows
+    from amoeba_core.data import token_windows
 
     key = (id(tokenizer), seq_len, data_seed)
     if key not in _WINDOWS:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ import pandas as pd
 import yaml
 
 from amoeba_core.errors import AmoebaError
+from amoeba_core.filelock import file_lock
 from profiler.device import profiles_root
 
 log = logging.getLogger(__name__)
@@ -170,14 +170,9 @@ class LatencyTable:
     # -- writing -------------------------------------------------------------------
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a") as lf:
-            fcntl.flock(lf, fcntl.LOCK_EX)
-            try:
-                _remove_stale_temps(self.path.parent)
-                yield
-            finally:
-                fcntl.flock(lf, fcntl.LOCK_UN)
+        with file_lock(self.lock_path):
+            _remove_stale_temps(self.path.parent)
+            yield
 
     def write_header(
         self, updates: dict[str, Any], environment: dict[str, Any] | None = None, variant: str | None = None

@@ -14,17 +14,17 @@ Latency comes from the profiler (a measured row when there is one, else its pred
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pandas as pd
 
 from amoeba_core.errors import AmoebaError
+from amoeba_core.filelock import file_lock
 from amoeba_core.shape import SubnetShape
 
 log = logging.getLogger(__name__)
@@ -81,15 +81,8 @@ class AccuracyTable:
         self.reload()
         return [r for (fp, _), r in self._rows.items() if fingerprint is None or fp == fingerprint]
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a") as lf:
-            fcntl.flock(lf, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lf, fcntl.LOCK_UN)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return file_lock(self.lock_path)
 
     def put(self, rec: AccuracyRecord) -> None:
         with self._locked():
