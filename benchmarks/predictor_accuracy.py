@@ -121,35 +121,14 @@ def main() -> None:
     mcfg = QUICK if args.quick else MeasureConfig()
     t0 = time.perf_counter()
     for flow in [f.strip() for f in args.flows.split(",") if f.strip()]:
-        plan = make_plan(
-            "cpu-host",
-            flow,
-            MODEL,
-            depths,
-            widths,
-            ("prefill", "decode"),
-            args.prompt_len,
-            "float32",
-            args.threads,
-            measure_cfg=mcfg,
-        )
-        r = run_profile(plan, root)
-        print(f"{flow}: grid {r.written} rows measured, {r.skipped} reused ({r.seconds:.0f} s)")
-        pl = make_plan(
-            "cpu-host",
-            flow,
-            MODEL,
-            depths,
-            widths,
-            ("prefill", "decode"),
-            args.prompt_len,
-            "float32",
-            args.threads,
-            per_layer=True,
-            measure_cfg=mcfg,
-        )
-        r = run_profile(pl, root)
-        print(f"{flow}: per-layer {r.written} rows measured, {r.composed} composed ({r.seconds:.0f} s)")
+        for per_layer in (False, True):  # the whole grid, then depth 1/2/4 models composed
+            plan = make_plan("cpu-host", flow, MODEL, depths, widths, ("prefill", "decode"), args.prompt_len,
+                             "float32", args.threads, per_layer=per_layer, measure_cfg=mcfg)
+            r = run_profile(plan, root)
+            if per_layer:
+                print(f"{flow}: per-layer {r.written} rows measured, {r.composed} composed ({r.seconds:.0f} s)")
+            else:
+                print(f"{flow}: grid {r.written} rows measured, {r.skipped} reused ({r.seconds:.0f} s)")
 
     results = []
     for info in list_tables(root):
