@@ -13,8 +13,17 @@ optimal shape is the one with the most parameters whose latency fits the budget 
 faster) — a proxy the search package refines with measured accuracy. Differing choices across
 lines are the paper's point: the fastest shape depends on the device and flow.
 
-    python benchmarks/fig1.py [--model smollm2-135m] [--phase decode]
-    python benchmarks/fig1.py --quick       # a small measured grid in a temporary root
+Before drawing, the script profiles every flow of ``--flows`` that is installed here (others
+are listed as skipped with their install hint): PyTorch on the whole grid, the other flows on
+the sparse plan (shallowest, middle and deepest depth x every width; the predictor fills the
+rest and those points are drawn dash-dotted). Rows already in a table are reused, so a second
+run only draws. From a clean checkout on this 2-core host the first run takes about half an
+hour, most of it ONNX exports and TVM's MetaSchedule tuning (once per width, cached under
+device_profiles/cpu-host/tvm_tuning/).
+
+    python benchmarks/fig1.py [--model smollm2-135m] [--phase decode] [--flows pytorch,tvm:trials=32]
+    python benchmarks/fig1.py --quick       # a small measured grid in a temporary root (PyTorch only)
+    python benchmarks/fig1.py --no-measure  # draw the tables as they are
 """
 
 from __future__ import annotations
@@ -40,6 +49,51 @@ from profiler.measure import QUICK, MeasureConfig  # noqa: E402
 from profiler.plan import make_plan, run_profile  # noqa: E402
 
 BUDGETS = (0.5, 0.7, 0.85)
+# flow[:key=value,...]: every CPU flow, with llama.cpp in f16 and two quantised types, TVM tuned
+FLOWS = ("pytorch", "onnxruntime", "llamacpp:quant=f16", "llamacpp:quant=q8_0", "llamacpp:quant=q4_0",
+         "tvm:trials=32")
+
+
+def parse_flow(spec: str) -> tuple[str, dict[str, str]]:
+    name, _, rest = spec.partition(":")
+    opts = dict(kv.split("=", 1) for kv in rest.split(",") if kv)
+    return name.strip(), opts
+
+
+def profile_flows(specs: list[str], model: str, phase: str, prompt_len: int, threads: int, quick: bool,
+                  root: Path) -> None:
+    """Profile each installed flow of ``specs`` (PyTorch on the whole grid, the others sparse)."""
+    from profiler.flows import flow_class
+
+    geometry = ModelGeometry.resolve(model)
+    n = geometry.n_layers
+    depths = (n // 5, n // 2, n) if quick else tuple(sorted({max(1, n * k // 5) for k in range(1, 6)}))
+    widths = (1.0, 0.75) if quick else (1.0, 0.875, 0.75, 0.625)
+    per_layer = geometry.n_params() > 2e9
+    for spec in specs:
+        name, opts = parse_flow(spec)
+        try:
+            flow_class(name).check_available()
+        except AmoebaError as e:
+            print(f"{spec}: skipped ({e})")
+            continue
+        plan = make_plan(
+            "cpu-host",
+            name,
+            model,
+            depths,
+            widths,
+            (phase,),
+            prompt_len,
+            "float32",
+            threads,
+            sparse=name != "pytorch" and not per_layer,
+            per_layer=per_layer,
+            measure_cfg=QUICK if quick else MeasureConfig(),
+            options=opts,
+        )
+        r = run_profile(plan, root)
+        print(f"{spec}: {r.written} rows measured, {r.skipped} reused, {r.composed} composed ({r.seconds:.0f} s)")
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -212,6 +266,9 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-measure", action="store_true", help="draw existing tables only")
+    ap.add_argument("--flows", default=None,
+                    help="flows to profile before drawing, ';'-separated flow[:key=value,...] "
+                         f"(default: {';'.join(FLOWS)}; --quick: pytorch)")
     ap.add_argument("--png", type=Path, default=REPO / "benchmarks" / "results" / "fig1.png")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "fig1.json")
     args = ap.parse_args()
@@ -224,25 +281,9 @@ def main() -> None:
         root = tmp
     geometry = ModelGeometry.resolve(args.model)
     if not args.no_measure:
-        n = geometry.n_layers
-        depths = (n // 5, n // 2, n) if args.quick else tuple(sorted({max(1, n * k // 5) for k in range(1, 6)}))
-        widths = (1.0, 0.75) if args.quick else (1.0, 0.875, 0.75, 0.625)
-        per_layer = geometry.n_params() > 2e9
-        plan = make_plan(
-            "cpu-host",
-            "pytorch",
-            args.model,
-            depths,
-            widths,
-            (args.phase,),
-            args.prompt_len,
-            "float32",
-            args.threads,
-            per_layer=per_layer,
-            measure_cfg=QUICK if args.quick else MeasureConfig(),
-        )
-        r = run_profile(plan, root)
-        print(f"pytorch: {r.written} rows measured, {r.skipped} reused, {r.composed} composed ({r.seconds:.0f} s)")
+        specs = ["pytorch"] if args.quick and args.flows is None else (args.flows or ";".join(FLOWS)).split(";")
+        profile_flows([x for x in specs if x.strip()], args.model, args.phase, args.prompt_len, args.threads,
+                      args.quick, root)
     lines, grid = collect(args.model, args.phase, args.prompt_len, root)
     stats = analyse(lines, geometry)
     draw(lines, args.model, args.phase, args.prompt_len, args.png)

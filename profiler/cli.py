@@ -73,6 +73,9 @@ def profile(
     per_layer: bool = typer.Option(False, "--per-layer", help="Time depth 1/2/4 models and compose deeper ones."),
     quick: bool = typer.Option(False, "--quick", help="Few repeats (smoke runs, tests)."),
     max_seconds: Optional[float] = typer.Option(None, help="Cap of timed seconds per row."),
+    rounds: Optional[int] = typer.Option(
+        None, help="Interleaved passes over blocks of shapes, a row pooling all its rounds (default 3; --quick 1)."
+    ),
     min_util: Optional[float] = typer.Option(
         None, help="Contention filter: least CPU use per thread for a clean sample (default 0.85; 0 disables)."
     ),
@@ -83,7 +86,7 @@ def profile(
     option: list[str] = typer.Option([], "--option", "-o", help="Flow option KEY=VALUE (repeatable)."),
     root: Optional[Path] = _ROOT,
 ) -> None:
-    """Time a depth x width grid of a model on a device through a flow; write the LUT row by row."""
+    """Time a depth x width grid of a model on a device through a flow; write the LUT as it goes."""
     import dataclasses
 
     from rich.progress import (
@@ -104,6 +107,10 @@ def profile(
         cfg = dataclasses.replace(cfg, max_seconds=max_seconds)
     if min_util is not None:
         cfg = dataclasses.replace(cfg, min_util=min_util)
+    if rounds is not None:
+        if rounds < 1:
+            raise AmoebaError(f"--rounds must be >= 1, got {rounds}")
+        cfg = dataclasses.replace(cfg, rounds=rounds)
     plan = make_plan(
         device,
         flow,

@@ -16,6 +16,15 @@ loop). Samples with ``util < min_util`` are set aside and the protocol keeps sam
 3x the caps) to collect clean ones; if too few clean samples arrive, all samples are used and
 ``discarded`` says how many were contended. Nothing is corrected or rescaled: samples are
 kept or set aside, never altered.
+
+Rounds (drift between rows): on this shared VM a row's level moves by 10-40% from one
+half-minute to the next while its own samples agree within 5% (seen in the pytorch table:
+rows timed in the first pass over a grid were consistently slower than their neighbours timed
+a minute later). One row measured in one go cannot see that. With ``rounds > 1`` the profiler
+(:func:`profiler.plan.run_profile`) measures a block of shapes round-robin, ``rounds`` times,
+each round with ``1/rounds`` of the budget (:meth:`MeasureConfig.per_round`), and a row's
+statistics come from its samples of every round: slow drift becomes within-row spread that the
+median absorbs, instead of a bias between rows.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ import math
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -99,13 +108,25 @@ class MeasureConfig:
     max_seconds: float = 2.0
     rel_ci: float = 0.02
     min_util: float = 0.85
+    rounds: int = 3  # interleaved passes over a block of shapes (see "Rounds" above)
 
     def __post_init__(self) -> None:
         if self.min_repeats < 1 or self.max_repeats < self.min_repeats:
             raise ValueError("need 1 <= min_repeats <= max_repeats")
+        if self.rounds < 1:
+            raise ValueError("rounds must be >= 1")
+
+    def per_round(self) -> MeasureConfig:
+        """The budget of one round: ``1/rounds`` of the repeats and seconds (warm-up kept)."""
+        if self.rounds == 1:
+            return self
+        r = self.rounds
+        lo = max(2, math.ceil(self.min_repeats / r))
+        return replace(self, min_repeats=lo, max_repeats=max(lo, math.ceil(self.max_repeats / r)),
+                       max_seconds=self.max_seconds / r, rounds=1)
 
 
-QUICK = MeasureConfig(warmup=1, min_repeats=3, max_repeats=8, max_seconds=0.5, rel_ci=0.05)
+QUICK = MeasureConfig(warmup=1, min_repeats=3, max_repeats=8, max_seconds=0.5, rel_ci=0.05, rounds=1)
 
 
 def measure(

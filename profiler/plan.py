@@ -21,7 +21,7 @@ from amoeba_core.errors import AmoebaError
 from amoeba_core.shape import ModelGeometry
 from profiler.device import DeviceSpec, ensure_device
 from profiler.flows import PHASES, FlowConfig, Workload, flow_class, make_flow
-from profiler.measure import MeasureConfig, environment, measure
+from profiler.measure import LatencyStats, MeasureConfig, environment, measure
 from profiler.predict import fit_line, per_layer_depths, sparse_depths
 from profiler.table import LatencyTable, now_utc, row_key
 
@@ -108,55 +108,103 @@ def run_profile(plan: ProfilePlan, root: Path | str | None = None, progress: Pro
     result = ProfileResult(table.path)
     cpu_threads = plan.config.threads if plan.config.device == "cpu" and plan.config.threads > 0 else None
     points = plan.points()
-    total = len(points)
-    art = None
-    built_for: tuple[int, float] | None = None
-    try:
-        for i, (w, d, phase) in enumerate(points):
-            key = row_key(variant, d, w, phase, plan.batch, plan.prompt_len, "measured")
-            label = f"d{d}-w{w:.3f} {phase}"
-            old = table.get(key)
-            redo = old is not None and plan.redo_contended and int(old["discarded"]) >= int(old["n"])
-            if old is not None and not redo:
-                result.skipped += 1
-                if progress:
-                    progress(f"{label} (present)", i + 1, total)
-                continue
-            if built_for != (d, w):
-                if art is not None:
-                    flow.close(art)
-                art = flow.build(plan.geometry.scaled_dims(d, w))
-                built_for = (d, w)
-            work = Workload(phase, plan.prompt_len, plan.batch)  # type: ignore[arg-type]
-            stats = measure(functools.partial(flow.run_once, art, work), plan.measure, cpu_threads)
-            row = {
-                **key,
-                "p50_ms": stats.p50_ms,
-                "p10_ms": stats.p10_ms,
-                "p90_ms": stats.p90_ms,
-                "n": stats.n,
-                "discarded": stats.discarded,
-                "samples_ms": list(stats.samples_ms),
-                "created": now_utc(),
-            }
-            if redo:
-                table.replace(row)
-                result.written += 1
-                result.rows.append(row)
-                result.contended += int(stats.discarded == stats.n)
-            elif table.append(row):
-                result.written += 1
-                result.rows.append(row)
-                result.contended += int(stats.discarded == stats.n)
+    rounds = plan.measure.rounds
+    total = len(points) * rounds
+    done = 0
+    todo: list[_Point] = []
+    for w, d, phase in points:
+        key = row_key(variant, d, w, phase, plan.batch, plan.prompt_len, "measured")
+        old = table.get(key)
+        redo = old is not None and plan.redo_contended and int(old["discarded"]) >= int(old["n"])
+        if old is not None and not redo:
+            result.skipped += 1
+            done += rounds
             if progress:
-                progress(f"{label} {stats.p50_ms:.2f} ms", i + 1, total)
-    finally:
-        if art is not None:
-            flow.close(art)
+                progress(f"d{d}-w{w:.3f} {phase} (present)", done, total)
+            continue
+        todo.append(_Point(w, d, phase, key, redo))
+    round_cfg = plan.measure.per_round()
+    block_size = 1 if rounds == 1 else BLOCK_SHAPES  # one shape alive at a time without rounds
+    for block in _blocks(todo, block_size, lambda d, w: 4 * plan.geometry.scaled_dims(d, w).n_params()):
+        arts: dict[tuple[int, float], object] = {}
+        try:
+            for r in range(rounds):
+                for pt in block if r % 2 == 0 else block[::-1]:  # alternate the order: no shape always first
+                    if (pt.d, pt.w) not in arts:
+                        arts[(pt.d, pt.w)] = flow.build(plan.geometry.scaled_dims(pt.d, pt.w))
+                    work = Workload(pt.phase, plan.prompt_len, plan.batch)  # type: ignore[arg-type]
+                    stats = measure(functools.partial(flow.run_once, arts[(pt.d, pt.w)], work), round_cfg, cpu_threads)
+                    pt.samples.extend(stats.samples_ms)
+                    pt.discarded += stats.discarded
+                    done += 1
+                    if progress:
+                        tag = f" round {r + 1}/{rounds}" if rounds > 1 else ""
+                        progress(f"d{pt.d}-w{pt.w:.3f} {pt.phase}{tag} {stats.p50_ms:.2f} ms", done, total)
+        finally:
+            for a in arts.values():
+                flow.close(a)
+        for pt in block:  # a block's rows are written together, once every round has run
+            _write_row(table, pt, result)
     if plan.per_layer:
         result.composed = _compose(plan, table, variant)
     result.seconds = time.perf_counter() - t_start
     return result
+
+
+BLOCK_SHAPES = 4  # shapes measured round-robin together (alive at once) when rounds > 1
+BLOCK_BYTES = 6 * 1024**3  # ... and at most this many weight bytes (fp32 estimate) alive at once
+
+
+@dataclass
+class _Point:
+    w: float
+    d: int
+    phase: str
+    key: dict
+    redo: bool
+    samples: list[float] = field(default_factory=list)
+    discarded: int = 0
+
+
+def _blocks(points: list[_Point], shapes: int, nbytes: Callable[[int, float], int],
+            max_bytes: int = BLOCK_BYTES) -> list[list[_Point]]:
+    """Consecutive points grouped so that a group holds at most ``shapes`` distinct (d, w) whose
+    weights (``nbytes``) fit ``max_bytes`` together (a bigger shape gets a group of its own)."""
+    out: list[list[_Point]] = []
+    seen: set[tuple[int, float]] = set()
+    used = 0
+    for pt in points:
+        shape = (pt.d, pt.w)
+        if shape not in seen:
+            b = nbytes(*shape)
+            if not out or len(seen) >= shapes or (seen and used + b > max_bytes):
+                out.append([])
+                seen, used = set(), 0
+            seen.add(shape)
+            used += b
+        out[-1].append(pt)
+    return out
+
+
+def _write_row(table: LatencyTable, pt: _Point, result: ProfileResult) -> None:
+    stats = LatencyStats.from_samples(pt.samples, pt.discarded)
+    row = {
+        **pt.key,
+        "p50_ms": stats.p50_ms,
+        "p10_ms": stats.p10_ms,
+        "p90_ms": stats.p90_ms,
+        "n": stats.n,
+        "discarded": stats.discarded,
+        "samples_ms": list(stats.samples_ms),
+        "created": now_utc(),
+    }
+    if pt.redo:
+        table.replace(row)
+    elif not table.append(row):
+        return
+    result.written += 1
+    result.rows.append(row)
+    result.contended += int(stats.discarded == stats.n)
 
 
 def _check_measurable(spec: DeviceSpec, plan: ProfilePlan) -> None:

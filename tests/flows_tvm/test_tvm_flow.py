@@ -1,8 +1,7 @@
-"""TVM flow on the tiny geometry: compiled graphs equal PyTorch, timing runs, tuning ledger is honoured."""
+"""TVM flow on the tiny geometry: compiled graphs equal PyTorch, timing runs, tuned kernels are reused."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -46,35 +45,55 @@ def test_untuned_graphs_equal_pytorch_and_time(phase: str) -> None:
     assert flow.environment()["target"] == {"kind": "llvm", "num-cores": 2}
 
 
-def test_already_tuned_graph_is_not_tuned_again(tmp_path: Path) -> None:
-    """A ledger entry for this graph and budget means: apply the database, run no trials."""
-    import tvm_ffi
+def test_tuned_kernels_are_reused_across_depths(tmp_path: Path) -> None:
+    """Tune depth 1 with 1 trial per kernel; depth 2 then finds every kernel in the database."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from profiler.flows.tvm import kernels_to_tune, target_dict
+
+    opts = {"trials": 1, "tuning_dir": str(tmp_path)}
+    flow = make_flow("tvm", FlowConfig(threads=2, options=opts))
+    assert flow.variant == "tuned-1"
+    art = flow.build(GEOM)
+    g = flow.compile(art, "decode", 4)
+    got = g.vm["main"](*g.args)[0].numpy()
+    np.testing.assert_allclose(got, _torch_outputs(art, "decode", 4)[0].numpy(), atol=1e-4, rtol=1e-4)
+    db = ms.database.JSONDatabase(work_dir=str(tmp_path))
+    assert len(db.get_all_tuning_records()) >= 4  # the projections, LM head, attention, norms
+
+    deeper = make_flow("tvm", FlowConfig(threads=2, options=opts)).build(ModelGeometry.preset("tiny").scaled_dims(2, 1.0))
+    todo, done = kernels_to_tune(_relax_decode(deeper, 4), tvm.target.Target(target_dict(2)), db)
+    assert todo == [] and done >= 4
+
+
+def _relax_decode(art, p: int, fuse: bool = True):  # noqa: ANN001, ANN202
     from tvm import relax
     from tvm.relax.frontend.torch import from_exported_program
 
     from profiler.flows._kv_llama import Decode, example_inputs
 
-    flow = make_flow("tvm", FlowConfig(threads=2, options={"trials": 8, "trials_per_task": 2, "tuning_dir": str(tmp_path)}))
-    assert flow.variant == "tuned-8"
-    art = flow.build(GEOM)
-    ep = torch.export.export(Decode(art.core, 4).eval(), example_inputs(art.core, "decode", 4))
+    ep = torch.export.export(Decode(art.core, p).eval(), example_inputs(art.core, "decode", p))
     mod, _ = relax.frontend.detach_params(from_exported_program(ep, keep_params_as_input=True))
-    sig = f"{tvm_ffi.structural_hash(mod)}:8:2"
-    (tmp_path / "tuned.json").write_text(json.dumps({sig: {"trials": 8}}))
-    g = flow.compile(art, "decode", 4)  # would take minutes if it tuned
-    got = g.vm["main"](*g.args)[0].numpy()
-    np.testing.assert_allclose(got, _torch_outputs(art, "decode", 4)[0].numpy(), atol=1e-4, rtol=1e-4)
-    assert list(json.loads((tmp_path / "tuned.json").read_text())) == [sig]
+    return relax.transform.FuseTransposeMatmul()(mod) if fuse else mod
 
 
-def test_tuning_dir_is_per_device_and_width_not_depth() -> None:
+def test_no_weight_transpose_left_in_the_compiled_graph() -> None:
+    """Every ``x @ W.T`` is one NT_matmul kernel: no per-call transpose of a weight."""
+    art = make_flow("tvm", FlowConfig(threads=2)).build(GEOM)
+    mod = _relax_decode(art, 4)
+    script = mod["main"].script()
+    assert "NT_matmul" in {gv.name_hint for gv in mod.functions}  # x @ W.T as one kernel
+    assert "_weight, axes=" not in script  # the importer's transpose of a weight parameter
+    unfused = _relax_decode(art, 4, fuse=False)["main"].script()
+    assert "_weight, axes=" in unfused  # (what the check would see without the pass)
+
+
+def test_tuning_dir_is_per_device_and_budget() -> None:
     from profiler.flows.tvm import tuning_dir
 
-    base = ModelGeometry.preset("smollm2-135m")
-    a = tuning_dir(base.scaled_dims(30, 0.75), "cpu-host", "/p")
-    assert a == tuning_dir(base.scaled_dims(3, 0.75), "cpu-host", "/p")
-    assert a != tuning_dir(base.scaled_dims(30, 1.0), "cpu-host", "/p")
-    assert a.parts[:4] == ("/", "p", "cpu-host", "tvm_tuning")
+    assert tuning_dir(16, "cpu-host", "/p") == Path("/p/cpu-host/tvm_tuning/t16")
+    assert tuning_dir(16, "cpu-host", "/p") != tuning_dir(32, "cpu-host", "/p")
 
 
 def test_bad_options_are_user_errors() -> None:
@@ -82,6 +101,8 @@ def test_bad_options_are_user_errors() -> None:
         make_flow("tvm", FlowConfig(dtype="bfloat16"))
     with pytest.raises(AmoebaError, match="trials"):
         make_flow("tvm", FlowConfig(options={"trials": -1}))
+    with pytest.raises(AmoebaError, match="per kernel"):
+        make_flow("tvm", FlowConfig(options={"trials": 8, "trials_per_task": 2}))
 
 
 def test_known_bad_ffi_combination_is_refused() -> None:

@@ -92,7 +92,7 @@ def test_contention_filter_sets_aside_starved_samples() -> None:
         time.sleep(0.002)
         return time.perf_counter() - t0
 
-    cfg = MeasureConfig(warmup=0, min_repeats=3, max_repeats=5, max_seconds=1.0, rel_ci=0.5)
+    cfg = MeasureConfig(warmup=0, min_repeats=3, max_repeats=5, max_seconds=1.0, rel_ci=0.5, rounds=1)
     s = measure(sleeper, cfg, cpu_threads=1)
     assert s.discarded == s.n >= 3  # too few clean samples: all kept, and counted as contended
     assert measure(sleeper, cfg).discarded == 0  # filter off without a thread count
@@ -142,3 +142,32 @@ def test_plans_measure_what_they_say() -> None:
         make_plan(
             "cpu-host", "pytorch", "tiny", (2,), (1.0,), ("decode",), 16, "float32", 1, sparse=True, per_layer=True
         )
+
+
+def test_rounds_interleave_shapes_and_pool_their_samples(root: Path) -> None:
+    """rounds=2: every shape of a block is timed once per round, in alternating order, and its
+    row holds the samples of both rounds; blocks respect the shape cap."""
+    import dataclasses
+
+    from profiler.plan import BLOCK_SHAPES, run_profile
+    from profiler.table import LatencyTable
+
+    cfg = dataclasses.replace(FAST, rounds=2)
+    assert cfg.per_round().max_seconds == FAST.max_seconds / 2 and cfg.per_round().rounds == 1
+    assert BLOCK_SHAPES == 4
+    plan = make_plan("cpu-host", "pytorch", "tiny", (1, 2, 3, 4), (1.0, 0.5), ("decode",), 16, "float32", 1,
+                     measure_cfg=cfg)
+    seen: list[str] = []
+    res = run_profile(plan, root, progress=lambda desc, done, total: seen.append(desc.split()[0] + desc.split()[3]))
+    assert res.written == 8
+    expected = []
+    for w in ("1.000", "0.500"):  # one block per width: 4 shapes
+        block = [f"d{d}-w{w}" for d in (4, 3, 2, 1)]
+        expected += [s + "1/2" for s in block] + [s + "2/2" for s in block[::-1]]
+    assert seen == expected
+    rows = LatencyTable("cpu-host", "pytorch", "tiny", root).rows(phase="decode")
+    per_round = cfg.per_round()
+    assert (rows["n"] >= 2 * per_round.min_repeats).all()
+    assert (rows["samples_ms"].map(len) == rows["n"]).all()
+    with pytest.raises(ValueError, match="rounds"):
+        dataclasses.replace(FAST, rounds=0)
