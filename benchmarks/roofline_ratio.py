@@ -104,8 +104,8 @@ def main() -> None:
                     m.device,
                     "decode",
                     m.prompt_len,
-                    dtype_bytes(variant),
-                    peak_dtype_for(variant),
+                    dtype_bytes(m.weight_dtype),  # type: ignore[arg-type]  (set: est.roofline_ms is)
+                    peak_dtype_for(m.weight_dtype),  # type: ignore[arg-type]
                 )
                 rows = m.table.rows(phase="decode", variant=variant, prompt_len=m.prompt_len, source="measured")
                 rows = rows[rows["width"].round(3) == w]

@@ -23,7 +23,7 @@ from amoeba_core.shape import ModelGeometry, normalize_width
 from profiler.device import DeviceSpec, load_device, profiles_root
 from profiler.device import list_devices as _list_devices
 from profiler.predict import LatencyPredictor
-from profiler.roofline import dtype_bytes, peak_dtype_for, roofline
+from profiler.roofline import DTYPE_ALIASES, DTYPE_BYTES, dtype_bytes, peak_dtype_for, roofline
 from profiler.table import LatencyTable
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,13 @@ class LatencyModel:
                 self.predictor = LatencyPredictor.fit(measured, geometry)
             except AmoebaError as e:
                 log.info("no predictor for %s/%s/%s: %s", device.name, flow, model, e)
+        # a variant names its weight type (float32, f16, q4_0) or, for variants named otherwise
+        # (tvm's tuned-32), the table's environment record of that variant holds the dtype
+        self.weight_dtype: str | None = variant
+        if table is not None and variant.lower() not in DTYPE_BYTES and variant.lower() not in DTYPE_ALIASES:
+            self.weight_dtype = (table.header.get("environments") or {}).get(variant, {}).get("dtype")
         try:
-            self._wbytes: float | None = dtype_bytes(variant)
+            self._wbytes: float | None = dtype_bytes(self.weight_dtype) if self.weight_dtype else None
         except AmoebaError:
             self._wbytes = None
         self._cache: dict[tuple[int, float], LatencyEstimate] = {}
@@ -169,7 +174,7 @@ class LatencyModel:
             return None
         g = self.geometry.scaled_dims(depth, width)
         return roofline(
-            g, self.device, self.phase, self.prompt_len, self._wbytes, peak_dtype_for(self.variant)
+            g, self.device, self.phase, self.prompt_len, self._wbytes, peak_dtype_for(self.weight_dtype or self.variant)
         ).floor_ms
 
     def estimate(self, depth: int, width: float) -> LatencyEstimate:

@@ -25,10 +25,12 @@ from profiler.device import DeviceSpec
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32}
 
 
+DTYPE_ALIASES = {"f32": "float32", "fp32": "float32", "f16": "float16", "fp16": "float16", "bf16": "bfloat16"}
+
+
 def dtype_bytes(dtype: str) -> float:
     """Bytes per weight for a dtype or GGUF quant type name (f16/f32 aliases accepted)."""
-    alias = {"f32": "float32", "fp32": "float32", "f16": "float16", "fp16": "float16", "bf16": "bfloat16"}
-    key = alias.get(dtype.lower(), dtype.lower())
+    key = DTYPE_ALIASES.get(dtype.lower(), dtype.lower())
     if key not in DTYPE_BYTES:
         raise AmoebaError(f"unknown dtype {dtype!r} for the roofline; known: {', '.join(DTYPE_BYTES)}")
     return DTYPE_BYTES[key]
