@@ -54,16 +54,10 @@ FLOWS = ("pytorch", "onnxruntime", "llamacpp:quant=f16", "llamacpp:quant=q8_0", 
          "tvm:trials=32")
 
 
-def parse_flow(spec: str) -> tuple[str, dict[str, str]]:
-    name, _, rest = spec.partition(":")
-    opts = dict(kv.split("=", 1) for kv in rest.split(",") if kv)
-    return name.strip(), opts
-
-
 def profile_flows(specs: list[str], model: str, phase: str, prompt_len: int, threads: int, quick: bool,
                   root: Path) -> None:
     """Profile each installed flow of ``specs`` (PyTorch on the whole grid, the others sparse)."""
-    from profiler.flows import flow_class
+    from profiler.flows import flow_class, parse_flow_spec
 
     geometry = ModelGeometry.resolve(model)
     n = geometry.n_layers
@@ -71,7 +65,7 @@ def profile_flows(specs: list[str], model: str, phase: str, prompt_len: int, thr
     widths = (1.0, 0.75) if quick else (1.0, 0.875, 0.75, 0.625)
     per_layer = geometry.n_params() > 2e9
     for spec in specs:
-        name, opts = parse_flow(spec)
+        name, opts = parse_flow_spec(spec)
         try:
             flow_class(name).check_available()
         except AmoebaError as e:

@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from profiler.device import profiles_root  # noqa: E402
+from profiler.flows import parse_flow_spec  # noqa: E402
 from profiler.lookup import list_tables  # noqa: E402
 from profiler.measure import QUICK, MeasureConfig  # noqa: E402
 from profiler.plan import make_plan, run_profile  # noqa: E402
@@ -97,7 +98,10 @@ def composition_error(table: LatencyTable) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small grid, few repeats, temporary root")
-    ap.add_argument("--flows", default="pytorch", help="flows to time here (others: evaluated from their tables)")
+    ap.add_argument("--flows", default="pytorch",
+                    help="flows to time here, ';'-separated flow[:key=value,...], e.g. "
+                         "'pytorch;llamacpp:quant=q8_0;tvm:trials=32' (other tables: evaluated as they are)")
+    ap.add_argument("--phases", default="prefill,decode")
     ap.add_argument(
         "--root", type=Path, default=None, help="profiles root (default $AMOEBA_PROFILES or ./device_profiles)"
     )
@@ -120,15 +124,19 @@ def main() -> None:
     widths = (1.0, 0.75) if args.quick else (1.0, 0.875, 0.75, 0.625)
     mcfg = QUICK if args.quick else MeasureConfig()
     t0 = time.perf_counter()
-    for flow in [f.strip() for f in args.flows.split(",") if f.strip()]:
+    phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
+    sep = ";" if ";" in args.flows or ":" in args.flows else ","  # "pytorch,llamacpp" still works
+    specs = [f for f in args.flows.split(sep) if f.strip()]
+    for spec in specs:
+        flow, opts = parse_flow_spec(spec)
         for per_layer in (False, True):  # the whole grid, then depth 1/2/4 models composed
-            plan = make_plan("cpu-host", flow, MODEL, depths, widths, ("prefill", "decode"), args.prompt_len,
-                             "float32", args.threads, per_layer=per_layer, measure_cfg=mcfg)
+            plan = make_plan("cpu-host", flow, MODEL, depths, widths, phases, args.prompt_len,
+                             "float32", args.threads, per_layer=per_layer, measure_cfg=mcfg, options=opts)
             r = run_profile(plan, root)
             if per_layer:
-                print(f"{flow}: per-layer {r.written} rows measured, {r.composed} composed ({r.seconds:.0f} s)")
+                print(f"{spec}: per-layer {r.written} rows measured, {r.composed} composed ({r.seconds:.0f} s)")
             else:
-                print(f"{flow}: grid {r.written} rows measured, {r.skipped} reused ({r.seconds:.0f} s)")
+                print(f"{spec}: grid {r.written} rows measured, {r.skipped} reused ({r.seconds:.0f} s)")
 
     results = []
     for info in list_tables(root):
@@ -165,14 +173,14 @@ def main() -> None:
 
     print()
     print(
-        f"{'flow':12} {'variant':9} {'phase':8} {'measured':>8} {'±5%':>6} {'±10%':>6} {'med err':>8} "
+        f"{'flow':12} {'model':13} {'variant':9} {'phase':8} {'measured':>8} {'±5%':>6} {'±10%':>6} {'med err':>8} "
         f"{'max err':>8} {'noise p90/p10':>13} {'contended':>9}"
     )
     for r in results:
         if "kind" in r:
             continue
         print(
-            f"{r['flow']:12} {r['variant']:9} {r['phase']:8} {100 * r['fraction_measured']:7.0f}% "
+            f"{r['flow']:12} {r['model']:13} {r['variant']:9} {r['phase']:8} {100 * r['fraction_measured']:7.0f}% "
             f"{100 * r['within_5pct']:5.0f}% {100 * r['within_10pct']:5.0f}% {100 * r['median_abs_error']:7.1f}% "
             f"{100 * r['max_abs_error']:7.1f}% {r['noise_p90_over_p10_median']:13.3f} "
             f"{r['contended_rows']:4d}/{r['n_fit'] + r['n_heldout']}"
@@ -181,7 +189,8 @@ def main() -> None:
     for r in results:
         if "kind" in r:
             print(
-                f"{r['flow']:12} {r['variant']:9} {r['phase']:8} n={r['n']:3d}  ±5%: {100 * r['within_5pct']:.0f}%  "
+                f"{r['flow']:12} {r['model']:13} {r['variant']:9} {r['phase']:8} n={r['n']:3d}  "
+                f"±5%: {100 * r['within_5pct']:.0f}%  "
                 f"±10%: {100 * r['within_10pct']:.0f}%  median {100 * r['median_abs_error']:.1f}%  "
                 f"max {100 * r['max_abs_error']:.1f}%"
             )

@@ -140,10 +140,10 @@ def profile(
         console=console,
         transient=False,
     ) as bar:
-        task = bar.add_task(f"{device}/{flow}/{plan.model}", total=len(plan.points()))
+        task = bar.add_task(f"{device}/{flow}/{plan.model}", total=len(plan.points()) * plan.measure.rounds)
 
         def progress(desc: str, done: int, total: int) -> None:
-            bar.update(task, completed=done, description=f"{device}/{flow}/{plan.model} {desc}")
+            bar.update(task, completed=done, total=total, description=f"{device}/{flow}/{plan.model} {desc}")
 
         res = run_profile(plan, root, progress)
     console.print(
@@ -153,7 +153,9 @@ def profile(
     if res.contended:
         console.print(
             f"[yellow]warning: {res.contended} rows were timed while other processes took the CPU "
-            f"(column 'discarded' == 'n'); re-measure them on a quiet machine[/yellow]"
+            f"(column 'discarded' == 'n'), or the runtime left its threads idle (a single-threaded "
+            f"runtime looks the same: --min-util 0 turns the filter off); re-measure them on a quiet "
+            f"machine[/yellow]"
         )
 
 

@@ -33,3 +33,16 @@ def make_flow(name: str, config: FlowConfig | None = None) -> Flow:
 
 
 __all__ = ["FLOWS", "PHASES", "Flow", "FlowConfig", "Phase", "Workload", "flow_class", "make_flow"]
+
+
+def parse_flow_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """``"llamacpp:quant=q8_0,seed=1"`` -> ``("llamacpp", {"quant": "q8_0", "seed": "1"})`` (benchmark scripts)."""
+    name, _, rest = spec.strip().partition(":")
+    opts: dict[str, str] = {}
+    for kv in filter(None, (x.strip() for x in rest.split(","))):
+        if "=" not in kv:
+            raise AmoebaError(f"flow options are key=value, got {kv!r} in {spec!r}")
+        k, v = kv.split("=", 1)
+        opts[k.strip()] = v.strip()
+    flow_class(name.strip())  # unknown flow -> error listing the known ones
+    return name.strip(), opts

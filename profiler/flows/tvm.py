@@ -15,7 +15,7 @@ smollm2 d4 decode went from 324 ms to 34 ms with it (PyTorch: 17 ms).
 Variants (recorded as separate table rows):
 
 * ``untuned``: TVM's default CPU pipeline. Correct (checked against transformers) but its
-  kernels are neither parallel nor vectorised.
+  kernels keep the default loop nests (smollm2 d1 decode: 24.8 ms untuned, 5.7 ms tuned).
 * ``tuned-<trials>``: MetaSchedule tuning of the kernels that carry the work (every
   ``matmul``/``NT_matmul``, ``softmax`` and the RMSNorm ``mean`` reductions; reshapes and
   element-wise glue keep the default schedule — tuning those too changed smollm2 d30 decode
@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
 from amoeba_core.errors import AmoebaError, NotInstalledError
+from amoeba_core.filelock import file_lock
 from amoeba_core.shape import ModelGeometry
 from profiler.flows.base import Flow, FlowConfig, Workload
 
@@ -188,7 +189,8 @@ class TvmFlow(Flow):
             self.trials, str(o.get("device_name", "cpu-host")), o.get("profiles_root"))
         work.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        tuned, skipped = tune(mod, target, work, self.trials, self.threads)
+        with file_lock(work / ".lock"):  # one tuner per database: its JSON files are appended to
+            tuned, skipped = tune(mod, target, work, self.trials, self.threads)
         log.info("tvm tuning: %d kernel(s) tuned, %d already in %s (%.1f s)", tuned, skipped, work,
                  time.perf_counter() - t0)
         return relax.get_pipeline("static_shape_tuning", total_trials=0, target=target, work_dir=str(work))(mod)

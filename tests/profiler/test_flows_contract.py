@@ -118,3 +118,15 @@ def test_pytorch_builds_narrowed_mha_shapes() -> None:
     art = flow.build(g.scaled_dims(2, 0.75))
     assert art.model.model.layers[0].self_attn.q_proj.weight.shape == (48, 64)
     assert flow.run_once(art, Workload("decode", 8)) > 0
+
+
+def test_flow_specs_of_the_benchmark_scripts() -> None:
+    from profiler.flows import parse_flow_spec
+
+    assert parse_flow_spec("llamacpp:quant=q8_0") == ("llamacpp", {"quant": "q8_0"})
+    assert parse_flow_spec(" tvm:trials=32, device_name=x ") == ("tvm", {"trials": "32", "device_name": "x"})
+    assert parse_flow_spec("pytorch") == ("pytorch", {})
+    with pytest.raises(AmoebaError, match="known:"):
+        parse_flow_spec("tensorrt:x=1")
+    with pytest.raises(AmoebaError, match="key=value"):
+        parse_flow_spec("llamacpp:q8_0")
