@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import io
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ import pandas as pd
 import yaml
 
 from amoeba_core.errors import AmoebaError
-from amoeba_core.filelock import file_lock
+from amoeba_core.filelock import file_lock, read_snapshot
 from profiler.device import profiles_root
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
 
 def read_parquet(path: Path) -> pd.DataFrame:
     try:
-        df = pd.read_parquet(path)
+        df = pd.read_parquet(io.BytesIO(read_snapshot(path)[0]))  # one open: replace-safe
     except Exception as e:  # noqa: BLE001 - pyarrow raises many types for a bad file
         raise AmoebaError(
             f"corrupt latency table {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"

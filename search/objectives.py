@@ -14,6 +14,7 @@ Latency comes from the profiler (a measured row when there is one, else its pred
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import time
@@ -24,7 +25,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from amoeba_core.errors import AmoebaError
-from amoeba_core.filelock import file_lock
+from amoeba_core.filelock import file_lock, read_snapshot
 from amoeba_core.shape import SubnetShape
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,10 @@ class AccuracyTable:
     def reload(self) -> None:
         if not self.path.exists():
             return
-        mtime = self.path.stat().st_mtime_ns
-        if mtime == self._mtime:
+        if self.path.stat().st_mtime_ns == self._mtime:
             return
-        df = pd.read_parquet(self.path)
+        data, mtime = read_snapshot(self.path)  # one open: a concurrent replace cannot tear the read
+        df = pd.read_parquet(io.BytesIO(data))
         self._rows = {(r.fingerprint, r.key): _record(r._asdict()) for r in df.itertuples(index=False)}
         self._mtime = mtime
 

@@ -61,3 +61,29 @@ def test_four_processes_share_one_study(kind: str, tmp_path: Path, profiles: Pat
     df = pd.read_parquet(run / "accuracy.parquet")
     assert not df.duplicated(["fingerprint", "key"]).any()
     assert set(df["key"]) == {t.user_attrs["shape"] for t in trials}
+
+
+def _writer(path: str, n: int) -> None:
+    from search.objectives import AccuracyRecord
+
+    table = AccuracyTable(path)
+    for i in range(n):
+        table.put(AccuracyRecord("fp", f"d{i}-w1.000", i, 1.0, 0.5, ppl=10.0, nll=2.3, n_tokens=64))
+
+
+def test_readers_never_see_a_torn_table(tmp_path: Path) -> None:
+    """A reader reloading while another process keeps replacing the table always reads a whole
+    version (pyarrow opening the path twice once read one version's footer and the next's pages)."""
+    path = tmp_path / "accuracy.parquet"
+    writer = mp.get_context("fork").Process(target=_writer, args=(str(path), 300))
+    writer.start()
+    reader = AccuracyTable(path)
+    seen = 0
+    while writer.is_alive():
+        reader._mtime = -1  # force a read of whatever version is there now
+        reader.reload()
+        seen = max(seen, len(reader.records("fp")))
+    writer.join(60)
+    assert writer.exitcode == 0
+    reader._mtime = -1
+    assert len(reader.records("fp")) == 300 and seen <= 300
