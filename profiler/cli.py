@@ -104,7 +104,7 @@ def profile(
 
     cfg = QUICK if quick else MeasureConfig()
     if max_seconds is not None:
-        cfg = dataclasses.replace(cfg, max_seconds=max_seconds)
+        cfg = dataclasses.replace(cfg, max_seconds=max_seconds, min_seconds=min(cfg.min_seconds, max_seconds))
     if min_util is not None:
         cfg = dataclasses.replace(cfg, min_util=min_util)
     if rounds is not None:

@@ -6,7 +6,9 @@ as the 90% confidence interval of the median, taken from order statistics, is na
 ``[x_(j), x_(k)]`` with ``j = floor(n/2 - 1.645*sqrt(n)/2)`` and ``k = ceil(n/2 + 1.645*sqrt(n)/2)``
 (the binomial approximation to the median's rank). Also stop at ``max_repeats`` samples or
 when ``max_seconds`` of timed work have been spent; the statistics record ``n`` and the
-p10/p90 spread so a reader sees how noisy the row was.
+p10/p90 spread so a reader sees how noisy the row was. ``min_seconds`` keeps a fast row
+sampling for that much timed work first (past ``max_repeats``): a 1 ms row otherwise stops
+after a few milliseconds, too short to average anything that moves on this host.
 
 Contention filter (CPU flows with an explicit thread count): each sample also records the
 process CPU time it used, ``util = cpu_seconds / (wall_seconds * threads)``. Undisturbed, the
@@ -109,12 +111,15 @@ class MeasureConfig:
     rel_ci: float = 0.02
     min_util: float = 0.85
     rounds: int = 3  # interleaved passes over a block of shapes (see "Rounds" above)
+    min_seconds: float = 1.5  # keep sampling until this much timed work, even when the median is known
 
     def __post_init__(self) -> None:
         if self.min_repeats < 1 or self.max_repeats < self.min_repeats:
             raise ValueError("need 1 <= min_repeats <= max_repeats")
         if self.rounds < 1:
             raise ValueError("rounds must be >= 1")
+        if not 0 <= self.min_seconds <= self.max_seconds:
+            raise ValueError("need 0 <= min_seconds <= max_seconds")
 
     def per_round(self) -> MeasureConfig:
         """The budget of one round: ``1/rounds`` of the repeats and seconds (warm-up kept)."""
@@ -123,10 +128,10 @@ class MeasureConfig:
         r = self.rounds
         lo = max(2, math.ceil(self.min_repeats / r))
         return replace(self, min_repeats=lo, max_repeats=max(lo, math.ceil(self.max_repeats / r)),
-                       max_seconds=self.max_seconds / r, rounds=1)
+                       max_seconds=self.max_seconds / r, min_seconds=self.min_seconds / r, rounds=1)
 
 
-QUICK = MeasureConfig(warmup=1, min_repeats=3, max_repeats=8, max_seconds=0.5, rel_ci=0.05, rounds=1)
+QUICK = MeasureConfig(warmup=1, min_repeats=3, max_repeats=8, max_seconds=0.5, rel_ci=0.05, rounds=1, min_seconds=0)
 
 
 def measure(
@@ -142,7 +147,7 @@ def measure(
     clean: list[float] = []
     contended: list[float] = []
     spent = 0.0
-    while len(clean) < cfg.max_repeats:
+    while True:
         c0 = time.process_time()
         s = float(fn())
         cpu = time.process_time() - c0
@@ -151,7 +156,11 @@ def measure(
             contended.append(s * 1000.0)
         else:
             clean.append(s * 1000.0)
+        if spent < cfg.min_seconds:  # a fast row keeps sampling for min_seconds, past max_repeats
+            continue
         n_all = len(clean) + len(contended)
+        if len(clean) >= cfg.max_repeats:
+            break
         if len(clean) >= cfg.min_repeats and (median_rel_ci(clean) <= cfg.rel_ci or spent >= cfg.max_seconds):
             break
         limit = 3 if contended else 1  # wait out contention, within bounds

@@ -11,7 +11,7 @@ from profiler.device import HOST, detect_host, save_device
 from profiler.measure import MeasureConfig
 
 REPO = Path(__file__).resolve().parents[2]
-FAST = MeasureConfig(warmup=1, min_repeats=3, max_repeats=6, max_seconds=0.3, rel_ci=0.05, rounds=1)
+FAST = MeasureConfig(warmup=1, min_repeats=3, max_repeats=6, max_seconds=0.3, rel_ci=0.05, rounds=1, min_seconds=0)
 # A tiny geometry whose layers cost enough (prefill) for depth to dominate timing noise.
 SMALL = ModelGeometry(
     n_layers=6, hidden=256, n_heads=4, n_kv_heads=2, intermediate=1024, vocab=512, max_position=512, name="small"

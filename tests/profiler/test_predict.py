@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +93,7 @@ def test_contention_filter_sets_aside_starved_samples() -> None:
         time.sleep(0.002)
         return time.perf_counter() - t0
 
-    cfg = MeasureConfig(warmup=0, min_repeats=3, max_repeats=5, max_seconds=1.0, rel_ci=0.5, rounds=1)
+    cfg = MeasureConfig(warmup=0, min_repeats=3, max_repeats=5, max_seconds=1.0, rel_ci=0.5, rounds=1, min_seconds=0)
     s = measure(sleeper, cfg, cpu_threads=1)
     assert s.discarded == s.n >= 3  # too few clean samples: all kept, and counted as contended
     assert measure(sleeper, cfg).discarded == 0  # filter off without a thread count
@@ -147,8 +148,6 @@ def test_plans_measure_what_they_say() -> None:
 def test_rounds_interleave_shapes_and_pool_their_samples(root: Path) -> None:
     """rounds=2: every shape of a block is timed once per round, in alternating order, and its
     row holds the samples of both rounds; blocks respect the shape cap."""
-    import dataclasses
-
     from profiler.plan import BLOCK_SHAPES, run_profile
     from profiler.table import LatencyTable
 
@@ -171,3 +170,22 @@ def test_rounds_interleave_shapes_and_pool_their_samples(root: Path) -> None:
     assert (rows["samples_ms"].map(len) == rows["n"]).all()
     with pytest.raises(ValueError, match="rounds"):
         dataclasses.replace(FAST, rounds=0)
+
+
+def test_min_seconds_keeps_a_fast_row_sampling() -> None:
+    import time
+
+    from profiler.measure import MeasureConfig, measure
+
+    def fast() -> float:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 0.001:
+            pass
+        return time.perf_counter() - t0
+
+    cfg = MeasureConfig(warmup=0, min_repeats=3, max_repeats=5, max_seconds=1.0, rel_ci=0.5, rounds=1, min_seconds=0)
+    assert measure(fast, cfg).n <= 5
+    s = measure(fast, dataclasses.replace(cfg, min_seconds=0.1))
+    assert s.n >= 90 and sum(s.samples_ms) >= 100.0
+    with pytest.raises(ValueError, match="min_seconds"):
+        dataclasses.replace(cfg, min_seconds=2.0)

@@ -7,7 +7,7 @@ import pytest
 
 from profiler.measure import MeasureConfig
 
-FAST = MeasureConfig(warmup=1, min_repeats=3, max_repeats=5, max_seconds=0.2, rel_ci=0.1, rounds=1)
+FAST = MeasureConfig(warmup=1, min_repeats=3, max_repeats=5, max_seconds=0.2, rel_ci=0.1, rounds=1, min_seconds=0)
 
 
 @pytest.fixture(scope="session")
