@@ -53,7 +53,8 @@ def one_run(specs: list[str], depths: tuple[int, ...], widths: tuple[float, ...]
             r = run_profile(plan, root)
             variant = r.rows[0]["variant"] if r.rows else None
             rows = LatencyTable("cpu-host", name, MODEL, root).rows(phase="decode", variant=variant)
-            out[spec] = {f"d{int(d)}-w{float(w):.3f}": float(ms) for d, w, ms in zip(rows.depth, rows.width, rows.p50_ms)}
+            out[spec] = {f"d{int(d)}-w{float(w):.3f}": float(ms)
+                         for d, w, ms in zip(rows.depth, rows.width, rows.p50_ms)}
             print(f"  {spec}: {r.written} rows in {r.seconds:.0f} s")
         return out
     finally:

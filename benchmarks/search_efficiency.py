@@ -49,7 +49,8 @@ def quick_setup(work: Path) -> tuple[Path, Path]:
     strategy = work / "strategy.yaml"
     if not (root / "cpu-host" / "pytorch-tiny.parquet").exists():
         save_device(detect_host(threads=1), root)
-        fast = MeasureConfig(warmup=1, min_repeats=3, max_repeats=5, max_seconds=0.2, rel_ci=0.1, rounds=1, min_seconds=0)
+        fast = MeasureConfig(warmup=1, min_repeats=3, max_repeats=5, max_seconds=0.2, rel_ci=0.1, rounds=1,
+                             min_seconds=0)
         plan = make_plan("cpu-host", "pytorch", "tiny", (1, 2, 3, 4), (1.0, 0.5), ("decode", "prefill"), 16,
                          "float32", 1, measure_cfg=fast)
         run_profile(plan, root)

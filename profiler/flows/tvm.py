@@ -134,8 +134,8 @@ class TvmFlow(Flow):
         except PackageNotFoundError:
             return
         if ffi_is_broken(version("apache-tvm"), ffi):
-            raise NotInstalledError(f"tvm flow: apache-tvm-ffi {ffi} segfaults with apache-tvm 0.27 (IR serialisation); "
-                                    f'install with: pip install "apache-tvm-ffi<0.1.15"')
+            raise NotInstalledError(f"tvm flow: apache-tvm-ffi {ffi} segfaults with apache-tvm 0.27 "
+                                    f'(IR serialisation); install with: pip install "apache-tvm-ffi<0.1.15"')
 
     # -- building ------------------------------------------------------------------------
     def build(self, geometry: ModelGeometry) -> TvmArtifact:

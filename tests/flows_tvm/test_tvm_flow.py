@@ -62,7 +62,8 @@ def test_tuned_kernels_are_reused_across_depths(tmp_path: Path) -> None:
     db = ms.database.JSONDatabase(work_dir=str(tmp_path))
     assert len(db.get_all_tuning_records()) >= 4  # the projections, LM head, attention, norms
 
-    deeper = make_flow("tvm", FlowConfig(threads=2, options=opts)).build(ModelGeometry.preset("tiny").scaled_dims(2, 1.0))
+    deeper = make_flow("tvm", FlowConfig(threads=2, options=opts)).build(
+        ModelGeometry.preset("tiny").scaled_dims(2, 1.0))
     todo, done = kernels_to_tune(_relax_decode(deeper, 4), tvm.target.Target(target_dict(2)), db)
     assert todo == [] and done >= 4
 
