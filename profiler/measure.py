@@ -131,6 +131,7 @@ class MeasureConfig:
                        max_seconds=self.max_seconds / r, min_seconds=self.min_seconds / r, rounds=1)
 
 
+MAX_SAMPLES = 100_000  # bound on min_seconds sampling (a run_once that reports ~0 s would never end)
 QUICK = MeasureConfig(warmup=1, min_repeats=3, max_repeats=8, max_seconds=0.5, rel_ci=0.05, rounds=1, min_seconds=0)
 
 
@@ -156,9 +157,9 @@ def measure(
             contended.append(s * 1000.0)
         else:
             clean.append(s * 1000.0)
-        if spent < cfg.min_seconds:  # a fast row keeps sampling for min_seconds, past max_repeats
-            continue
         n_all = len(clean) + len(contended)
+        if spent < cfg.min_seconds and n_all < MAX_SAMPLES:  # a fast row keeps sampling, past max_repeats
+            continue
         if len(clean) >= cfg.max_repeats:
             break
         if len(clean) >= cfg.min_repeats and (median_rel_ci(clean) <= cfg.rel_ci or spent >= cfg.max_seconds):
