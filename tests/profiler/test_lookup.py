@@ -61,3 +61,20 @@ def test_per_layer_mode_composes_and_is_labelled(root: Path) -> None:
     assert latency_ms("cpu-host", "pytorch", "tiny", 4, 1.0, root=root).source == "measured"
     again = run_profile(plan, root)
     assert again.written == 0 and again.skipped == 3 and again.composed == 0
+
+
+def test_roofline_of_a_variant_named_by_its_budget(root: Path) -> None:
+    """tvm's rows are variant 'tuned-32'; the floor takes the dtype from the table's environment."""
+    from amoeba_core.shape import ModelGeometry
+    from profiler.table import LatencyTable, now_utc, row_key
+
+    t = LatencyTable("cpu-host", "tvm", "tiny", root)
+    t.write_header({"geometry": ModelGeometry.preset("tiny").to_dict(), "dtype": "float32"},
+                   environment={"dtype": "float32"}, variant="tuned-32")
+    for d in (1, 2):
+        t.append({**row_key("tuned-32", d, 1.0, "decode", 1, 32, "measured"), "p50_ms": float(d), "p10_ms": 0.9 * d,
+                  "p90_ms": 1.1 * d, "n": 5, "discarded": 0, "samples_ms": [float(d)] * 5, "created": now_utc()})
+    m = LatencyModel.open("cpu-host", "tvm", "tiny", "decode", 32, "tuned-32", root)
+    assert m.weight_dtype == "float32"
+    est = m.estimate(2, 1.0)
+    assert est.source == "measured" and est.roofline_ms is not None and est.roofline_ms > 0
