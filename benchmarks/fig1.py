@@ -31,9 +31,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from amoeba_core.errors import AmoebaError  # noqa: E402
 from amoeba_core.shape import ModelGeometry  # noqa: E402
-from profiler.device import list_devices, load_device, profiles_root  # noqa: E402
+from profiler.device import list_devices, load_device, profiles_root, spec_only_root  # noqa: E402
 from profiler.lookup import LatencyModel, list_tables  # noqa: E402
 from profiler.measure import QUICK, MeasureConfig  # noqa: E402
 from profiler.plan import make_plan, run_profile  # noqa: E402
@@ -266,13 +264,7 @@ def main() -> None:
     ap.add_argument("--png", type=Path, default=REPO / "benchmarks" / "results" / "fig1.png")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "fig1.json")
     args = ap.parse_args()
-    root = profiles_root(args.root)
-    if args.quick:
-        tmp = Path(tempfile.mkdtemp(prefix="amoeba-fig1-"))
-        for d in list_devices(root):
-            (tmp / d).mkdir()
-            shutil.copy(root / d / "device.yaml", tmp / d / "device.yaml")
-        root = tmp
+    root = spec_only_root(args.root, "amoeba-fig1-") if args.quick else profiles_root(args.root)
     geometry = ModelGeometry.resolve(args.model)
     if not args.no_measure:
         specs = ["pytorch"] if args.quick and args.flows is None else (args.flows or ";".join(FLOWS)).split(";")

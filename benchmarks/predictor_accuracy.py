@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +29,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from profiler.device import profiles_root  # noqa: E402
+from profiler.device import profiles_root, spec_only_root  # noqa: E402
 from profiler.flows import parse_flow_spec  # noqa: E402
 from profiler.lookup import list_tables  # noqa: E402
 from profiler.measure import QUICK, MeasureConfig  # noqa: E402
@@ -110,16 +108,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "predictor_accuracy.json")
     args = ap.parse_args()
 
-    root = profiles_root(args.root)
-    if args.quick:
-        tmp = Path(tempfile.mkdtemp(prefix="amoeba-pa-"))
-        for d in ("a5000", "orin-nx-16gb", "cpu-host"):
-            if (root / d / "device.yaml").exists():
-                shutil.copytree(root / d, tmp / d, ignore=shutil.ignore_patterns("*.parquet", "*.yaml.tmp*"))
-                for f in (tmp / d).glob("*"):
-                    if f.name != "device.yaml":
-                        f.unlink()
-        root = tmp
+    root = spec_only_root(args.root, "amoeba-pa-") if args.quick else profiles_root(args.root)
     depths = (3, 12, 21, 30) if args.quick else tuple(range(3, 31, 3))
     widths = (1.0, 0.75) if args.quick else (1.0, 0.875, 0.75, 0.625)
     mcfg = QUICK if args.quick else MeasureConfig()

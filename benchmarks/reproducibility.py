@@ -17,7 +17,6 @@ import itertools
 import json
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from amoeba_core.errors import AmoebaError  # noqa: E402
-from profiler.device import profiles_root  # noqa: E402
+from profiler.device import profiles_root, spec_only_root  # noqa: E402
 from profiler.flows import flow_class, parse_flow_spec  # noqa: E402
 from profiler.measure import MeasureConfig  # noqa: E402
 from profiler.plan import make_plan, run_profile  # noqa: E402
@@ -39,10 +38,8 @@ FLOWS = "pytorch;onnxruntime;llamacpp:quant=f16;llamacpp:quant=q8_0;llamacpp:qua
 
 def one_run(specs: list[str], depths: tuple[int, ...], widths: tuple[float, ...], threads: int,
             base: Path, mcfg: MeasureConfig) -> dict[str, dict[str, float]]:
-    root = Path(tempfile.mkdtemp(prefix="amoeba-repro-"))
+    root = spec_only_root(base, "amoeba-repro-")
     try:
-        (root / "cpu-host").mkdir()
-        shutil.copy(base / "cpu-host" / "device.yaml", root / "cpu-host" / "device.yaml")
         out: dict[str, dict[str, float]] = {}
         for spec in specs:
             name, opts = parse_flow_spec(spec)

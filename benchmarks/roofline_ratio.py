@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,21 +23,11 @@ sys.path.insert(0, str(REPO))
 
 from amoeba_core.errors import AmoebaError  # noqa: E402
 from amoeba_core.shape import ModelGeometry  # noqa: E402
-from profiler.device import profiles_root  # noqa: E402
+from profiler.device import profiles_root, spec_only_root  # noqa: E402
 from profiler.lookup import LatencyModel, list_tables  # noqa: E402
 from profiler.measure import QUICK, MeasureConfig  # noqa: E402
 from profiler.plan import make_plan, run_profile  # noqa: E402
 from profiler.roofline import dtype_bytes, peak_dtype_for, roofline  # noqa: E402
-
-
-def quick_root(root: Path) -> Path:
-    tmp = Path(tempfile.mkdtemp(prefix="amoeba-rr-"))
-    for d in ("a5000", "orin-nx-16gb", "cpu-host"):
-        src = root / d / "device.yaml"
-        if src.exists():
-            (tmp / d).mkdir()
-            shutil.copy(src, tmp / d / "device.yaml")
-    return tmp
 
 
 def main() -> None:
@@ -51,7 +39,7 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "roofline_ratio.json")
     args = ap.parse_args()
-    root = quick_root(profiles_root(args.root)) if args.quick else profiles_root(args.root)
+    root = spec_only_root(args.root, "amoeba-rr-") if args.quick else profiles_root(args.root)
     widths = (1.0,) if args.quick else (1.0, 0.875, 0.75, 0.625)
     mcfg = QUICK if args.quick else MeasureConfig()
     t0 = time.perf_counter()

@@ -85,6 +85,20 @@ def list_devices(root: Path | str | None = None) -> list[str]:
     return sorted(p.name for p in base.iterdir() if (p / DEVICE_FILE).is_file())
 
 
+def spec_only_root(root: Path | str | None = None, prefix: str = "amoeba-") -> Path:
+    """A new temporary profiles root holding only the device specs (``device.yaml``) of ``root``:
+    no tables, no caches — for smoke runs and for timing into an empty root."""
+    import shutil
+    import tempfile
+
+    src = profiles_root(root)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    for name in list_devices(src):
+        (tmp / name).mkdir()
+        shutil.copy(src / name / DEVICE_FILE, tmp / name / DEVICE_FILE)
+    return tmp
+
+
 def load_device(name: str, root: Path | str | None = None) -> DeviceSpec:
     path = profiles_root(root) / name / DEVICE_FILE
     if not path.is_file():
