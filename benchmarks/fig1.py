@@ -21,7 +21,7 @@ run only draws. From a clean checkout on this 2-core host the first run takes ab
 hour, most of it ONNX exports and TVM's MetaSchedule tuning (once per width, cached under
 device_profiles/cpu-host/tvm_tuning/).
 
-    python benchmarks/fig1.py [--model smollm2-135m] [--phase decode] [--flows pytorch,tvm:trials=32]
+    python benchmarks/fig1.py [--model smollm2-135m] [--phase decode] [--flows "pytorch;tvm:trials=32"]
     python benchmarks/fig1.py --quick       # a small measured grid in a temporary root (PyTorch only)
     python benchmarks/fig1.py --no-measure  # draw the tables as they are
 """
@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 from amoeba_core.errors import AmoebaError  # noqa: E402
 from amoeba_core.shape import ModelGeometry  # noqa: E402
 from profiler.device import list_devices, load_device, profiles_root, spec_only_root  # noqa: E402
+from profiler.flows import flow_class, parse_flow_spec, split_flow_specs  # noqa: E402
 from profiler.lookup import LatencyModel, list_tables  # noqa: E402
 from profiler.measure import QUICK, MeasureConfig  # noqa: E402
 from profiler.plan import make_plan, run_profile  # noqa: E402
@@ -55,8 +56,6 @@ FLOWS = ("pytorch", "onnxruntime", "llamacpp:quant=f16", "llamacpp:quant=q8_0", 
 def profile_flows(specs: list[str], model: str, phase: str, prompt_len: int, threads: int, quick: bool,
                   root: Path) -> None:
     """Profile each installed flow of ``specs`` (PyTorch on the whole grid, the others sparse)."""
-    from profiler.flows import flow_class, parse_flow_spec
-
     geometry = ModelGeometry.resolve(model)
     n = geometry.n_layers
     depths = (n // 5, n // 2, n) if quick else tuple(sorted({max(1, n * k // 5) for k in range(1, 6)}))
@@ -267,9 +266,8 @@ def main() -> None:
     root = spec_only_root(args.root, "amoeba-fig1-") if args.quick else profiles_root(args.root)
     geometry = ModelGeometry.resolve(args.model)
     if not args.no_measure:
-        specs = ["pytorch"] if args.quick and args.flows is None else (args.flows or ";".join(FLOWS)).split(";")
-        profile_flows([x for x in specs if x.strip()], args.model, args.phase, args.prompt_len, args.threads,
-                      args.quick, root)
+        specs = ["pytorch"] if args.quick and args.flows is None else split_flow_specs(args.flows or ";".join(FLOWS))
+        profile_flows(specs, args.model, args.phase, args.prompt_len, args.threads, args.quick, root)
     lines, grid = collect(args.model, args.phase, args.prompt_len, root)
     stats = analyse(lines, geometry)
     draw(lines, args.model, args.phase, args.prompt_len, args.png)

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from profiler.device import profiles_root, spec_only_root  # noqa: E402
-from profiler.flows import parse_flow_spec  # noqa: E402
+from profiler.flows import parse_flow_spec, split_flow_specs  # noqa: E402
 from profiler.lookup import list_tables  # noqa: E402
 from profiler.measure import QUICK, MeasureConfig  # noqa: E402
 from profiler.plan import make_plan, run_profile  # noqa: E402
@@ -114,9 +114,7 @@ def main() -> None:
     mcfg = QUICK if args.quick else MeasureConfig()
     t0 = time.perf_counter()
     phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
-    sep = ";" if ";" in args.flows or ":" in args.flows else ","  # "pytorch,llamacpp" still works
-    specs = [f for f in args.flows.split(sep) if f.strip()]
-    for spec in specs:
+    for spec in split_flow_specs(args.flows):
         flow, opts = parse_flow_spec(spec)
         for per_layer in (False, True):  # the whole grid, then depth 1/2/4 models composed
             plan = make_plan("cpu-host", flow, MODEL, depths, widths, phases, args.prompt_len,

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from amoeba_core.errors import AmoebaError  # noqa: E402
 from profiler.device import profiles_root, spec_only_root  # noqa: E402
-from profiler.flows import flow_class, parse_flow_spec  # noqa: E402
+from profiler.flows import flow_class, parse_flow_spec, split_flow_specs  # noqa: E402
 from profiler.measure import MeasureConfig  # noqa: E402
 from profiler.plan import make_plan, run_profile  # noqa: E402
 from profiler.table import LatencyTable  # noqa: E402
@@ -76,10 +76,10 @@ def main() -> None:
     if not (base / "cpu-host" / "device.yaml").is_file():
         raise SystemExit(f"error: no {base}/cpu-host/device.yaml; run `amoeba profile` once first")
     specs = []
-    for spec in (s for s in args.flows.split(";") if s.strip()):
+    for spec in split_flow_specs(args.flows):
         try:
             flow_class(parse_flow_spec(spec)[0]).check_available()
-            specs.append(spec.strip())
+            specs.append(spec)
         except AmoebaError as e:
             print(f"{spec}: skipped ({e})")
     depths = tuple(int(d) for d in args.depths.split(","))

@@ -46,3 +46,9 @@ def parse_flow_spec(spec: str) -> tuple[str, dict[str, str]]:
         opts[k.strip()] = v.strip()
     flow_class(name.strip())  # unknown flow -> error listing the known ones
     return name.strip(), opts
+
+
+def split_flow_specs(text: str) -> list[str]:
+    """``;``-separated flow specs; ``,`` separates too when no spec carries options ("pytorch,llamacpp")."""
+    sep = ";" if ";" in text or ":" in text else ","
+    return [spec.strip() for spec in text.split(sep) if spec.strip()]

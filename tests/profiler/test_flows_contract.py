@@ -121,7 +121,7 @@ def test_pytorch_builds_narrowed_mha_shapes() -> None:
 
 
 def test_flow_specs_of_the_benchmark_scripts() -> None:
-    from profiler.flows import parse_flow_spec
+    from profiler.flows import parse_flow_spec, split_flow_specs
 
     assert parse_flow_spec("llamacpp:quant=q8_0") == ("llamacpp", {"quant": "q8_0"})
     assert parse_flow_spec(" tvm:trials=32, device_name=x ") == ("tvm", {"trials": "32", "device_name": "x"})
@@ -130,3 +130,5 @@ def test_flow_specs_of_the_benchmark_scripts() -> None:
         parse_flow_spec("tensorrt:x=1")
     with pytest.raises(AmoebaError, match="key=value"):
         parse_flow_spec("llamacpp:q8_0")
+    assert split_flow_specs("pytorch, llamacpp") == ["pytorch", "llamacpp"]
+    assert split_flow_specs("pytorch;llamacpp:quant=q8_0,seed=1;") == ["pytorch", "llamacpp:quant=q8_0,seed=1"]
