@@ -27,7 +27,6 @@ from profiler.device import profiles_root, spec_only_root  # noqa: E402
 from profiler.lookup import LatencyModel, list_tables  # noqa: E402
 from profiler.measure import QUICK, MeasureConfig  # noqa: E402
 from profiler.plan import make_plan, run_profile  # noqa: E402
-from profiler.roofline import dtype_bytes, peak_dtype_for, roofline  # noqa: E402
 
 
 def main() -> None:
@@ -87,14 +86,8 @@ def main() -> None:
                 est = m.estimate(depth, w)
                 if est.source not in ("measured", "per-layer") or est.roofline_ms is None:
                     continue
-                rl = roofline(
-                    m.geometry.scaled_dims(depth, w),
-                    m.device,
-                    "decode",
-                    m.prompt_len,
-                    dtype_bytes(m.weight_dtype),  # type: ignore[arg-type]  (set: est.roofline_ms is)
-                    peak_dtype_for(m.weight_dtype),  # type: ignore[arg-type]
-                )
+                rl = m.roofline_at(depth, w)  # not None: est.roofline_ms is set
+                assert rl is not None
                 rows = m.table.rows(phase="decode", variant=variant, prompt_len=m.prompt_len, source="measured")
                 rows = rows[rows["width"].round(3) == w]
                 contended = int((rows["discarded"] >= rows["n"]).sum())

@@ -23,7 +23,7 @@ from amoeba_core.shape import ModelGeometry, normalize_width
 from profiler.device import DeviceSpec, load_device, profiles_root
 from profiler.device import list_devices as _list_devices
 from profiler.predict import LatencyPredictor
-from profiler.roofline import DTYPE_ALIASES, DTYPE_BYTES, dtype_bytes, peak_dtype_for, roofline
+from profiler.roofline import Roofline, dtype_bytes, peak_dtype_for, roofline
 from profiler.table import LatencyTable
 
 log = logging.getLogger(__name__)
@@ -103,13 +103,17 @@ class LatencyModel:
                 log.info("no predictor for %s/%s/%s: %s", device.name, flow, model, e)
         # a variant names its weight type (float32, f16, q4_0) or, for variants named otherwise
         # (tvm's tuned-32), the table's environment record of that variant holds the dtype
-        self.weight_dtype: str | None = variant
-        if table is not None and variant.lower() not in DTYPE_BYTES and variant.lower() not in DTYPE_ALIASES:
-            self.weight_dtype = (table.header.get("environments") or {}).get(variant, {}).get("dtype")
-        try:
-            self._wbytes: float | None = dtype_bytes(self.weight_dtype) if self.weight_dtype else None
-        except AmoebaError:
-            self._wbytes = None
+        self.weight_dtype: str | None = None
+        self._wbytes: float | None = None
+        env = (table.header.get("environments") or {}).get(variant, {}) if table is not None else {}
+        for dtype in (variant, env.get("dtype")):
+            if dtype is None:
+                continue
+            try:
+                self._wbytes, self.weight_dtype = dtype_bytes(dtype), dtype
+                break
+            except AmoebaError:  # not a dtype name
+                continue
         self._cache: dict[tuple[int, float], LatencyEstimate] = {}
 
     @classmethod
@@ -169,13 +173,16 @@ class LatencyModel:
             raise AmoebaError(f"no {phase} rows with prompt_len {prompt_len} in {table.path}; known: {known_p}")
         return cls(spec, flow, model, geometry, phase, int(prompt_len), variant, table)
 
-    def roofline_ms(self, depth: int, width: float) -> float | None:
-        if self._wbytes is None:
+    def roofline_at(self, depth: int, width: float) -> Roofline | None:
+        """The roofline of a shape at this table's weight type (None when the type is unknown)."""
+        if self._wbytes is None or self.weight_dtype is None:
             return None
         g = self.geometry.scaled_dims(depth, width)
-        return roofline(
-            g, self.device, self.phase, self.prompt_len, self._wbytes, peak_dtype_for(self.weight_dtype or self.variant)
-        ).floor_ms
+        return roofline(g, self.device, self.phase, self.prompt_len, self._wbytes, peak_dtype_for(self.weight_dtype))
+
+    def roofline_ms(self, depth: int, width: float) -> float | None:
+        rl = self.roofline_at(depth, width)
+        return None if rl is None else rl.floor_ms
 
     def estimate(self, depth: int, width: float) -> LatencyEstimate:
         w = normalize_width(width)
