@@ -10,7 +10,8 @@ per (phase, prompt_len), during the first (warm-up) ``run_once`` of a shape.
 Before compiling, ``FuseTransposeMatmul`` turns every ``x @ W.T`` (a ``permute_dims`` of the
 weight feeding a ``matmul``) into one ``NT_matmul`` kernel. Without it the imported graph
 transposes every weight matrix on every call (the LM head alone is 113 MB for SmolLM2): untuned
-smollm2 d4 decode went from 324 ms to 34 ms with it (PyTorch: 17 ms).
+smollm2 d4 decode went from 324 ms to 34 ms with it (PyTorch: 17 ms). The figures in this
+docstring are one-off development measurements (scratch scripts, medians of 10-30 runs).
 
 Variants (recorded as separate table rows):
 
