@@ -1,27 +1,50 @@
 """Text for calibration, validation, test and fine-tuning, from text that ships with Python.
 
-No benchmark data set can be installed here, so the corpus is ``pydoc_data.topics`` (the
-CPython help topics: 79 documents, about 465 K characters of English technical prose). The
-documents are shuffled with a fixed seed and split *by document*. The topics quote each other
-(long passages repeated under several names, one document twice), so a document that shares
-any 200-character passage with a document of an earlier split (order: calib, val, test,
-train) is dropped from its split: no text is shared between splits.
+No benchmark data set can be installed here, so the corpus is what every CPython carries, from
+two *sources* (data version :data:`DATA_VERSION`):
+
+* ``topics``: ``pydoc_data.topics`` (the CPython help topics: 79 documents, about 465 K
+  characters of English technical prose about the language);
+* ``stdlib``: the module documentation of a fixed list of standard-library modules
+  (:data:`STDLIB_MODULES`), ``pydoc.render_doc(module, renderer=pydoc.plaintext)`` cleaned of
+  what is not prose: the FILE/DATA/VERSION/AUTHOR sections, the class gutters, the inherited
+  and data-attribute blocks and ``__special__`` methods pydoc repeats in every class (their
+  docs are the same slot-wrapper sentences everywhere), and memory addresses in reprs
+  (about 1.2 M characters on CPython 3.11). The text changes with the Python version that
+  renders it; :func:`data_record` gives a fingerprint of the exact text used.
+
+Each source's documents are shuffled with a fixed seed and split *by document* into
 
 * ``calib`` about 10 % of the characters (Stage 1 depth DP and width importance),
 * ``val``   about 10 % (choice of the width metric; search accuracy),
 * ``test``  about 15 % (reported numbers only),
 * ``train`` the rest, about 65 % (Stage 2 fine-tuning).
 
+A split is the ``topics`` part followed by the ``stdlib`` part, so the first windows of a
+split are the same text as in data version 1 (topics only) and a small budget scores the same
+tokens as before. ``"test-topics"`` / ``"test-stdlib"`` name one source's part of a split, so a
+number can be checked on two held-out texts.
+
+The documents quote each other (the topics repeat long passages under several names), so a
+document that shares any 200-character passage with a kept document of *another* split is
+dropped (topics first, in split order calib, val, test, train; then stdlib the same way): no
+text is shared between splits. The topics' assignment is the same as in data version 1.
+
 No multiple-choice set ships with Python or with the installed packages; the scorer in
-:mod:`amoeba_core.evaluate` takes any MC items a user supplies.
+:mod:`amoeba_core.evaluate` takes any MC items a user supplies and :mod:`amoeba_core.tasks`
+runs lm-eval-harness tasks.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import logging
 import random
+import re
+import sys
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from amoeba_core.errors import AmoebaError
 
@@ -31,29 +54,118 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Bump when the corpus changes: sources, module list, cleaning or split rules.
+DATA_VERSION = 2
 SPLITS: dict[str, float] = {"calib": 0.10, "val": 0.10, "test": 0.15, "train": 0.65}
+SOURCES: tuple[str, ...] = ("topics", "stdlib")
+
+# Portable standard-library modules (no platform-specific ones such as os, socket, signal),
+# present on Python 3.10 and later; part of DATA_VERSION.
+STDLIB_MODULES: tuple[str, ...] = (
+    "abc", "argparse", "ast", "base64", "bdb", "binascii", "bisect", "bz2", "calendar", "cmd", "code", "codecs",
+    "codeop", "collections", "colorsys", "configparser", "contextlib", "copy", "copyreg", "csv", "dataclasses",
+    "datetime", "decimal", "difflib", "dis", "doctest", "email.message", "email.utils", "enum", "filecmp",
+    "fileinput", "fnmatch", "fractions", "ftplib", "functools", "gettext", "glob", "graphlib", "gzip", "hashlib",
+    "heapq", "hmac", "html", "html.parser", "http.client", "http.cookies", "http.server", "imaplib", "inspect", "io",
+    "ipaddress", "itertools", "json", "keyword", "linecache", "logging", "logging.handlers", "lzma", "mailbox",
+    "math", "mimetypes", "numbers", "operator", "optparse", "pathlib", "pickle", "pickletools", "pkgutil",
+    "plistlib", "poplib", "pprint", "pstats", "queue", "quopri", "random", "re", "reprlib", "sched", "secrets",
+    "shelve", "shlex", "shutil", "smtplib", "statistics", "string", "stringprep", "struct", "symtable", "tabnanny",
+    "tarfile", "tempfile", "textwrap", "threading", "timeit", "token", "tokenize", "trace", "traceback", "types",
+    "typing", "unittest", "urllib.parse", "urllib.request", "uuid", "warnings", "wave", "weakref",
+    "xml.dom.minidom", "xml.etree.ElementTree", "zipfile", "zipimport", "zlib",
+)
+
+_KEEP_SECTIONS = {"DESCRIPTION", "CLASSES", "FUNCTIONS"}
+_KEEP_CLASS_BLOCKS = ("Methods defined here:", "Class methods defined here:", "Static methods defined here:")
+_GUTTER = re.compile(r"^( *)\|  ?")
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+_BOILERPLATE = {"Initialize self.  See help(type(self)) for accurate signature."}
 
 
-def documents() -> list[tuple[str, str]]:
-    """(topic name, text) pairs, sorted by name, empty documents dropped."""
-    from pydoc_data.topics import topics
-
-    return [(k, v.strip()) for k, v in sorted(topics.items()) if v.strip()]
+def _is_block_header(text: str) -> bool:
+    return text.endswith(":") and (" defined here" in text or " inherited from " in text
+                                   or text == "Method resolution order:")
 
 
-def split_names(seed: int = 0) -> dict[str, list[str]]:
-    """Document names per split (a fresh copy of the cached assignment)."""
-    return {k: list(v) for k, v in _split_names(seed).items()}
+def module_text(name: str) -> str:
+    """One module's documentation as prose (see the module docstring for what is removed)."""
+    import pydoc
+
+    raw = pydoc.render_doc(importlib.import_module(name), renderer=pydoc.plaintext)
+    lines = raw.splitlines()[1:]  # "Python Library Documentation: module X"
+    out: list[str] = []
+    section: str | None = None
+    block: str | None = None  # the current class block ("Methods defined here:", ...)
+    dunder = False  # inside a __special__ method's entry (slot-wrapper boilerplate)
+    for line in lines:
+        if line and not line[0].isspace():  # a section header: NAME, DESCRIPTION, CLASSES, ...
+            section, block = line.strip(), None
+            if section in _KEEP_SECTIONS:
+                out.append(section.capitalize())
+            continue
+        if section == "NAME":
+            out.append(line.strip())
+            continue
+        if section not in _KEEP_SECTIONS:
+            continue
+        m = _GUTTER.match(line)
+        if m is None:
+            block = None
+            out.append(line.rstrip())
+            continue
+        content = line[m.end():]
+        stripped = content.strip()
+        if stripped and set(stripped) == {"-"}:
+            block = "separator"
+            continue
+        if not content.startswith(" ") and _is_block_header(stripped):
+            block, dunder = stripped, False
+            continue
+        if content and not content.startswith(" "):
+            dunder = content.startswith("__")
+        if dunder or (block is not None and block not in _KEEP_CLASS_BLOCKS) or stripped in _BOILERPLATE:
+            continue
+        out.append((m.group(1)[:-1] + "    " + content).rstrip())
+    text = _ADDRESS.sub("", "\n".join(out))
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
 @cache
-def _split_names(seed: int) -> dict[str, list[str]]:
-    """Document names per split (disjoint; the same for a given seed).
+def _source_documents(source: str) -> tuple[tuple[str, str], ...]:
+    if source == "topics":
+        from pydoc_data.topics import topics
 
-    Documents are shuffled, then assigned in order until each split holds its fraction of
-    the characters (documents differ a lot in length, so counting documents would not do).
-    """
-    docs = documents()
+        return tuple((f"topics:{k}", v.strip()) for k, v in sorted(topics.items()) if v.strip())
+    if source == "stdlib":
+        docs = []
+        for name in STDLIB_MODULES:
+            try:
+                text = module_text(name)
+            except ImportError as e:  # a Python built without one of them (e.g. no zlib)
+                log.warning("stdlib text: cannot import %s (%s); left out", name, e)
+                continue
+            if text:
+                docs.append((f"stdlib:{name}", text))
+        return tuple(sorted(docs))
+    raise AmoebaError(f"unknown text source {source!r}; known: {', '.join(SOURCES)}")
+
+
+def documents(source: str | None = None) -> list[tuple[str, str]]:
+    """(document name, text) pairs of one source (``topics``, ``stdlib``) or of all, sorted by
+    name within a source, empty documents dropped. Names are ``"<source>:<name>"``."""
+    sources = SOURCES if source is None else (source,)
+    return [d for s in sources for d in _source_documents(s)]
+
+
+def split_names(seed: int = 0) -> dict[str, list[str]]:
+    """Document names per split, topics first (a fresh copy of the cached assignment)."""
+    return {k: list(v) for k, v in _split_names(seed).items()}
+
+
+def _assign(docs: list[tuple[str, str]], seed: int) -> dict[str, list[str]]:
+    """Shuffle ``docs``, then assign them in order until each split holds its fraction of the
+    characters (documents differ a lot in length, so counting documents would not do)."""
     total = sum(len(t) for _, t in docs)
     order = list(range(len(docs)))
     random.Random(seed).shuffle(order)
@@ -69,7 +181,16 @@ def _split_names(seed: int) -> dict[str, list[str]]:
             b += 1
         out[bounds[b][0]].append(name)
         used += len(text)
-    return _drop_shared(out, dict(docs))
+    return out
+
+
+@cache
+def _split_names(seed: int) -> dict[str, list[str]]:
+    """Document names per split (disjoint; the same for a given seed), per source then merged."""
+    texts = dict(documents())
+    groups = [(src, split, names) for src in SOURCES for split, names in _assign(documents(src), seed).items()]
+    kept = _drop_shared(groups, texts)
+    return {split: [n for src in SOURCES for n in kept[(src, split)]] for split in SPLITS}
 
 
 def _all_pieces(text: str, passage: int) -> set[str]:
@@ -77,20 +198,23 @@ def _all_pieces(text: str, passage: int) -> set[str]:
 
 
 def _drop_shared(
-    names: dict[str, list[str]], texts: dict[str, str], passage: int = 200, stride: int = 97
-) -> dict[str, list[str]]:
-    """Drop each document that contains a ``passage``-character piece (one every ``stride``
-    characters) of a document kept in an earlier split."""
-    seen: set[str] = set()
-    out: dict[str, list[str]] = {}
-    for split, members in names.items():
-        kept = [n for n in members if seen.isdisjoint(_all_pieces(texts[n], passage))]
+    groups: list[tuple[str, str, list[str]]], texts: dict[str, str], passage: int = 200, stride: int = 50
+) -> dict[tuple[str, str], list[str]]:
+    """Walk ``(source, split, names)`` groups in order; drop each document that contains a
+    ``passage``-character piece (one every ``stride`` characters) of a document kept earlier in
+    another split. Sharing inside one split is allowed."""
+    seen: dict[str, set[str]] = {split: set() for split in SPLITS}
+    out: dict[tuple[str, str], list[str]] = {}
+    for src, split, members in groups:
+        other = set().union(*(v for k, v in seen.items() if k != split))
+        kept = [n for n in members if other.isdisjoint(_all_pieces(texts[n], passage))]
         if len(kept) < len(members):
-            log.info("split %s: dropped %d documents sharing text with earlier splits", split, len(members) - len(kept))
-        out[split] = kept
+            log.info("split %s (%s): dropped %d documents sharing text with other splits", split, src,
+                     len(members) - len(kept))
+        out[(src, split)] = kept
         for n in kept:
             t = texts[n]
-            seen.update(t[i : i + passage] for i in range(0, max(1, len(t) - passage), stride))
+            seen[split].update(t[i : i + passage] for i in range(0, max(1, len(t) - passage), stride))
     return out
 
 
@@ -100,11 +224,55 @@ def text_splits(seed: int = 0) -> dict[str, list[str]]:
     return {split: [docs[n] for n in names] for split, names in split_names(seed).items()}
 
 
+def split_choices() -> list[str]:
+    """Every split name :func:`split_docs` accepts: ``calib`` ... and ``test-topics``, ``test-stdlib`` ..."""
+    return [*SPLITS, *(f"{s}-{src}" for s in SPLITS for src in SOURCES)]
+
+
+def check_split(split: str) -> str:
+    if split not in split_choices():
+        raise AmoebaError(f"unknown data split {split!r}; known: {', '.join(split_choices())}")
+    return split
+
+
 def split_docs(split: str, seed: int = 0) -> list[str]:
-    splits = text_splits(seed)
-    if split not in splits:
-        raise AmoebaError(f"unknown data split {split!r}; known: {', '.join(splits)}")
-    return splits[split]
+    """Texts of a split (``test``) or of one source's part of it (``test-stdlib``)."""
+    check_split(split)
+    name, _, source = split.partition("-")
+    docs = dict(documents())
+    return [docs[n] for n in split_names(seed)[name] if not source or n.startswith(f"{source}:")]
+
+
+def window_docs(
+    tokenizer: PreTrainedTokenizerBase, docs: list[str], seq_len: int, max_windows: int | None = None
+) -> tuple[torch.LongTensor, list[int]]:
+    """:func:`token_windows` and, per window, the index in ``docs`` of the document its first
+    token comes from (the unit an interval resamples, see :mod:`amoeba_core.evaluate`)."""
+    import torch
+
+    if seq_len < 2:
+        raise AmoebaError(f"seq_len must be >= 2, got {seq_len}")
+    ids: list[int] = []
+    starts: list[int] = []  # token offset where each document starts
+    sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    need = None if max_windows is None else max_windows * seq_len
+    for doc in docs:
+        starts.append(len(ids))
+        ids.extend(tokenizer(doc, add_special_tokens=False)["input_ids"])
+        ids.extend(sep)
+        if need is not None and len(ids) >= need:
+            break
+    n = len(ids) // seq_len
+    if max_windows is not None:
+        n = min(n, max_windows)
+    if n == 0:
+        raise AmoebaError(f"not enough text for one window of {seq_len} tokens ({len(ids)} tokens)")
+    owner, d = [], 0
+    for w in range(n):
+        while d + 1 < len(starts) and starts[d + 1] <= w * seq_len:
+            d += 1
+        owner.append(d)
+    return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len), owner
 
 
 def token_windows(
@@ -116,30 +284,27 @@ def token_windows(
     into consecutive windows (stride = ``seq_len``, so every token is scored once); the
     ragged tail is dropped. The first ``max_windows`` windows are returned.
     """
-    import torch
-
-    if seq_len < 2:
-        raise AmoebaError(f"seq_len must be >= 2, got {seq_len}")
-    ids: list[int] = []
-    sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    need = None if max_windows is None else max_windows * seq_len
-    for doc in docs:
-        ids.extend(tokenizer(doc, add_special_tokens=False)["input_ids"])
-        ids.extend(sep)
-        if need is not None and len(ids) >= need:
-            break
-    n = len(ids) // seq_len
-    if max_windows is not None:
-        n = min(n, max_windows)
-    if n == 0:
-        raise AmoebaError(f"not enough text for one window of {seq_len} tokens ({len(ids)} tokens)")
-    return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
+    return window_docs(tokenizer, docs, seq_len, max_windows)[0]
 
 
 def token_counts(tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> dict[str, dict[str, int]]:
-    """Documents, characters and tokens per split (for reports)."""
+    """Documents, characters and tokens per split and per source part (for reports)."""
     out: dict[str, dict[str, int]] = {}
-    for split, docs in text_splits(seed).items():
+    for split in split_choices():
+        docs = split_docs(split, seed)
         n_tok = sum(len(tokenizer(d, add_special_tokens=False)["input_ids"]) for d in docs)
         out[split] = {"documents": len(docs), "characters": sum(map(len, docs)), "tokens": n_tok}
     return out
+
+
+def data_record(seed: int = 0, **budget: Any) -> dict[str, Any]:
+    """What text a result was computed on: data version, Python version, a fingerprint of the
+    split texts, plus any budget (windows, seq_len) the caller passes; recorded in strategies
+    and benchmark results."""
+    h = hashlib.sha1()
+    for split, texts in text_splits(seed).items():
+        h.update(split.encode())
+        for t in texts:
+            h.update(hashlib.sha1(t.encode()).digest())
+    return {"data_version": DATA_VERSION, "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+            "data_seed": seed, "data_fingerprint": h.hexdigest()[:12], **budget}

@@ -6,12 +6,22 @@ first of its window is predicted exactly once with up to ``seq_len - 1`` tokens 
 context). ``ppl = exp(mean NLL)`` over all predicted tokens; ``top1_acc`` is the fraction of
 those tokens whose arg-max prediction is right.
 
+Intervals: every score keeps, per window, its NLL sum, right tokens and token count, and the
+document its first token comes from. ``ppl`` and ``top1_acc`` carry a 90% bootstrap interval
+(:func:`amoeba_core.stats.grouped_mean_ci`) that resamples *documents* (a window's tokens, and
+a document's windows, move together) when the windows come from at least
+:data:`MIN_DOC_UNITS` documents, otherwise windows (``ci_unit`` says which; windows of one
+document are then treated as independent, which makes the interval somewhat too narrow).
+:func:`compare` gives the paired-difference interval of two shapes scored on the same windows
+and says "not significant" when it contains 0.
+
 Speed: shapes are run layer by layer on the full model's modules (widths masked, see
 :mod:`amoeba_core.subnet`). Hidden states after the *unchanged prefix* (layers
 ``0..k-1`` all kept at the same width) are memoised, so shapes that share a prefix (the
 depth DP, or a search over shapes) only run their differing suffix. Scores are cached on
-disk keyed by (model fingerprint, shape key, width rankings, split, seq_len, windows), so
-the same shape is never evaluated twice.
+disk keyed by (model fingerprint, shape key, width rankings, split, seq_len, windows, a hash
+of the windows' tokens), so the same shape is never evaluated twice; entries of older versions
+(no window hash, no per-window data) are not matched and are recomputed.
 
 ``mc_accuracy`` scores multiple-choice items by log-likelihood in the style of
 lm-eval-harness (``acc`` and length-normalised ``acc_norm``). No MC data set ships with
@@ -20,19 +30,21 @@ Python or the installed packages, so none is bundled; pass your own items.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Sequence
 
-from amoeba_core.data import split_docs, token_windows
+from amoeba_core.data import split_docs, window_docs
 from amoeba_core.errors import AmoebaError
 from amoeba_core.model import LoadedModel
 from amoeba_core.shape import SubnetShape
+from amoeba_core.stats import Interval, PairedDiff, grouped_mean_ci, mean_ci, paired_diff
 from amoeba_core.strategy import Strategy
 from amoeba_core.subnet import masked_subnet, width_hooks
 
@@ -42,9 +54,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+MIN_DOC_UNITS = 8  # fewer documents than this: intervals resample windows instead
+METRICS = ("ppl", "top1", "nll")
+
+
 @dataclass(frozen=True)
 class ShapeScore:
-    """Accuracy of one shape on one split."""
+    """Accuracy of one shape on one split, with 90% intervals and the per-window data behind them.
+
+    ``ppl_lo``/``ppl_hi``, ``top1_lo``/``top1_hi`` are None for a score without per-window data
+    (built by hand, or by an older version). ``unit_*`` hold one entry per window, in window
+    order; ``windows_id`` identifies the scored tokens, so :func:`compare` can refuse two
+    scores that were not computed on the same windows.
+    """
 
     shape_key: str
     split: str
@@ -54,6 +76,120 @@ class ShapeScore:
     n_tokens: int
     seconds: float
     cached: bool = False
+    ppl_lo: float | None = None
+    ppl_hi: float | None = None
+    top1_lo: float | None = None
+    top1_hi: float | None = None
+    ci_unit: str | None = None  # "document" | "window"
+    n_units: int = 0
+    windows_id: str | None = None
+    unit_nll: tuple[float, ...] | None = None
+    unit_correct: tuple[int, ...] | None = None
+    unit_tokens: tuple[int, ...] | None = None
+    unit_doc: tuple[int, ...] | None = None
+
+    @classmethod
+    def from_units(cls, shape_key: str, split: str, unit_nll: Sequence[float], unit_correct: Sequence[int],
+                   unit_tokens: Sequence[int], seconds: float, unit_doc: Sequence[int] | None = None,
+                   windows_id: str | None = None) -> ShapeScore:
+        """A score and its intervals from per-window NLL sums, right tokens and token counts."""
+        n = int(sum(unit_tokens))
+        if n <= 0 or not (len(unit_nll) == len(unit_correct) == len(unit_tokens)):
+            raise AmoebaError("a score needs one NLL sum, right-token count and token count per window")
+        nll = math.fsum(unit_nll) / n
+        base = cls(shape_key, split, math.exp(min(nll, 700.0)), int(sum(unit_correct)) / n, nll, n, seconds,
+                   unit_nll=tuple(float(x) for x in unit_nll), unit_correct=tuple(int(x) for x in unit_correct),
+                   unit_tokens=tuple(int(x) for x in unit_tokens),
+                   unit_doc=None if unit_doc is None else tuple(int(x) for x in unit_doc), windows_id=windows_id)
+        unit, nll_s, right, tok = base.units()
+        ppl = grouped_mean_ci(nll_s, tok, transform=_exp)
+        top1 = grouped_mean_ci(right, tok)
+        return replace(base, ppl_lo=ppl.lo, ppl_hi=ppl.hi, top1_lo=top1.lo, top1_hi=top1.hi, ci_unit=unit,
+                       n_units=ppl.n)
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> ShapeScore:
+        """From :meth:`to_json` output (or an older cache line: unknown keys ignored, lists -> tuples)."""
+        known = {f.name for f in fields(cls)}
+        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in row.items() if k in known}
+        return cls(**kw)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def has_units(self) -> bool:
+        return self.unit_nll is not None and self.unit_correct is not None and self.unit_tokens is not None
+
+    def units(self) -> tuple[str, list[float], list[float], list[float]]:
+        """(unit kind, NLL sums, right tokens, token counts) per resampling unit: documents when
+        the windows come from at least :data:`MIN_DOC_UNITS` documents, else windows."""
+        if not self.has_units:
+            raise AmoebaError(f"score of {self.shape_key} has no per-window data (an older cache entry); rescore it")
+        nll, right, tok = list(self.unit_nll), [float(x) for x in self.unit_correct], [float(x) for x in self.unit_tokens]
+        if self.unit_doc is None or len(set(self.unit_doc)) < MIN_DOC_UNITS:
+            return "window", nll, right, tok
+        order: dict[int, int] = {}
+        for d in self.unit_doc:
+            order.setdefault(d, len(order))
+        g = [[0.0, 0.0, 0.0] for _ in order]
+        for d, a, b, c in zip(self.unit_doc, nll, right, tok):
+            row = g[order[d]]
+            row[0] += a
+            row[1] += b
+            row[2] += c
+        return "document", [r[0] for r in g], [r[1] for r in g], [r[2] for r in g]
+
+    @property
+    def ppl_ci(self) -> Interval | None:
+        if self.ppl_lo is None or self.ppl_hi is None:
+            return None
+        return Interval(self.ppl, self.ppl_lo, self.ppl_hi, self.n_units)
+
+    @property
+    def top1_ci(self) -> Interval | None:
+        if self.top1_lo is None or self.top1_hi is None:
+            return None
+        return Interval(self.top1_acc, self.top1_lo, self.top1_hi, self.n_units)
+
+    def fmt(self) -> str:
+        """``ppl 23.41 [22.80, 24.10]  top1 0.4012 [0.3950, 0.4080]`` (no brackets without an interval)."""
+        ppl = self.ppl_ci.fmt(2) if self.ppl_ci else f"{self.ppl:.2f} [no interval]"
+        top = self.top1_ci.fmt(4) if self.top1_ci else f"{self.top1_acc:.4f} [no interval]"
+        return f"ppl {ppl}  top1 {top}"
+
+
+def _exp(x: float) -> float:
+    return math.exp(min(x, 700.0))
+
+
+def compare(a: ShapeScore, b: ShapeScore, metric: str = "ppl", seed: int = 0) -> PairedDiff:
+    """Paired 90% interval of ``a - b`` in ``metric`` (``ppl``, ``top1`` or ``nll``) for two
+    scores of the same windows, resampling the same units for both.
+
+    ``.significant`` is False (``.verdict()`` says "not significant") when the interval contains
+    0; ``.verdict(lower_is_better=metric != "top1", names=(...))`` names the better side.
+    """
+    if metric not in METRICS:
+        raise AmoebaError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+    for s in (a, b):
+        if not s.has_units:
+            raise AmoebaError(f"score of {s.shape_key} has no per-window data (an older cache entry); rescore it")
+    same = (a.unit_tokens == b.unit_tokens and a.unit_doc == b.unit_doc and a.split == b.split
+            and (a.windows_id is None or b.windows_id is None or a.windows_id == b.windows_id))
+    if not same:
+        raise AmoebaError(f"{a.shape_key} and {b.shape_key} were not scored on the same windows; "
+                          "a paired comparison needs the same tokens")
+    _, a_nll, a_right, tok = a.units()
+    _, b_nll, b_right, _ = b.units()
+    if metric == "top1":
+        return paired_diff(a_right, b_right, tok, seed=seed)
+    return paired_diff(a_nll, b_nll, tok, transform=_exp if metric == "ppl" else None, seed=seed)
+
+
+def windows_id(ids: torch.Tensor) -> str:
+    """A short hash of a window tensor's tokens (part of every cache key)."""
+    return hashlib.sha1(ids.contiguous().numpy().astype("<i8").tobytes() + str(tuple(ids.shape)).encode()).hexdigest()[:10]
 
 
 class Evaluator:
@@ -75,6 +211,7 @@ class Evaluator:
         memo_mb: int = 1024,
         batch_size: int = 4,
         windows: torch.LongTensor | None = None,
+        window_doc: Sequence[int] | None = None,
     ) -> None:
         import torch
 
@@ -86,8 +223,16 @@ class Evaluator:
         self.strategy = strategy
         self.split = split
         self.seq_len = seq_len
-        self.ids = windows if windows is not None else token_windows(loaded.tokenizer, split_docs(split, seed), seq_len, max_windows)
+        if windows is not None:
+            self.ids = windows
+            self.window_doc = None if window_doc is None else tuple(int(d) for d in window_doc)
+        else:
+            self.ids, docs = window_docs(loaded.tokenizer, split_docs(split, seed), seq_len, max_windows)
+            self.window_doc = tuple(docs)
         self.n_windows = int(self.ids.shape[0])
+        if self.window_doc is not None and len(self.window_doc) != self.n_windows:
+            raise AmoebaError(f"window_doc has {len(self.window_doc)} entries for {self.n_windows} windows")
+        self.windows_id = windows_id(self.ids)
         self.batch_size = batch_size
         self.n_evaluated = 0
         self.eval_seconds = 0.0
@@ -101,7 +246,7 @@ class Evaluator:
                 try:
                     row = json.loads(line)
                     key = row.pop("key")
-                    self._scores[key] = ShapeScore(**row)
+                    self._scores[key] = ShapeScore.from_json(row)
                 except (json.JSONDecodeError, TypeError, KeyError):
                     continue  # a torn last line from a killed run
         n_layers = len(loaded.model.model.layers)
@@ -121,7 +266,7 @@ class Evaluator:
 
     def key(self, shape: SubnetShape) -> str:
         wid = self.strategy.width_id if (shape.width < 1.0 and self.strategy is not None) else "-"
-        return f"{self.loaded.score_id}|{shape.key}|{wid}|{self.split}|{self.seq_len}|{self.n_windows}"
+        return f"{self.loaded.score_id}|{shape.key}|{wid}|{self.split}|{self.seq_len}|{self.n_windows}|{self.windows_id}"
 
     def score(self, shape: SubnetShape) -> ShapeScore:
         """Score ``shape`` (from the cache when it was scored before)."""
@@ -132,17 +277,16 @@ class Evaluator:
         if k in self._scores:
             return _replace_cached(self._scores[k])
         t0 = time.perf_counter()
-        nll_sum, correct, n = self._run(shape)
+        nll_w, correct_w, n_w = self._run(shape)
         sec = time.perf_counter() - t0
-        nll = nll_sum / n
-        s = ShapeScore(shape.key, self.split, math.exp(min(nll, 700.0)), correct / n, nll, n, sec)
+        s = ShapeScore.from_units(shape.key, self.split, nll_w, correct_w, n_w, sec, self.window_doc, self.windows_id)
         self._scores[k] = s
         self.n_evaluated += 1
         self.eval_seconds += sec
         if self.cache is not None:
             self.cache.parent.mkdir(parents=True, exist_ok=True)
             with self.cache.open("a") as f:
-                f.write(json.dumps({"key": k, **asdict(s)}) + "\n")
+                f.write(json.dumps({"key": k, **s.to_json()}) + "\n")
         return s
 
     def score_many(self, shapes: list[SubnetShape]) -> list[ShapeScore]:
@@ -158,7 +302,7 @@ class Evaluator:
             k = i + 1
         return k
 
-    def _run(self, shape: SubnetShape) -> tuple[float, int, int]:
+    def _run(self, shape: SubnetShape) -> tuple[list[float], list[int], list[int]]:
         from amoeba_core.smol import set_shape
 
         set_shape(self.loaded.model, shape)  # routes Stage 2 adapters, if installed
@@ -167,7 +311,7 @@ class Evaluator:
         finally:
             set_shape(self.loaded.model, None)
 
-    def _run_layers(self, shape: SubnetShape) -> tuple[float, int, int]:
+    def _run_layers(self, shape: SubnetShape) -> tuple[list[float], list[int], list[int]]:
         import torch
 
         model = self.loaded.model
@@ -185,7 +329,9 @@ class Evaluator:
                 states = self._memo[(w, start)]
             else:
                 states = [inner.embed_tokens(b) for b in self.ids.split(self.batch_size)]
-            nll_sum, correct, n = 0.0, 0, 0
+            nll_w: list[float] = []
+            correct_w: list[int] = []
+            n_w: list[int] = []
             hs = list(states)
             for j, layer_idx in enumerate(shape.layers[start:]):
                 layer = inner.layers[layer_idx]
@@ -194,23 +340,27 @@ class Evaluator:
                     self._remember((w, start + j + 1), hs)
             for b, h in zip(self.ids.split(self.batch_size), hs):
                 s, c, m = self._head(h, b)
-                nll_sum, correct, n = nll_sum + s, correct + c, n + m
-        return nll_sum, correct, n
+                nll_w += s
+                correct_w += c
+                n_w += m
+        return nll_w, correct_w, n_w
 
     def _layer(self, layer: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
         cos, sin = self._pe
         out = layer(h, attention_mask=None, position_ids=self._pos, position_embeddings=(cos, sin))
         return out[0] if isinstance(out, tuple) else out
 
-    def _head(self, h: torch.Tensor, ids: torch.Tensor) -> tuple[float, int, int]:
+    def _head(self, h: torch.Tensor, ids: torch.Tensor) -> tuple[list[float], list[int], list[int]]:
+        """Per window: NLL sum, right tokens, predicted tokens."""
         import torch.nn.functional as F
 
         model = self.loaded.model
         logits = model.lm_head(model.model.norm(h))[:, :-1].float()
         target = ids[:, 1:]
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum")
-        correct = int((logits.argmax(-1) == target).sum())
-        return float(nll), correct, int(target.numel())
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
+        nll = nll.view(target.shape).double().sum(1)
+        correct = (logits.argmax(-1) == target).sum(1)
+        return nll.tolist(), [int(c) for c in correct], [int(target.shape[1])] * int(target.shape[0])
 
     def _remember(self, key: tuple[float, int], hs: list[torch.Tensor]) -> None:
         if key in self._memo:
@@ -226,8 +376,6 @@ class Evaluator:
 
 
 def _replace_cached(s: ShapeScore) -> ShapeScore:
-    from dataclasses import replace
-
     return replace(s, cached=True)
 
 
@@ -259,6 +407,7 @@ def mc_accuracy(
 
     For each choice the summed log-probability of its tokens given the context is computed;
     the prediction is the arg-max (``acc``) or the arg-max of log-prob / characters (``acc_norm``).
+    ``acc_lo``/``acc_hi`` and ``acc_norm_lo``/``acc_norm_hi``: 90% bootstrap interval over items.
     """
     import torch
     import torch.nn.functional as F
@@ -267,7 +416,8 @@ def mc_accuracy(
         raise AmoebaError("no multiple-choice items given")
     tok = loaded.tokenizer
     shape = shape or SubnetShape(tuple(range(len(loaded.model.model.layers))), 1.0)
-    acc = acc_norm = 0
+    acc: list[int] = []
+    acc_norm: list[int] = []
     with torch.no_grad(), masked_subnet(loaded.model, shape, strategy) as m:
         for it in items:
             ctx = tok(it.context, add_special_tokens=False)["input_ids"]
@@ -280,6 +430,8 @@ def mc_accuracy(
                 ll = float(logp[len(ctx) - 1 :].gather(-1, tgt[len(ctx) - 1 :, None]).sum())
                 lls.append(ll)
                 norms.append(ll / max(1, len(choice)))
-            acc += int(max(range(len(lls)), key=lls.__getitem__) == it.answer)
-            acc_norm += int(max(range(len(norms)), key=norms.__getitem__) == it.answer)
-    return {"acc": acc / len(items), "acc_norm": acc_norm / len(items), "n": float(len(items))}
+            acc.append(int(max(range(len(lls)), key=lls.__getitem__) == it.answer))
+            acc_norm.append(int(max(range(len(norms)), key=norms.__getitem__) == it.answer))
+    a, an = mean_ci(acc), mean_ci(acc_norm)
+    return {"acc": a.value, "acc_lo": a.lo, "acc_hi": a.hi, "acc_norm": an.value, "acc_norm_lo": an.lo,
+            "acc_norm_hi": an.hi, "n": float(len(items))}
