@@ -9,13 +9,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from amoeba_core.cache import cache_root, cached, release, touch
 from amoeba_core.errors import AmoebaError, NotInstalledError
 from amoeba_core.shape import ModelGeometry
 
@@ -67,7 +65,6 @@ def random_llama(geometry: ModelGeometry, dtype: torch.dtype | str = "float32", 
 
 SMOLLM2 = "smollm2-135m"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CACHE_ROOT = Path(os.environ.get("AMOEBA_CACHE", Path.home() / ".cache" / "amoeba"))
 
 
 @dataclass
@@ -159,10 +156,16 @@ def _load_gguf(path: Path, dtype: str, source: str, cache: bool) -> LoadedModel:
     ModelGeometry.from_gguf(path)  # validates the header: a clear error for corrupt files
     stat = path.stat()
     key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    cached = CACHE_ROOT / f"{path.stem}-{key}"
-    if cache and (cached / "amoeba_fingerprint.txt").is_file():
-        log.info("loading de-quantised copy from %s", cached)
-        return _load_hf(cached, dtype, source)
+    name = f"{path.stem}-{key}"
+
+    def complete(p: Path) -> bool:
+        return (p / "amoeba_fingerprint.txt").is_file()
+
+    hit = cache_root() / "models" / name
+    if cache and complete(hit):
+        touch(hit)
+        log.info("loading de-quantised copy from %s", hit)
+        return _load_hf(hit, dtype, source)
     try:
         model = LlamaForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
@@ -171,17 +174,16 @@ def _load_gguf(path: Path, dtype: str, source: str, cache: bool) -> LoadedModel:
     _dequantised(model)
     loaded = _finish(model, tokenizer, source)
     if cache:
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=_mkdir(CACHE_ROOT)))
-        try:
+
+        def save(tmp: Path) -> None:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             (tmp / "amoeba_fingerprint.txt").write_text(loaded.fingerprint)
-            if cached.exists():
-                shutil.rmtree(cached)
-            tmp.rename(cached)
+
+        try:  # atomic, budgeted (amoeba_core.cache); the weights are in memory, so no pin is kept
+            release(cached(name, save, namespace="models", folder=True, complete=complete))
         except OSError as e:
             log.warning("could not cache de-quantised model: %s", e)
-            shutil.rmtree(tmp, ignore_errors=True)
     if dtype != "float32":
         loaded.model.to(getattr(torch, dtype))
     return loaded
@@ -198,11 +200,6 @@ def _dequantised(model: LlamaForCausalLM) -> None:
             model.is_quantized = False
         except AttributeError:
             pass
-
-
-def _mkdir(p: Path) -> Path:
-    p.mkdir(parents=True, exist_ok=True)
-    return p
 
 
 def load_model(source: str = SMOLLM2, dtype: str = "float32", cache: bool = True) -> LoadedModel:

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from amoeba_core.errors import AmoebaError
+from profiler.cache_cli import cache_app
 
 table_app = typer.Typer(help="Show or export a latency table.", no_args_is_help=True)
 
@@ -269,4 +270,4 @@ def _existing(device: str, flow: str, model: str, root: Path | None):  # noqa: A
     return tab
 
 
-COMMANDS = {"devices": devices, "profile": profile, "predict": predict, "table": table_app}
+COMMANDS = {"devices": devices, "profile": profile, "predict": predict, "table": table_app, "cache": cache_app}

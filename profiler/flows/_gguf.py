@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from amoeba_core.cache import cached
 from amoeba_core.errors import AmoebaError
 from amoeba_core.shape import ModelGeometry
 
@@ -32,15 +32,6 @@ log = logging.getLogger(__name__)
 QUANTS: tuple[str, ...] = ("f16", "q8_0", "q4_0")
 _BLOCK = 32
 _INIT_STD = 0.02
-
-
-def default_cache_dir() -> Path:
-    """``$AMOEBA_GGUF_CACHE`` or ``$AMOEBA_CACHE/gguf`` (default ``~/.cache/amoeba/gguf``)."""
-    env = os.environ.get("AMOEBA_GGUF_CACHE")
-    if env:
-        return Path(env)
-    root = Path(os.environ.get("AMOEBA_CACHE", Path.home() / ".cache" / "amoeba"))
-    return root / "gguf"
 
 
 def _qtype(quant: str) -> object:
@@ -160,22 +151,22 @@ def write_random_gguf(geometry: ModelGeometry, path: str | Path, quant: str = "f
 
 def cached_random_gguf(geometry: ModelGeometry, quant: str = "f16", seed: int = 0,
                        cache_dir: str | Path | None = None) -> Path:
-    """A random-weight GGUF of ``geometry``, written once per (fingerprint, quant, seed) and reused."""
-    d = Path(cache_dir) if cache_dir else default_cache_dir()
-    d.mkdir(parents=True, exist_ok=True)
-    target = d / f"random-{geometry.fingerprint}-{quant}-s{seed}.gguf"
-    if target.is_file():
-        return target
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".gguf", dir=d)
-    os.close(fd)
-    try:
-        log.info("writing %s GGUF of %s to %s", quant, geometry.name, target)
+    """A random-weight GGUF of ``geometry``, written once per (fingerprint, quant, seed) and reused.
+
+    Written and budgeted by :func:`amoeba_core.cache.cached` (atomic, LRU-evicted under the
+    cache cap, pinned until :func:`amoeba_core.cache.release`).
+    """
+    _qtype(quant)
+    name = f"random-{geometry.fingerprint}-{quant}-s{seed}.gguf"
+
+    def make(tmp: Path) -> None:
+        log.info("writing %s GGUF of %s (%s)", quant, geometry.name, name)
         write_random_gguf(geometry, tmp, quant, seed)
-        os.replace(tmp, target)  # atomic: a killed writer never leaves a half file under the key
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+
+    explicit = cache_dir or os.environ.get("AMOEBA_GGUF_CACHE")
+    if explicit:
+        return cached(name, make, root=Path(explicit))
+    return cached(name, make, namespace="gguf")
 
 
 def shallow_gguf(src: str | Path, keep_layers: list[int] | tuple[int, ...], out: str | Path) -> Path:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from amoeba_core.cache import release
 from amoeba_core.errors import AmoebaError, NotInstalledError
 from amoeba_core.shape import ModelGeometry
 from profiler.flows._gguf import QUANTS, cached_random_gguf, shallow_gguf
@@ -140,6 +141,7 @@ class LlamaCppFlow(Flow):
         if artifact.llm is not None:
             artifact.llm.close()
             artifact.llm = None
+        release(artifact.path)  # the cached GGUF may be evicted again (no-op for a given file)
 
     def environment(self) -> dict[str, Any]:
         import llama_cpp

@@ -22,7 +22,6 @@ measured on this project's machines (no GPU, MLC wheels not installable): no num
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from amoeba_core.cache import cache_root
 from amoeba_core.errors import AmoebaError, NotInstalledError
 from amoeba_core.shape import ModelGeometry
 from profiler.flows._hf_checkpoint import checkpoint_name, write_hf_checkpoint
@@ -151,7 +151,7 @@ class MlcLlmFlow(Flow):
             raise AmoebaError("mlc_llm: decode_tokens must be >= 2")
         if self.config.device != "cuda":
             raise AmoebaError("mlc_llm runs on a GPU: pass --flow-device cuda")
-        self.workdir = Path(o.get("workdir") or Path(os.environ.get("AMOEBA_CACHE", "~/.cache/amoeba")).expanduser() / "mlc")
+        self.workdir = Path(o.get("workdir") or cache_root() / "mlc")  # counted in the cache budget
 
     @classmethod
     def check_available(cls) -> None:

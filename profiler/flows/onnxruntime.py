@@ -26,15 +26,13 @@ never copied host<->device.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from amoeba_core.cache import cached, release
 from amoeba_core.errors import AmoebaError, NotInstalledError
 from amoeba_core.shape import ModelGeometry
 from profiler.flows.base import Flow, FlowConfig, Workload
@@ -44,11 +42,6 @@ log = logging.getLogger(__name__)
 EXPORTERS = ("torchscript", "dynamo")
 PREFILL, DECODE = "prefill/model.onnx", "decode/model.onnx"
 _OPSET = 17
-
-
-def default_cache_dir() -> Path:
-    root = Path(os.environ.get("AMOEBA_CACHE", Path.home() / ".cache" / "amoeba"))
-    return root / "onnx"
 
 
 def _names(n_layers: int) -> tuple[list[str], list[str]]:
@@ -119,22 +112,23 @@ def export_onnx(geometry: ModelGeometry, out_dir: str | Path, exporter: str = "t
 
 def cached_export(geometry: ModelGeometry, exporter: str = "torchscript", seed: int = 0,
                   cache_dir: str | Path | None = None) -> Path:
-    """The export folder of ``geometry``, made once per (fingerprint, exporter, seed) and reused."""
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / f"{geometry.fingerprint}-{exporter}-s{seed}"
-    if (target / DECODE).is_file() and (target / PREFILL).is_file():
-        return target
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-    try:
-        log.info("exporting %s to ONNX (%s) in %s", geometry.name, exporter, target)
+    """The export folder of ``geometry``, made once per (fingerprint, exporter, seed) and reused.
+
+    Written and budgeted by :func:`amoeba_core.cache.cached` (atomic, LRU-evicted under the
+    cache cap, pinned until the artifact is closed).
+    """
+    name = f"{geometry.fingerprint}-{exporter}-s{seed}"
+
+    def make(tmp: Path) -> None:
+        log.info("exporting %s to ONNX (%s) as %s", geometry.name, exporter, name)
         export_onnx(geometry, tmp, exporter, seed)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)  # atomic: a killed export never leaves a half folder under the key
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    def complete(p: Path) -> bool:
+        return (p / DECODE).is_file() and (p / PREFILL).is_file()
+
+    if cache_dir:
+        return cached(name, make, root=Path(cache_dir), folder=True, complete=complete)
+    return cached(name, make, namespace="onnx", folder=True, complete=complete)
 
 
 @dataclass
@@ -243,6 +237,7 @@ class OnnxRuntimeFlow(Flow):
 
     def close(self, artifact: OrtArtifact) -> None:
         artifact.pasts.clear()
+        release(artifact.folder)
 
     def environment(self) -> dict[str, Any]:
         import onnxruntime as ort

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from amoeba_core.cache import cache_root
 from amoeba_core.errors import AmoebaError, NotInstalledError
 from amoeba_core.shape import ModelGeometry
 from profiler.flows._hf_checkpoint import checkpoint_name, write_hf_checkpoint
@@ -170,7 +170,7 @@ class TensorRtLlmFlow(Flow):
             raise AmoebaError("tensorrt_llm: decode_tokens must be >= 2 (TPOT needs two tokens)")
         if self.config.device != "cuda":
             raise AmoebaError("tensorrt_llm runs on NVIDIA GPUs: pass --flow-device cuda")
-        self.workdir = Path(o.get("workdir") or Path(os.environ.get("AMOEBA_CACHE", "~/.cache/amoeba")).expanduser() / "trtllm")
+        self.workdir = Path(o.get("workdir") or cache_root() / "trtllm")  # counted in the cache budget
 
     @classmethod
     def check_available(cls) -> None:
