@@ -39,6 +39,7 @@ def select_strategy(
     """
     n = loaded.geometry.n_layers
     check_min_depth(n, min_depth)
+    widths = tuple(loaded.geometry.check_width(w) for w in widths)  # before any cache file is written
     if 1.0 not in widths:
         widths = (1.0, *widths)
     t_start = time.perf_counter()

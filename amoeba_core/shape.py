@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field, replace
 from functools import cache
@@ -38,14 +39,21 @@ MLP_MULTIPLE = 32
 _SHAPE_RE = re.compile(r"^d(?P<depth>\d+)-w(?P<width>\d*\.?\d+)(?:-(?P<hash>[0-9a-f]{8}))?$")
 
 
-def normalize_width(width: float) -> float:
-    """Validate a width ratio and round it to 3 decimals (0.875 stays exact)."""
+def normalize_width(width: float | str) -> float:
+    """Validate a width ratio and round it to 3 decimals (0.875 stays exact).
+
+    Errors name the value as given: a width that rounds to 0.000 is refused here, not after
+    a profile or selection has started.
+    """
+    typed = width.strip() if isinstance(width, str) else width
     try:
-        w = float(width)
+        w = float(typed)
     except (TypeError, ValueError):
         raise AmoebaError(f"width must be a number in (0, 1], got {width!r}") from None
     if not 0.0 < w <= 1.0:
-        raise AmoebaError(f"width must be in (0, 1], got {w}")
+        raise AmoebaError(f"width must be in (0, 1], got {typed}")
+    if round(w, 3) == 0.0:
+        raise AmoebaError(f"width {typed} rounds to 0.000 (widths are kept to 3 decimals; the smallest is 0.001)")
     return round(w, 3)
 
 
@@ -134,23 +142,39 @@ def parse_shape(text: str) -> ShapeRef:
     return ShapeRef(depth, normalize_width(float(m["width"])), m["hash"])
 
 
+def _items(text: str | Iterable[Any], what: str) -> list[Any]:
+    """Comma-separated items; an empty item (``"1,,0.5"``, a trailing comma) is an error, not skipped."""
+    if isinstance(text, str):
+        if not text.strip():
+            raise AmoebaError(f"no {what} given")
+        items: list[Any] = text.split(",")
+    else:
+        items = list(text)
+        if not items:
+            raise AmoebaError(f"no {what} given")
+    if any(not str(x).strip() for x in items):
+        raise AmoebaError(f"empty item in {what} {text!r}: expected comma-separated values such as "
+                          + ("'1,0.875,0.75'" if what == "widths" else "'12,18,24'"))
+    return items
+
+
 def parse_widths(text: str | Iterable[float]) -> tuple[float, ...]:
-    """``"1,0.875,0.75"`` -> (1.0, 0.875, 0.75); each in (0, 1]."""
-    items = text.split(",") if isinstance(text, str) else list(text)
-    out = tuple(normalize_width(x) for x in items if str(x).strip())
-    if not out:
-        raise AmoebaError("no widths given")
-    return out
+    """``"1,0.875,0.75"`` -> (1.0, 0.875, 0.75); each in (0, 1], distinct at 3 decimals."""
+    out: dict[float, Any] = {}
+    for x in _items(text, "widths"):
+        w = normalize_width(x)
+        if w in out:
+            raise AmoebaError(f"widths {out[w]} and {str(x).strip()} are the same width {w:.3f} (3 decimals)")
+        out[w] = str(x).strip()
+    return tuple(out)
 
 
 def parse_ints(text: str | Iterable[int], what: str = "depths") -> tuple[int, ...]:
-    items = text.split(",") if isinstance(text, str) else list(text)
+    items = _items(text, what)
     try:
-        out = tuple(int(str(x).strip()) for x in items if str(x).strip())
+        out = tuple(int(str(x).strip()) for x in items)
     except ValueError:
         raise AmoebaError(f"{what} must be comma-separated integers, got {text!r}") from None
-    if not out:
-        raise AmoebaError(f"no {what} given")
     return out
 
 
@@ -338,6 +362,26 @@ class ModelGeometry:
             head_dim=self.head_dim,
             name=f"{self.name}:{grid_key(depth, width)}",
         )
+
+    def check_width(self, width: float | str) -> float:
+        """The normalised width, or an error if its attention or MLP part rounds to zero heads/channels here.
+
+        (``attention_width``/``mlp_width`` would silently keep one head / 32 channels instead.)
+        """
+        w = normalize_width(width)
+        typed = width.strip() if isinstance(width, str) else width
+        if w * self.n_heads < 0.5:
+            least = math.ceil(500 / self.n_heads) / 1000
+            raise AmoebaError(f"width {typed} keeps {w * self.n_heads:.2f} of the {self.n_heads} attention heads of "
+                              f"{self.name}, which rounds to zero heads; the smallest width is {least:.3f}")
+        if w < 1.0 and int(round(w * self.intermediate / MLP_MULTIPLE)) == 0:  # mlp_width's rounding
+            least = math.ceil(1000 * MLP_MULTIPLE / 2 / self.intermediate) / 1000
+            while int(round(least * self.intermediate / MLP_MULTIPLE)) == 0:
+                least = round(least + 0.001, 3)
+            raise AmoebaError(f"width {typed} keeps {w * self.intermediate:.1f} of the {self.intermediate} MLP "
+                              f"channels of {self.name}, which rounds to zero blocks of {MLP_MULTIPLE}; the smallest "
+                              f"width is {least:.3f}")
+        return w
 
     def layer_params(self) -> int:
         """Weights of one decoder layer (attention, MLP, two norms)."""

@@ -53,6 +53,8 @@ class ProfilePlan:
         for d in self.depths:
             if not 1 <= d <= n:
                 raise AmoebaError(f"depth {d} outside 1..{n} for model {self.model}")
+        for w in self.widths:
+            self.geometry.check_width(w)  # zero heads/channels: refused before any table is touched
         for p in self.phases:
             if p not in PHASES:
                 raise AmoebaError(f"unknown phase {p!r}; known: {', '.join(PHASES)}")

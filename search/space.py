@@ -77,6 +77,12 @@ class SearchSpace:
         if unknown:
             raise AmoebaError(f"depths {unknown} not in the strategy; it has {list(strategy.depths)}")
         ws = tuple(widths) if widths else tuple(strategy.widths)
+        geometry = getattr(strategy, "geometry", None)
+        if geometry:  # zero heads/channels at some width: refused before a study is written
+            from amoeba_core.shape import ModelGeometry
+
+            g = ModelGeometry(**geometry)
+            ws = tuple(g.check_width(w) for w in ws)
         layers = {d: tuple(strategy.shape(d, 1.0).layers) for d in ds}
         name = model or _strategy_model_name(strategy)
         return cls(name, ds, ws, layers, str(getattr(strategy, "model_fingerprint", "") or ""), path)
