@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 
 import typer
 
@@ -46,7 +47,21 @@ def _register() -> None:
 _register()
 
 
+def quiet_libraries() -> None:
+    """Silence what the user cannot act on: Hugging Face's per-file progress bars (our own rich bars
+    cover the long steps), transformers' advisory log lines, and deprecation warnings raised
+    inside torch/transformers/onnxscript internals. ``TRANSFORMERS_VERBOSITY`` /
+    ``HF_HUB_DISABLE_PROGRESS_BARS`` set by the user win; ``AMOEBA_LOG=INFO`` shows our own logs."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    for mod in ("torch", "transformers", "onnxscript", "onnx", "accelerate", "copyreg"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=mod)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=mod)
+
+
 def main(argv: list[str] | None = None) -> None:
+    quiet_libraries()
     logging.basicConfig(level=os.environ.get("AMOEBA_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     command = typer.main.get_command(app)
     try:

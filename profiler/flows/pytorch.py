@@ -14,6 +14,8 @@ random weights once per width. Set ``options={"reuse_weights": False}`` to build
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -29,6 +31,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _DTYPES = {"cpu": ("float32", "bfloat16"), "cuda": ("float32", "bfloat16", "float16")}
+
+
+@functools.cache
+def cache_kwarg() -> str:
+    """The forward() argument that takes the KV cache: ``cache`` since transformers 5.x (passing
+    ``past_key_values`` there works but warns on every run), ``past_key_values`` before."""
+    from transformers import LlamaForCausalLM
+
+    return "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
 
 
 @dataclass
@@ -122,7 +133,7 @@ class PyTorchFlow(Flow):
             with torch.inference_mode():
                 art.model(
                     input_ids=self._input(art, work.prompt_len, work.batch),
-                    past_key_values=cache,
+                    **{cache_kwarg(): cache},
                     use_cache=True,
                     logits_to_keep=1,
                 )
@@ -146,7 +157,7 @@ class PyTorchFlow(Flow):
             self._sync()
             with torch.inference_mode():
                 t0 = time.perf_counter()
-                model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                model(input_ids=ids, **{cache_kwarg(): cache}, use_cache=True, logits_to_keep=1)
                 self._sync()
                 return time.perf_counter() - t0
         cache = self._cache(art, work)
@@ -155,7 +166,7 @@ class PyTorchFlow(Flow):
         self._sync()
         with torch.inference_mode():
             t0 = time.perf_counter()
-            model(input_ids=ids, past_key_values=cache, use_cache=True, cache_position=pos)
+            model(input_ids=ids, **{cache_kwarg(): cache}, use_cache=True, cache_position=pos)
             self._sync()
             return time.perf_counter() - t0
 
