@@ -1,0 +1,194 @@
+"""Few-shot transferred tables (profiler/transfer.py): the model, the CLI, and the label end to end.
+
+The end-to-end test times the `tiny` geometry for real on a second device folder (``dev-b``, a
+copy of this machine's spec) at 1 and 2 threads, then asks `amoeba profile --few-shot 3` for
+cpu-host, where no table exists, and follows the transferred rows through the table, `amoeba
+predict`, the query index and the HTTP service.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from profiler.transfer import Line, LineKey, TransferModel, calibrate_z
+from tests.profiler.conftest import FAST, cli_env
+
+DEPTHS, WIDTHS = (6, 12, 18, 24, 30), (1.0, 0.875, 0.75, 0.625)
+FEW = ["profile", "--device", "cpu-host", "--flow", "pytorch", "--model", "tiny", "--depths", "1,2,3,4",
+       "--widths", "1,0.5", "--prompt-len", "16", "--threads", "1", "--quick"]
+
+
+def _line(i: int, level: float, fixed: float, exponent: float, rng: np.random.Generator, noise: float) -> Line:
+    ms = {(d, w): level * (fixed + d * w**exponent) * math.exp(rng.normal(0, noise)) for d in DEPTHS for w in WIDTHS}
+    return Line(LineKey("dev", "flow", "m", f"v{i}", 1, "decode", 128), ms)
+
+
+def test_model_transfers_lines_of_the_same_family() -> None:
+    """Lines that differ in level, fixed cost and width scaling: 3 measurements recover the rest."""
+    rng = np.random.default_rng(0)
+    lines = [_line(i, rng.uniform(1, 10), rng.uniform(2, 20), rng.uniform(0.8, 2.0), rng, 0.01) for i in range(8)]
+    new = _line(99, 3.0, 7.0, 1.4, rng, 0.01)
+    model = TransferModel.fit(lines)
+    assert 1 <= model.rank <= len(lines) - 1
+    chosen = model.choose(3, [(30, 1.0)])
+    assert chosen[0] == (30, 1.0) and len(set(chosen)) == 3
+    z, n = calibrate_z(lines, 3, first=[(30, 1.0)])
+    assert n == len(lines) * (len(DEPTHS) * len(WIDTHS) - 3) and z > 0
+    rows = model.transfer({s: new.ms[s] for s in chosen}, z)
+    assert len(rows) == len(DEPTHS) * len(WIDTHS) - 3
+    err = np.array([abs(t.ms / new.ms[(t.depth, t.width)] - 1) for t in rows])
+    assert np.median(err) < 0.03 and err.max() < 0.10
+    assert all(t.lo_ms < t.ms < t.hi_ms for t in rows)
+    # one measurement fixes the level only: far worse than three
+    one = model.transfer({(30, 1.0): new.ms[(30, 1.0)]})
+    err1 = np.array([abs(t.ms / new.ms[(t.depth, t.width)] - 1) for t in one])
+    assert np.median(err1) > np.median(err)
+
+
+def _run(root: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "amoeba", *args], env=cli_env(root), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_few_shot_without_another_line_says_what_to_profile(root: Path) -> None:
+    before = sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+    r = _run(root, *FEW, "--few-shot", "3")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --few-shot needs another line of tiny"), r.stderr
+    assert "profile one first" in lines[0] and "amoeba profile --device cpu-host" in lines[0]
+    assert sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file()) == before  # nothing written
+    r = _run(root, *FEW, "--few-shot", "0")
+    assert r.returncode == 2 and "K >= 1" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def two_lines(host_spec_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root with a second device folder holding real PyTorch `tiny` tables at 1 and 2 threads."""
+    from profiler.plan import make_plan, run_profile
+
+    r = tmp_path_factory.mktemp("transfer") / "profiles"
+    shutil.copytree(host_spec_dir, r)
+    (r / "dev-b").mkdir()
+    spec = yaml.safe_load((r / "cpu-host" / "device.yaml").read_text())
+    spec.update(name="dev-b", description="test copy of this machine's spec (a second device folder)")
+    (r / "dev-b" / "device.yaml").write_text(yaml.safe_dump(spec))
+    for threads in (1, 2):
+        plan = make_plan("dev-b", "pytorch", "tiny", (1, 2, 3, 4), (1.0, 0.5), ("decode", "prefill"), 16,
+                         "float32", threads, measure_cfg=FAST)
+        assert run_profile(plan, r).written == 16
+    return r
+
+
+def _serve(run_dir: Path, profiles: Path):  # noqa: ANN202 - generator of a base URL
+    import uvicorn
+
+    from search.service import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(run_dir, profiles), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    deadline = time.time() + 20
+    while not server.started:
+        assert time.time() < deadline, "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        th.join(10)
+
+
+def test_transferred_table_is_labelled_end_to_end(two_lines: Path, tmp_path: Path) -> None:
+    import httpx
+
+    from amoeba_core.model import load_model
+    from amoeba_core.strategy import Strategy
+    from profiler.lookup import LatencyModel
+    from profiler.table import LatencyTable
+    from search.query import QueryIndex
+
+    root = tmp_path / "profiles"
+    shutil.copytree(two_lines, root)
+    r = _run(root, *FEW, "--few-shot", "3")
+    assert r.returncode == 0, r.stderr
+    assert "transferred from 2 lines" in r.stdout, r.stdout
+
+    # the table: 3 measured shapes per phase (the reference first), the other 5 transferred
+    tab = LatencyTable("cpu-host", "pytorch", "tiny", root)
+    for phase in ("decode", "prefill"):
+        rows = tab.rows(phase=phase)
+        meas, tr = rows[rows.source == "measured"], rows[rows.source == "transferred"]
+        assert len(meas) == 3 and len(tr) == 5 and ((meas.depth == 4) & (meas.width == 1.0)).any()
+        assert (tr.n == 0).all() and (tr.p10_ms < tr.p50_ms).all() and (tr.p50_ms < tr.p90_ms).all()
+        assert set(zip(meas.depth, meas.width)).isdisjoint(zip(tr.depth, tr.width))
+    info = tab.header["transfers"]
+    assert any(k.startswith("float32/decode/p16/b1/t1") for k in info)
+    assert all(len(v["references"]) == 2 and v["interval_level"] == 0.9 for v in info.values())
+
+    # lookup: measured shapes answer measured, the others transferred, with an interval
+    m = LatencyModel.open("cpu-host", "pytorch", "tiny", "decode", 16, root=root, threads=1)
+    shape = next((int(d), float(w)) for d, w, s in zip(tab.df.depth, tab.df.width, tab.df.source)
+                 if s == "transferred")
+    est = m.estimate(*shape)
+    assert est.source == "transferred" and est.measured_ms is None
+    assert est.lo_ms is not None and est.lo_ms < est.ms < est.hi_ms
+    assert m.estimate(4, 1.0).source == "measured"
+    assert m.estimate(2, 0.75).source == "transferred"  # off the grid: from measured + transferred rows
+
+    # `amoeba predict` says so
+    r = _run(root, "predict", "--device", "cpu-host", "--flow", "pytorch", "--model", "tiny", "--shape",
+             f"d{shape[0]}-w{shape[1]}", "--prompt-len", "16")
+    assert r.returncode == 0 and "(transferred)" in r.stdout and "interval" in r.stdout, r.stdout
+
+    # query index and HTTP service of a run searched on dev-b, asked about cpu-host
+    strategy = tmp_path / "strategy.yaml"
+    g = load_model("tiny")
+    Strategy.trivial(g.geometry, g.fingerprint, "tiny", widths=(1.0, 0.5)).save(strategy)
+    run = tmp_path / "run"
+    r = _run(root, "search", "--strategy", str(strategy), "--device", "dev-b", "--flow", "pytorch", "--method",
+             "random", "--trials", "24", "--run", str(run), "--widths", "0.5:1:0.5",
+             "--max-windows", "2", "--seq-len", "32", "--prompt-len", "16", timeout=600)
+    assert r.returncode == 0, r.stderr
+    pts = QueryIndex(run, root).points("cpu-host", "pytorch")
+    by_src = {p.latency_source for p in pts}
+    assert "transferred" in by_src and by_src <= {"measured", "transferred"}
+    t = next(p for p in pts if p.latency_source == "transferred")
+    assert t.lo_ms is not None and t.lo_ms < t.latency_ms < t.hi_ms
+    gen = _serve(run, root)
+    url = next(gen)
+    try:
+        front = httpx.get(f"{url}/fronts/cpu-host/pytorch", timeout=30).json()["front"]
+        srcs = {p["latency_source"] for p in front}
+        assert srcs <= {"measured", "transferred"}
+        shown = [p for p in front if p["latency_source"] == "transferred"]
+        assert all(p["lo_ms"] is not None and p["lo_ms"] < p["latency_ms"] < p["hi_ms"] for p in shown)
+        slowest = max(p.latency_ms for p in pts)
+        ans = httpx.get(f"{url}/query", params={"device": "cpu-host", "flow": "pytorch", "budget_ms": slowest * 2},
+                        timeout=30).json()
+        assert ans["feasible"] and ans["shape"]["latency_source"] in ("measured", "transferred")
+    finally:
+        next(gen, None)
+
+    # a later measurement replaces the transferred answer of its shape
+    d, w = shape
+    r = _run(root, "profile", "--device", "cpu-host", "--flow", "pytorch", "--model", "tiny", "--depths", str(d),
+             "--widths", str(w), "--phases", "decode", "--prompt-len", "16", "--threads", "1", "--quick")
+    assert r.returncode == 0, r.stderr
+    m = LatencyModel.open("cpu-host", "pytorch", "tiny", "decode", 16, root=root, threads=1)
+    assert m.estimate(d, w).source == "measured"
