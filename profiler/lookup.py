@@ -5,6 +5,27 @@ a per-layer composed row, the predictor fitted on measured rows, and, for a roof
 device (a spec sheet), the roofline floor. Every answer says which of these it is
 (:class:`LatencyEstimate.source`) and carries the others when they exist.
 
+Few-shot lines (``amoeba profile --few-shot K``, :mod:`profiler.transfer`) also hold
+``transferred`` rows: they answer after measured and per-layer rows and before the predictor
+(a few-shot line has K measured shapes, too few for the predictor alone; the transfer used every
+line of the store). Off the table's grid, the predictor of such a line is fitted on its measured
+and transferred rows together, and its answers are labelled ``transferred`` too, with the
+predictor's interval widened by the transferred rows' median relative interval. A measured row
+always wins over the transferred row of the same shape, so later measurements replace
+transferred answers one by one.
+
+Every estimate has a 90% interval (``lo_ms``/``hi_ms``) and an ``extrapolated`` flag. Measured
+and per-layer rows answer in drift-corrected milliseconds (``ratio * reference level``, see
+:meth:`profiler.table.LatencyTable.corrected`) with their ratio interval scaled the same way
+(legacy rows: their raw median and its order-statistic interval); predictions carry the
+predictor's interval (:meth:`profiler.predict.LatencyPredictor.estimate`); a roofline floor is a
+bound, not an estimate, and has no interval. Per-layer rows deeper than the whole models they
+were composed from are flagged extrapolated.
+
+A table may hold rows timed with several thread counts and protocols: a model uses one thread
+count (``threads``, default: the one with the most measured rows) and, per shape, prefers the
+paired protocol's row over a legacy one.
+
 :class:`LatencyModel` loads a table and fits its predictor once, so a search or an HTTP
 service can ask thousands of times cheaply; ``latency_ms`` keeps one per table (reloaded
 when the file changes).
@@ -13,22 +34,25 @@ when the file changes).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+
+import pandas as pd
 
 from amoeba_core.errors import AmoebaError
 from amoeba_core.shape import ModelGeometry, normalize_width
 from profiler.device import DeviceSpec, load_device, profiles_root
 from profiler.device import list_devices as _list_devices
+from profiler.measure import LEGACY
 from profiler.predict import LatencyPredictor
 from profiler.roofline import Roofline, dtype_bytes, peak_dtype_for, roofline
 from profiler.table import LatencyTable
 
 log = logging.getLogger(__name__)
 
-Source = Literal["measured", "per-layer", "predicted", "roofline"]
+Source = str  # one of profiler.table.SOURCES (extend that tuple for a new source)
 DEFAULT_PROMPT_LEN = 128
 ROOFLINE_DEFAULT_VARIANT = "float16"
 
@@ -48,6 +72,13 @@ class LatencyEstimate:
     measured_ms: float | None = None
     predicted_ms: float | None = None
     roofline_ms: float | None = None
+    lo_ms: float | None = None  # 90% interval of ``ms`` (None: a roofline bound, or unknown)
+    hi_ms: float | None = None
+    extrapolated: bool = False  # outside the measured depths/widths
+
+
+def _num(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
 def list_devices(root: Path | None = None) -> list[str]:
@@ -84,19 +115,36 @@ class LatencyModel:
         prompt_len: int,
         variant: str,
         table: LatencyTable | None,
+        threads: int | None = None,
     ) -> None:
         self.device, self.flow, self.model, self.geometry = device, flow, model, geometry
         self.phase, self.prompt_len, self.variant, self.table = phase, prompt_len, variant, table
-        self._measured: dict[tuple[int, float], float] = {}
-        self._per_layer: dict[tuple[int, float], float] = {}
+        # (depth, width) -> (ms, lo_ms, hi_ms)
+        self._measured: dict[tuple[int, float], tuple[float, float | None, float | None]] = {}
+        self._per_layer: dict[tuple[int, float], tuple[float, float | None, float | None]] = {}
+        self._transferred: dict[tuple[int, float], tuple[float, float | None, float | None]] = {}
+        self._transfer_rel: tuple[float, float] | None = None  # median lo/ms, hi/ms of transferred rows
+        self._measured_depths: dict[float, tuple[int, int]] = {}
         self.predictor: LatencyPredictor | None = None
+        self.threads = threads
         if table is not None:
             rows = table.rows(phase=phase, variant=variant, prompt_len=prompt_len, batch=1)
-            for src, store in (("measured", self._measured), ("per-layer", self._per_layer)):
+            self.threads = threads = _pick_threads(rows, threads)
+            rows = rows[rows["threads"] == threads] if threads is not None else rows
+            # one row per (shape, source): the paired protocol's over a legacy one, then the newest
+            rows = rows.assign(_paired=rows["protocol"] != LEGACY).sort_values(["_paired", "created"])
+            rows = rows.drop_duplicates(["depth", "width", "source"], keep="last").drop(columns="_paired")
+            rows = table.corrected(rows)
+            for src, store in (("measured", self._measured), ("per-layer", self._per_layer),
+                               ("transferred", self._transferred)):
                 sub = rows[rows["source"] == src]
-                for d, w, ms in zip(sub["depth"], sub["width"], sub["p50_ms"]):
-                    store[(int(d), round(float(w), 3))] = float(ms)
+                for d, w, ms, lo, hi in zip(sub["depth"], sub["width"], sub["ms"], sub["ms_lo"], sub["ms_hi"]):
+                    store[(int(d), round(float(w), 3))] = (float(ms), _num(lo), _num(hi))
             measured = rows[rows["source"] == "measured"]
+            for w, grp in measured.groupby(measured["width"].round(3)):
+                self._measured_depths[float(w)] = (int(grp["depth"].min()), int(grp["depth"].max()))
+            if self._transferred:  # a few-shot line: the predictor also learns from its transferred rows
+                measured = _with_transferred(self, rows)
             try:
                 self.predictor = LatencyPredictor.fit(measured, geometry)
             except AmoebaError as e:
@@ -126,6 +174,7 @@ class LatencyModel:
         prompt_len: int | None = None,
         variant: str | None = None,
         root: Path | None = None,
+        threads: int | None = None,
     ) -> LatencyModel:
         from profiler.flows import FLOWS
 
@@ -171,7 +220,7 @@ class LatencyModel:
         elif rows[rows["prompt_len"] == prompt_len].empty:
             known_p = sorted(set(rows["prompt_len"].tolist()))
             raise AmoebaError(f"no {phase} rows with prompt_len {prompt_len} in {table.path}; known: {known_p}")
-        return cls(spec, flow, model, geometry, phase, int(prompt_len), variant, table)
+        return cls(spec, flow, model, geometry, phase, int(prompt_len), variant, table, threads)
 
     def roofline_at(self, depth: int, width: float) -> Roofline | None:
         """The roofline of a shape at this table's weight type (None when the type is unknown)."""
@@ -194,14 +243,25 @@ class LatencyModel:
             raise AmoebaError(f"depth {depth} outside 1..{self.geometry.n_layers} for {self.model}")
         measured = self._measured.get(key)
         per_layer = self._per_layer.get(key)
-        predicted = self.predictor.predict(depth, w) if self.predictor is not None else None
+        pred = self.predictor.estimate(depth, w) if self.predictor is not None else None
+        predicted = pred.ms if pred is not None else None
         floor = self.roofline_ms(depth, w)
         if measured is not None:
-            est = LatencyEstimate(measured, "measured", measured, predicted, floor)
+            ms, lo, hi = measured
+            est = LatencyEstimate(ms, "measured", ms, predicted, floor, lo, hi, False)
         elif per_layer is not None:
-            est = LatencyEstimate(per_layer, "per-layer", None, predicted, floor)
-        elif predicted is not None:
-            est = LatencyEstimate(predicted, "predicted", None, predicted, floor)
+            ms, lo, hi = per_layer
+            d_lo, d_hi = self._measured_depths.get(w, (depth, depth))
+            est = LatencyEstimate(ms, "per-layer", None, predicted, floor, lo, hi, not d_lo <= depth <= d_hi)
+        elif key in self._transferred:
+            ms, lo, hi = self._transferred[key]
+            est = LatencyEstimate(ms, "transferred", None, predicted, floor, lo, hi, False)
+        elif pred is not None and self._transfer_rel is not None:  # interpolated between transferred rows
+            lo_r, hi_r = self._transfer_rel
+            est = LatencyEstimate(pred.ms, "transferred", None, pred.ms, floor, max(pred.lo_ms, 0.0) * lo_r, pred.hi_ms * hi_r,
+                                  pred.extrapolated)
+        elif pred is not None:
+            est = LatencyEstimate(pred.ms, "predicted", None, pred.ms, floor, pred.lo_ms, pred.hi_ms, pred.extrapolated)
         elif self.device.roofline_only and floor is not None:
             est = LatencyEstimate(floor, "roofline", None, None, floor)
         else:
@@ -211,6 +271,43 @@ class LatencyModel:
             )
         self._cache[key] = est
         return est
+
+
+def _with_transferred(m: LatencyModel, rows: pd.DataFrame) -> pd.DataFrame:
+    """Measured rows plus the transferred rows of shapes not measured (the predictor's input for a
+    few-shot line), and the median relative interval of the transferred rows (``m._transfer_rel``).
+    A transferred row without a ratio interval takes ``p10_ms``/``p90_ms``, where it is stored."""
+    import numpy as np
+
+    t = rows[rows["source"] == "transferred"]
+    for d, w, p10, p90 in zip(t["depth"], t["width"], t["p10_ms"], t["p90_ms"]):
+        key = (int(d), round(float(w), 3))
+        ms, lo, hi = m._transferred[key]
+        m._transferred[key] = (ms, lo if lo is not None else float(p10), hi if hi is not None else float(p90))
+    vals = list(m._transferred.values())
+    m._transfer_rel = (float(np.median([lo / ms for ms, lo, _ in vals])), float(np.median([hi / ms for ms, _, hi in vals])))
+    measured = rows[rows["source"] == "measured"]
+    have = set(zip(measured["depth"], measured["width"].round(3)))
+    extra = t[[(int(d), round(float(w), 3)) not in have for d, w in zip(t["depth"], t["width"])]]
+    return pd.concat([measured, extra], ignore_index=True)
+
+
+def _pick_threads(rows: pd.DataFrame, threads: int | None) -> int | None:
+    """The thread count a model answers for: the one asked for, else the one with the most
+    measured rows (ties: the larger count)."""
+    if rows.empty:
+        return threads
+    if threads is not None:
+        if not (rows["threads"] == threads).any():
+            known = sorted(set(int(t) for t in rows["threads"]))
+            raise AmoebaError(f"no rows timed with {threads} threads; known: {known}")
+        return threads
+    m = rows[rows["source"] == "measured"]
+    counts = (m if len(m) else rows)["threads"].value_counts()
+    best = sorted(counts.items(), key=lambda kv: (kv[1], kv[0]))[-1][0]
+    if len(counts) > 1:
+        log.info("rows timed with threads %s; using %s", sorted(counts.index.tolist()), best)
+    return int(best)
 
 
 def _header_geometry(table: LatencyTable, model: str) -> ModelGeometry:
@@ -225,9 +322,10 @@ def _header_geometry(table: LatencyTable, model: str) -> ModelGeometry:
 
 @lru_cache(maxsize=64)
 def _cached_model(
-    device: str, flow: str, model: str, phase: str, prompt_len: int | None, variant: str | None, root: str, stamp: float
+    device: str, flow: str, model: str, phase: str, prompt_len: int | None, variant: str | None, root: str, stamp: float,
+    threads: int | None = None,
 ) -> LatencyModel:
-    return LatencyModel.open(device, flow, model, phase, prompt_len, variant, Path(root))
+    return LatencyModel.open(device, flow, model, phase, prompt_len, variant, Path(root), threads)
 
 
 def latency_ms(
@@ -240,6 +338,7 @@ def latency_ms(
     prompt_len: int | None = None,
     variant: str | None = None,
     root: Path | None = None,
+    threads: int | None = None,
 ) -> LatencyEstimate:
     """Latency of one step of shape (depth, width); see the module docstring for the order of sources."""
     base = profiles_root(root)
@@ -248,5 +347,5 @@ def latency_ms(
         raise AmoebaError(f"unknown device {device!r}; known: {', '.join(known) or '(none)'}")
     path = base / device / f"{flow}-{model}.parquet"
     stamp = path.stat().st_mtime_ns if path.exists() else 0.0
-    m = _cached_model(device, flow, model, phase, prompt_len, variant, str(base.resolve()), stamp)
+    m = _cached_model(device, flow, model, phase, prompt_len, variant, str(base.resolve()), stamp, threads)
     return m.estimate(depth, width)

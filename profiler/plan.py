@@ -5,28 +5,37 @@ predictor needs (:func:`profiler.predict.sparse_depths` x all widths). ``per_lay
 whole models of depth 1, 2 and 4 (embedding and head included, written as ``measured`` rows)
 and composes every requested depth as ``t0 + depth * slope`` (written as ``per-layer`` rows).
 Per-layer mode needs nothing from the flow beyond ``build``/``run_once``, so it works for any flow.
+
+Every mode times its shapes by the paired protocol (:mod:`profiler.measure`): per phase, the
+shapes are cut into blocks of at most ``BLOCK_SHAPES`` and each block is timed interleaved,
+sample by sample, with the reference shape (:attr:`ProfilePlan.reference`: the full-size model,
+or in per-layer mode the deepest whole model timed). Memory: the reference stays loaded for the
+whole run, so a block's shapes and the reference must fit ``BLOCK_BYTES`` together (fp32
+weight estimate, :func:`_blocks`); a shape too big for that is timed in a block of its own (the
+reference and it: two models), and a plan where even those two exceed the memory available is
+refused before anything is timed (:func:`_check_memory`).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from amoeba_core.errors import AmoebaError
 from amoeba_core.shape import ModelGeometry
 from profiler.device import DeviceSpec, ensure_device
 from profiler.flows import PHASES, FlowConfig, Workload, flow_class, make_flow
-from profiler.measure import LatencyStats, MeasureConfig, environment, measure
+from profiler.measure import PROTOCOL, LatencyStats, MeasureConfig, PairedStats, environment, measure_paired
 from profiler.predict import fit_line, per_layer_depths, sparse_depths
-from profiler.table import LatencyTable, now_utc, row_key
+from profiler.table import LatencyTable, now_utc, row_key, shape_key
 
-if TYPE_CHECKING:
-    import pandas as pd
+import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +55,8 @@ class ProfilePlan:
     sparse: bool = False
     per_layer: bool = False
     measure: MeasureConfig = field(default_factory=MeasureConfig)
-    redo_contended: bool = False  # re-time present rows whose every sample was contended
+    redo_contended: bool = False  # re-time present rows whose util diagnostic is below measure.min_util
+    reference_shape: tuple[int, float] | None = None  # (depth, width); default: see `reference`
 
     def __post_init__(self) -> None:
         n = self.geometry.n_layers
@@ -66,6 +76,20 @@ class ProfilePlan:
             raise AmoebaError("--sparse and --per-layer are alternatives; choose one")
         if self.per_layer:
             per_layer_depths(n)
+        if self.reference_shape is not None:
+            d, w = self.reference_shape
+            if not 1 <= d <= n or not 0 < w <= 1:
+                raise AmoebaError(f"reference shape d{d}-w{w} outside depths 1..{n}, widths (0, 1]")
+
+    @property
+    def reference(self) -> tuple[int, float]:
+        """The shape every block is paired with: the full-size model (deepest, width 1); in
+        per-layer mode the deepest whole model timed."""
+        if self.reference_shape is not None:
+            return int(self.reference_shape[0]), round(float(self.reference_shape[1]), 3)
+        if self.per_layer:
+            return max(per_layer_depths(self.geometry.n_layers)), 1.0
+        return self.geometry.n_layers, 1.0
 
     @property
     def measured_depths(self) -> tuple[int, ...]:
@@ -86,7 +110,8 @@ class ProfileResult:
     written: int = 0
     skipped: int = 0
     composed: int = 0
-    contended: int = 0  # rows where no uncontended sample could be had (see profiler.measure)
+    contended: int = 0  # rows whose median util (CPU use per thread) is below min_util: a diagnostic
+    min_util: float = 0.85
     seconds: float = 0.0
     rows: list[dict] = field(default_factory=list)
 
@@ -95,6 +120,15 @@ ProgressFn = Callable[[str, int, int], None]  # (description, done, total)
 
 
 def run_profile(plan: ProfilePlan, root: Path | str | None = None, progress: ProgressFn | None = None) -> ProfileResult:
+    """Time the plan's missing rows by the paired protocol (:mod:`profiler.measure`), block by block.
+
+    Per phase, the plan's shapes are cut into blocks (:func:`_blocks`); each block is timed
+    interleaved with the reference shape (:attr:`ProfilePlan.reference`), whose artifact is
+    built once and stays alive for the whole run. A block's rows are written together once all
+    its rounds have run, and its reference samples are added to the table's reference level.
+    The reference's own row (ratio 1) is written after the last block of its phase, from all
+    its samples of this run.
+    """
     t_start = time.perf_counter()
     spec = ensure_device(plan.device, root, threads=plan.config.threads or None, flow_device=plan.config.device)
     _check_measurable(spec, plan)
@@ -107,54 +141,98 @@ def run_profile(plan: ProfilePlan, root: Path | str | None = None, progress: Pro
         environment=env,
         variant=variant,
     )
-    result = ProfileResult(table.path)
+    result = ProfileResult(table.path, min_util=plan.measure.min_util)
     cpu_threads = plan.config.threads if plan.config.device == "cpu" and plan.config.threads > 0 else None
-    points = plan.points()
+    threads = plan.config.threads
+    versions = json.dumps({**env["versions"], "python": env["python"]}, sort_keys=True)
+    ref_d, ref_w = plan.reference
+    ref_name = shape_key(ref_d, ref_w)
+    nbytes = functools.partial(_weight_bytes, plan.geometry)
     rounds = plan.measure.rounds
-    total = len(points) * rounds
-    done = 0
-    todo: list[_Point] = []
-    for w, d, phase in points:
-        key = row_key(variant, d, w, phase, plan.batch, plan.prompt_len, "measured")
-        old = table.get(key)
-        redo = old is not None and plan.redo_contended and int(old["discarded"]) >= int(old["n"])
-        if old is not None and not redo:
-            result.skipped += 1
-            done += rounds
-            if progress:
-                progress(f"d{d}-w{w:.3f} {phase} (present)", done, total)
-            continue
-        todo.append(_Point(w, d, phase, key, redo))
-    round_cfg = plan.measure.per_round()
-    block_size = 1 if rounds == 1 else BLOCK_SHAPES  # one shape alive at a time without rounds
-    for block in _blocks(todo, block_size, lambda d, w: 4 * plan.geometry.scaled_dims(d, w).n_params()):
-        arts: dict[tuple[int, float], object] = {}
-        try:
-            for r in range(rounds):
-                for pt in block if r % 2 == 0 else block[::-1]:  # alternate the order: no shape always first
-                    if (pt.d, pt.w) not in arts:
-                        arts[(pt.d, pt.w)] = flow.build(plan.geometry.scaled_dims(pt.d, pt.w))
-                    work = Workload(pt.phase, plan.prompt_len, plan.batch)  # type: ignore[arg-type]
-                    stats = measure(functools.partial(flow.run_once, arts[(pt.d, pt.w)], work), round_cfg, cpu_threads)
-                    pt.samples.extend(stats.samples_ms)
-                    pt.discarded += stats.discarded
-                    done += 1
-                    if progress:
-                        tag = f" round {r + 1}/{rounds}" if rounds > 1 else ""
-                        progress(f"d{pt.d}-w{pt.w:.3f} {pt.phase}{tag} {stats.p50_ms:.2f} ms", done, total)
-        finally:
-            for a in arts.values():
-                flow.close(a)
-        for pt in block:  # a block's rows are written together, once every round has run
-            _write_row(table, pt, result)
+
+    def key(d: int, w: float, phase: str) -> dict:
+        return row_key(variant, d, w, phase, plan.batch, plan.prompt_len, "measured", threads, PROTOCOL)
+
+    # what to time, per phase: the plan's shapes (the reference apart) and the reference's own row
+    work: dict[str, tuple[list[_Point], _Point | None]] = {}
+    done = total = 0
+    for phase in plan.phases:
+        todo: list[_Point] = []
+        ref_pt: _Point | None = None
+        shapes = [(d, w) for w, d, p in plan.points() if p == phase]
+        if (ref_d, round(ref_w, 3)) not in {(d, round(w, 3)) for d, w in shapes}:
+            shapes.append((ref_d, ref_w))  # the reference's row is written even when off the grid
+        for d, w in shapes:
+            k = key(d, w, phase)
+            old = table.get(k)
+            redo = old is not None and plan.redo_contended and _contended(old, plan.measure.min_util)
+            total += rounds
+            if old is not None and not redo:
+                result.skipped += 1
+                done += rounds
+                if progress:
+                    progress(f"d{d}-w{w:.3f} {phase} (present)", done, total)
+                continue
+            pt = _Point(w, d, phase, k, redo)
+            if (d, round(w, 3)) == (ref_d, round(ref_w, 3)):
+                ref_pt = pt
+            else:
+                todo.append(pt)
+        work[phase] = (todo, ref_pt)
+    _check_memory(plan, nbytes, [pt for todo, _ in work.values() for pt in todo])
+
+    ref_art = None
+    try:
+        for phase, (todo, ref_pt) in work.items():
+            if not todo and ref_pt is None:
+                continue
+            if ref_art is None:
+                ref_art = flow.build(plan.geometry.scaled_dims(ref_d, ref_w))
+            work_load = Workload(phase, plan.prompt_len, plan.batch)  # type: ignore[arg-type]
+            ref_fn = functools.partial(flow.run_once, ref_art, work_load)
+            ref_samples: list[float] = []
+            ref_util: list[float] = []
+            blocks = _blocks(todo, BLOCK_SHAPES, nbytes, BLOCK_BYTES, nbytes(ref_d, ref_w)) if todo else [[]]
+            for block in blocks:
+                arts: dict[tuple[int, float], object] = {}
+                try:
+                    for pt in block:
+                        if (pt.d, pt.w) not in arts:
+                            arts[(pt.d, pt.w)] = flow.build(plan.geometry.scaled_dims(pt.d, pt.w))
+                    fns = [functools.partial(flow.run_once, arts[(pt.d, pt.w)], work_load) for pt in block]
+                    n_prog = len(block) + (1 if (ref_pt is not None and block is blocks[-1]) else 0)
+
+                    def on_round(r: int, block: list[_Point] = block, n_prog: int = n_prog) -> None:
+                        nonlocal done
+                        done += n_prog
+                        if progress:
+                            names = ", ".join(f"d{pt.d}-w{pt.w:.3f}" for pt in block) or ref_name
+                            progress(f"{phase} round {r + 1}/{rounds} [{names}] vs {ref_name}", done, total)
+
+                    res = measure_paired(fns, ref_fn, plan.measure, cpu_threads, on_round)
+                finally:
+                    for a in arts.values():
+                        flow.close(a)
+                table.add_reference_block(variant, phase, plan.prompt_len, plan.batch, threads, ref_name,
+                                          res.reference)
+                ref_samples += res.reference.samples_ms
+                ref_util += res.reference.util
+                for pt, st in zip(block, res.shapes):  # a block's rows are written together
+                    _write_row(table, pt, st, ref_name, versions, result)
+            if ref_pt is not None:
+                st = LatencyStats.from_samples(ref_samples, 0, ref_util)
+                _write_row(table, ref_pt, st, ref_name, versions, result)
+    finally:
+        if ref_art is not None:
+            flow.close(ref_art)
     if plan.per_layer:
         result.composed = _compose(plan, table, variant)
     result.seconds = time.perf_counter() - t_start
     return result
 
 
-BLOCK_SHAPES = 4  # shapes measured round-robin together (alive at once) when rounds > 1
-BLOCK_BYTES = 6 * 1024**3  # ... and at most this many weight bytes (fp32 estimate) alive at once
+BLOCK_SHAPES = 4  # shapes timed interleaved with the reference in one block (alive at once)
+BLOCK_BYTES = 6 * 1024**3  # ... and at most this many weight bytes (fp32 estimate), the reference included
 
 
 @dataclass
@@ -164,41 +242,88 @@ class _Point:
     phase: str
     key: dict
     redo: bool
-    samples: list[float] = field(default_factory=list)
-    discarded: int = 0
+
+
+def _weight_bytes(geometry: ModelGeometry, depth: int, width: float) -> int:
+    """Weight bytes of a shape at fp32 (an upper bound for the flows' dtypes)."""
+    return 4 * geometry.scaled_dims(depth, width).n_params()
 
 
 def _blocks(points: list[_Point], shapes: int, nbytes: Callable[[int, float], int],
-            max_bytes: int = BLOCK_BYTES) -> list[list[_Point]]:
+            max_bytes: int = BLOCK_BYTES, ref_bytes: int = 0) -> list[list[_Point]]:
     """Consecutive points grouped so that a group holds at most ``shapes`` distinct (d, w) whose
-    weights (``nbytes``) fit ``max_bytes`` together (a bigger shape gets a group of its own)."""
+    weights (``nbytes``), together with the reference's (``ref_bytes``, alive all along), fit
+    ``max_bytes`` (a shape that does not fit with others gets a group of its own: two models,
+    the reference and it, are the least a paired block holds; :func:`_check_memory` refuses a
+    plan where even that exceeds the machine's available memory)."""
     out: list[list[_Point]] = []
     seen: set[tuple[int, float]] = set()
-    used = 0
+    used = ref_bytes
     for pt in points:
         shape = (pt.d, pt.w)
         if shape not in seen:
             b = nbytes(*shape)
             if not out or len(seen) >= shapes or (seen and used + b > max_bytes):
                 out.append([])
-                seen, used = set(), 0
+                seen, used = set(), ref_bytes
             seen.add(shape)
             used += b
         out[-1].append(pt)
     return out
 
 
-def _write_row(table: LatencyTable, pt: _Point, result: ProfileResult) -> None:
-    stats = LatencyStats.from_samples(pt.samples, pt.discarded)
+def _available_bytes() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _check_memory(plan: ProfilePlan, nbytes: Callable[[int, float], int], points: list[_Point]) -> None:
+    """Refuse (before anything is timed) a CPU plan whose reference and largest shape cannot be
+    loaded at once in the memory available now."""
+    if plan.config.device != "cpu" or not points:
+        return
+    avail = _available_bytes()
+    need = nbytes(*plan.reference) + max(nbytes(pt.d, pt.w) for pt in points)
+    if avail is not None and need > avail:
+        raise AmoebaError(
+            f"the paired protocol loads the reference {shape_key(*plan.reference)} and each shape at once: "
+            f"~{need / 1e9:.1f} GB (fp32 estimate) but {avail / 1e9:.1f} GB are available; "
+            f"use --per-layer (its reference is the depth-{max(per_layer_depths(plan.geometry.n_layers))} model)"
+        )
+
+
+def _contended(row: pd.Series, min_util: float) -> bool:
+    """A row's contention diagnostic: median util below ``min_util`` (legacy rows: every sample
+    set aside by the old filter)."""
+    util = float(row.get("util", math.nan))
+    if not math.isnan(util):
+        return util < min_util
+    return int(row.get("discarded", 0)) >= int(row.get("n", 1)) > 0
+
+
+def _write_row(table: LatencyTable, pt: _Point, stats: LatencyStats, reference: str, versions: str,
+               result: ProfileResult) -> None:
+    ratio = stats.ratio if isinstance(stats, PairedStats) else None  # the reference itself: ratio 1
     row = {
         **pt.key,
         "p50_ms": stats.p50_ms,
         "p10_ms": stats.p10_ms,
         "p90_ms": stats.p90_ms,
         "n": stats.n,
-        "discarded": stats.discarded,
+        "discarded": 0,
         "samples_ms": list(stats.samples_ms),
         "created": now_utc(),
+        "ratio": ratio.value if ratio else 1.0,
+        "ratio_lo": ratio.lo if ratio else 1.0,
+        "ratio_hi": ratio.hi if ratio else 1.0,
+        "reference": reference,
+        "util": stats.util_median,
+        "versions": versions,
     }
     if pt.redo:
         table.replace(row)
@@ -206,7 +331,7 @@ def _write_row(table: LatencyTable, pt: _Point, result: ProfileResult) -> None:
         return
     result.written += 1
     result.rows.append(row)
-    result.contended += int(stats.discarded == stats.n)
+    result.contended += int(_contended(pd.Series(row), result.min_util))
 
 
 def _check_measurable(spec: DeviceSpec, plan: ProfilePlan) -> None:
@@ -220,28 +345,38 @@ def _check_measurable(spec: DeviceSpec, plan: ProfilePlan) -> None:
 
 
 def _compose(plan: ProfilePlan, table: LatencyTable, variant: str) -> int:
-    """Per-layer rows for every requested depth, from the measured depth-1/2/4 rows."""
+    """Per-layer rows for every requested depth, from the measured depth-1/2/4 rows of this
+    run's settings (threads, protocol): lines through their absolute p10/p50/p90 and through
+    their paired ratios and ratio bounds (the composed ratio interval is the envelope of those
+    lines), so the composed rows read in drift-corrected milliseconds like measured ones."""
     written = 0
+    threads = plan.config.threads
+    ref_name = shape_key(*plan.reference)
     for phase in plan.phases:
         rows = table.rows(phase=phase, variant=variant, prompt_len=plan.prompt_len, batch=plan.batch, source="measured")
+        rows = rows[(rows["threads"] == threads) & (rows["protocol"] == PROTOCOL)]
         for w in plan.widths:
             sub = rows[(rows["width"].round(3) == round(w, 3)) & rows["depth"].isin(plan.measured_depths)]
             if sub["depth"].nunique() < 2:
                 continue
-            t0, slope = fit_line(sub["depth"], sub["p50_ms"])
+            paired = sub["ratio"].notna().all() and (sub["reference"] == ref_name).all()
             for d in plan.depths:
-                key = row_key(variant, d, w, phase, plan.batch, plan.prompt_len, "per-layer")
-                p10 = _compose_q(sub, "p10_ms", d)
-                p90 = _compose_q(sub, "p90_ms", d)
+                key = row_key(variant, d, w, phase, plan.batch, plan.prompt_len, "per-layer", threads, PROTOCOL)
                 row = {
                     **key,
-                    "p50_ms": t0 + d * slope,
-                    "p10_ms": p10,
-                    "p90_ms": p90,
+                    "p50_ms": _compose_q(sub, "p50_ms", d),
+                    "p10_ms": _compose_q(sub, "p10_ms", d),
+                    "p90_ms": _compose_q(sub, "p90_ms", d),
                     "n": int(sub["n"].sum()),
-                    "discarded": int(sub["discarded"].sum()),
+                    "discarded": 0,
                     "samples_ms": [],
                     "created": now_utc(),
+                    "ratio": _compose_q(sub, "ratio", d) if paired else math.nan,
+                    "ratio_lo": _compose_q(sub, "ratio_lo", d) if paired else math.nan,
+                    "ratio_hi": _compose_q(sub, "ratio_hi", d) if paired else math.nan,
+                    "reference": ref_name if paired else "",
+                    "util": float(sub["util"].median()),
+                    "versions": str(sub["versions"].iloc[0]),
                 }
                 old = table.get(key)
                 if old is None:
@@ -274,6 +409,7 @@ def make_plan(
     torch_device: str = "cpu",
     options: dict | None = None,
     redo_contended: bool = False,
+    reference: tuple[int, float] | None = None,
 ) -> ProfilePlan:
     """Validate everything a profile needs before anything is written."""
     geometry = ModelGeometry.resolve(model)
@@ -295,4 +431,5 @@ def make_plan(
         per_layer=per_layer,
         measure=measure_cfg or MeasureConfig(),
         redo_contended=redo_contended,
+        reference_shape=reference,
     )

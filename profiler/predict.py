@@ -11,6 +11,26 @@ outside the measured widths the nearest two are extrapolated and the estimate is
 Per-layer composition (``--per-layer``) uses the same line: whole models of depth 1, 2 and 4
 are timed and ``t(d) = t0 + d * slope`` composes deeper ones.
 
+Drift-corrected inputs: rows that carry ``ms`` (from :meth:`profiler.table.LatencyTable.corrected`,
+i.e. ``ratio * reference level`` of rows timed by the paired protocol) are fitted on ``ms``;
+plain rows on ``p50_ms``.
+
+Interval of every estimate (:meth:`LatencyPredictor.estimate`, 90%): relative half-width
+
+    h = sqrt(h_meas**2 + (1.645 * s_fit)**2 + h_width**2) * (1 + e)
+
+- ``h_meas``: the measurement precision of the rows the estimate rests on, the median relative
+  half-width of their intervals (``ms_lo``/``ms_hi``: the bootstrap interval of the paired
+  ratio), the larger of the two widths an interpolation uses;
+- ``s_fit``: the pooled relative residual of the depth lines, ``sqrt(sum r**2 / dof)`` with
+  ``dof = sum(depths per width - 2)`` (0 when every width has two depths: the line then passes
+  exactly through its points and only ``h_meas`` remains);
+- ``h_width`` (widths that were not measured only): the RMS relative error of predicting each
+  interior measured width from its two neighbours (leave-one-width-out; the gap is twice the
+  real one, so this errs wide);
+- ``e`` (extrapolated estimates only, flagged): the distance outside the measured depths or
+  layer sizes relative to their span, widening the interval in proportion.
+
 The predictor reports its own error: :meth:`LatencyPredictor.holdout_errors` on measured rows
 it was not fitted on, and :meth:`LatencyPredictor.self_check` by leaving out one depth at a time.
 """
@@ -46,6 +66,32 @@ class WidthFit:
     fixed_ms: float
     per_layer_ms: float
     depths: tuple[int, ...]
+    resid_rel: tuple[float, ...] = ()  # relative residuals of the depth line at its depths
+    meas_rel: float = 0.0  # median relative half-width of the measured rows' intervals
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """An estimate with its 90% interval; ``extrapolated``: outside the measured depths/widths."""
+
+    ms: float
+    lo_ms: float
+    hi_ms: float
+    extrapolated: bool
+
+
+Z90 = 1.645
+
+
+def _value_column(rows: pd.DataFrame) -> str:
+    return "ms" if "ms" in rows.columns else "p50_ms"
+
+
+def _rel_half_widths(rows: pd.DataFrame) -> pd.Series:
+    if not {"ms_lo", "ms_hi"} <= set(rows.columns):
+        return pd.Series(np.nan, index=rows.index)
+    y = rows[_value_column(rows)].astype(float)
+    return (rows["ms_hi"].astype(float) - rows["ms_lo"].astype(float)) / (2 * y)
 
 
 class LatencyPredictor:
@@ -59,18 +105,50 @@ class LatencyPredictor:
         self._x = np.array([self._coord(w) for w in self.fits])
         self._fixed = np.array([f.fixed_ms for f in self.fits.values()])
         self._slope = np.array([f.per_layer_ms for f in self.fits.values()])
+        all_d = [d for f in self.fits.values() for d in f.depths]
+        self.depth_range = (min(all_d), max(all_d))
+        resid = [r for f in self.fits.values() for r in f.resid_rel]
+        dof = sum(max(0, len(f.depths) - 2) for f in self.fits.values())
+        self.s_fit = float(np.sqrt(np.sum(np.square(resid)) / dof)) if dof > 0 else 0.0
+        self.h_width = self._width_error()
 
     @classmethod
     def fit(cls, rows: pd.DataFrame, geometry: ModelGeometry | None = None) -> LatencyPredictor:
+        """Fit on ``rows`` (one variant/phase/prompt_len/batch/threads): columns depth, width and
+        ``ms`` (drift-corrected, with ``ms_lo``/``ms_hi``) or ``p50_ms``."""
+        col = _value_column(rows)
+        rows = rows.assign(_h=_rel_half_widths(rows))
         fits: dict[float, WidthFit] = {}
         for w, grp in rows.groupby(rows["width"].round(3)):
-            g = grp.groupby("depth")["p50_ms"].median()
+            g = grp.groupby("depth")[col].median()
             if len(g) < 2:
                 log.debug("width %s has one depth only; not used by the predictor", w)
                 continue
             t0, slope = fit_line(g.index.tolist(), g.values.tolist())
-            fits[float(w)] = WidthFit(float(w), t0, slope, tuple(int(x) for x in g.index))
+            fitted = t0 + np.asarray(g.index, dtype=float) * slope
+            resid = tuple(float(x) for x in (g.values - fitted) / fitted)
+            h = grp["_h"].dropna()
+            fits[float(w)] = WidthFit(float(w), t0, slope, tuple(int(x) for x in g.index), resid,
+                                      float(h.median()) if len(h) else 0.0)
         return cls(fits, geometry)
+
+    def _width_error(self) -> float:
+        """Leave-one-width-out RMS relative error of interpolating an interior width."""
+        xs = self._x
+        order = np.argsort(xs)
+        fits = [list(self.fits.values())[i] for i in order]
+        x = xs[order]
+        errs: list[float] = []
+        for k in range(1, len(fits) - 1):
+            if not x[k - 1] < x[k] < x[k + 1]:
+                continue
+            t = (x[k] - x[k - 1]) / (x[k + 1] - x[k - 1])
+            fx = fits[k - 1].fixed_ms + t * (fits[k + 1].fixed_ms - fits[k - 1].fixed_ms)
+            sl = fits[k - 1].per_layer_ms + t * (fits[k + 1].per_layer_ms - fits[k - 1].per_layer_ms)
+            for d in fits[k].depths:
+                own = fits[k].fixed_ms + d * fits[k].per_layer_ms
+                errs.append((fx + d * sl) / own - 1.0)
+        return float(np.sqrt(np.mean(np.square(errs)))) if errs else 0.0
 
     def _coord(self, width: float) -> float:
         if self.geometry is None:
@@ -109,18 +187,53 @@ class LatencyPredictor:
         fixed, slope = self.coefficients(width)
         return fixed + depth * slope
 
+    def is_extrapolated(self, depth: int, width: float) -> bool:
+        """Outside the measured depths or widths (layer sizes)."""
+        lo, hi = self.depth_range
+        return self.extrapolated(width) or not lo <= depth <= hi
+
+    def _outside(self, depth: int, width: float) -> float:
+        """Distance outside the measured depths / layer sizes, relative to their span."""
+        lo, hi = self.depth_range
+        e_d = max(lo - depth, depth - hi, 0) / max(hi - lo, 1)
+        x = self._coord(normalize_width(width))
+        span = float(self._x.max() - self._x.min())
+        e_w = max(self._x.min() - x, x - self._x.max(), 0.0) / span if span > 0 else 0.0
+        return float(max(e_d, e_w))
+
+    def estimate(self, depth: int, width: float) -> Prediction:
+        """The prediction with its 90% interval (module docstring) and the extrapolation flag."""
+        ms = self.predict(depth, width)
+        w = normalize_width(width)
+        if w in self.fits:
+            h_meas, h_width = self.fits[w].meas_rel, 0.0
+        else:
+            x = self._coord(w)
+            near = np.argsort(np.abs(self._x - x))[:2]
+            h_meas = max(list(self.fits.values())[i].meas_rel for i in near)
+            h_width = self.h_width
+        h = float(np.sqrt(h_meas**2 + (Z90 * self.s_fit) ** 2 + h_width**2)) * (1 + self._outside(depth, w))
+        return Prediction(ms, ms * (1 - h), ms * (1 + h), self.is_extrapolated(depth, w))
+
     def holdout_errors(self, rows: pd.DataFrame) -> pd.DataFrame:
         """Relative error (predicted / measured - 1) on each of ``rows``."""
-        out = rows[["depth", "width", "p50_ms"]].copy()
-        out["predicted_ms"] = [self.predict(int(d), float(w)) for d, w in zip(out["depth"], out["width"])]
-        out["rel_error"] = out["predicted_ms"] / out["p50_ms"] - 1.0
+        col = _value_column(rows)
+        out = rows[["depth", "width", "p50_ms"] + (["ms"] if col == "ms" else [])].copy()
+        est = [self.estimate(int(d), float(w)) for d, w in zip(out["depth"], out["width"])]
+        out["predicted_ms"] = [e.ms for e in est]
+        out["predicted_lo_ms"] = [e.lo_ms for e in est]
+        out["predicted_hi_ms"] = [e.hi_ms for e in est]
+        out["extrapolated"] = [e.extrapolated for e in est]
+        out["rel_error"] = out["predicted_ms"] / out[col] - 1.0
+        out["in_interval"] = (out[col] >= out["predicted_lo_ms"]) & (out[col] <= out["predicted_hi_ms"])
         return out.reset_index(drop=True)
 
     def self_check(self, rows: pd.DataFrame) -> dict[str, Any]:
         """Leave-one-depth-out error on widths with >= 3 measured depths."""
         errs: list[float] = []
+        col = _value_column(rows)
         for _, grp in rows.groupby(rows["width"].round(3)):
-            g = grp.groupby("depth")["p50_ms"].median()
+            g = grp.groupby("depth")[col].median()
             if len(g) < 3:
                 continue
             for d in g.index:
@@ -141,6 +254,8 @@ class LatencyPredictor:
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": "fixed(width) + depth * per_layer(width)",
+            "s_fit": self.s_fit,
+            "h_width": self.h_width,
             "widths": {
                 f"{w:.3f}": {"fixed_ms": f.fixed_ms, "per_layer_ms": f.per_layer_ms, "depths": list(f.depths)}
                 for w, f in self.fits.items()

@@ -3,7 +3,9 @@
 One table per (device, flow, model): ``<root>/<device>/<flow>-<model>.parquet`` and ``.yaml``.
 A row is one (variant, depth, width, phase, batch, prompt_len, source); ``source`` says how the
 number was obtained: ``measured`` (timed whole model), ``per-layer`` (composed from measured
-shallow models), ``predicted`` or ``roofline`` (computed). Rows of different sources are
+shallow models), ``predicted`` or ``roofline`` (computed), ``transferred`` (few-shot: estimated
+from other lines of the store and K measurements of this one, :mod:`profiler.transfer`; ``n`` is
+0, ``p10_ms``/``p90_ms`` hold its 90% interval). Rows of different sources are
 never merged: they are separate rows, and readers choose explicitly.
 
 Durability: :meth:`LatencyTable.append` takes an exclusive ``fcntl`` lock, re-reads the file,
@@ -11,6 +13,24 @@ skips the row if its key is already there, and writes the whole table to a tempo
 is fsynced and ``os.replace``-d over the old one. A SIGKILL at any instant leaves either the
 old or the new file, so no completed row is lost and none is duplicated; re-running the same
 command skips the rows present.
+
+Row key and provenance: the key also holds ``threads`` and ``protocol`` (``paired-v1`` for rows
+timed by :func:`profiler.measure.measure_paired`; rows of older tables read as ``legacy``, their
+threads taken from the header's environment record), so a re-run with another thread count or
+protocol writes new rows instead of silently reusing rows measured under other settings. Every
+row also records ``versions`` (runtime versions, a JSON string), ``reference`` (the key of the
+shape it was paired with, e.g. ``d30-w1.000``), ``ratio``/``ratio_lo``/``ratio_hi`` (median
+paired ratio to the reference and its 90% bootstrap interval), ``util`` (median CPU use per
+thread: a contention diagnostic, never a filter) and ``created``. Older Parquet files lack
+these columns and read with defaults (:data:`OPTIONAL`).
+
+Reference levels (drift-proof milliseconds): the header's ``references`` mapping holds, per
+(variant, phase, prompt_len, batch, threads, reference shape), the median of the reference's
+samples in every block that was timed against it (``blocks``), their median (``level_ms``,
+the reference's absolute level over all blocks) and spread (``p10_ms``/``p90_ms`` of the block
+medians: the host's drift while the table was measured). :meth:`LatencyTable.corrected` turns
+ratios into milliseconds, ``ms = ratio * level_ms``; legacy rows keep their raw median with the
+order-statistic 90% interval of their samples.
 """
 
 from __future__ import annotations
@@ -20,21 +40,25 @@ import datetime as dt
 import io
 import json
 import logging
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pandas as pd
 import yaml
 
 from amoeba_core.errors import AmoebaError
 from amoeba_core.filelock import file_lock, read_snapshot
 from profiler.device import profiles_root
+from profiler.measure import LEGACY, LatencyStats, median_ci_ms
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("measured", "per-layer", "predicted", "roofline")
-KEY_COLUMNS = ["variant", "depth", "width", "phase", "batch", "prompt_len", "source"]
+SOURCES: tuple[str, ...] = ("measured", "per-layer", "predicted", "roofline", "transferred")  # append new sources here
+KEY_COLUMNS = ["variant", "depth", "width", "phase", "batch", "prompt_len", "source", "threads", "protocol"]
 COLUMNS: dict[str, str] = {
     "device": "string",
     "flow": "string",
@@ -53,10 +77,29 @@ COLUMNS: dict[str, str] = {
     "samples_ms": "object",
     "source": "string",
     "created": "string",
+    "threads": "int64",
+    "protocol": "string",
+    "ratio": "float64",
+    "ratio_lo": "float64",
+    "ratio_hi": "float64",
+    "reference": "string",
+    "util": "float64",
+    "versions": "string",
 }
 
 
-OPTIONAL: dict[str, object] = {"discarded": 0}  # columns added later: default for older files
+# columns added later: default for older files (and for rows written without them)
+OPTIONAL: dict[str, object] = {
+    "discarded": 0,
+    "threads": 0,
+    "protocol": LEGACY,
+    "ratio": math.nan,
+    "ratio_lo": math.nan,
+    "ratio_hi": math.nan,
+    "reference": "",
+    "util": math.nan,
+    "versions": "",
+}
 
 
 def now_utc() -> str:
@@ -85,7 +128,9 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
     return df[list(COLUMNS)].reset_index(drop=True)
 
 
-def read_parquet(path: Path) -> pd.DataFrame:
+def read_parquet(path: Path, thread_defaults: dict[str, int] | None = None) -> pd.DataFrame:
+    """Read a table file; ``thread_defaults`` (variant -> threads) fills the threads of files
+    written before the column existed."""
     try:
         df = pd.read_parquet(io.BytesIO(read_snapshot(path)[0]))  # one open: replace-safe
     except Exception as e:  # noqa: BLE001 - pyarrow raises many types for a bad file
@@ -96,6 +141,8 @@ def read_parquet(path: Path) -> pd.DataFrame:
     if missing:
         raise AmoebaError(f"corrupt latency table {path}: missing columns {sorted(missing)}")
     df["samples_ms"] = df["samples_ms"].map(lambda x: [float(v) for v in x] if x is not None else [])
+    if "threads" not in df.columns and thread_defaults:
+        df["threads"] = df["variant"].map(lambda v: thread_defaults.get(v, 0))
     return _normalise(df)
 
 
@@ -125,7 +172,14 @@ class LatencyTable:
         self.path, self.header_path = table_paths(device, flow, model, root)
         self.lock_path = self.path.with_name(f".{self.path.stem}.lock")
         self.header: dict[str, Any] = read_header(self.header_path) if self.header_path.exists() else {}
-        self.df: pd.DataFrame = read_parquet(self.path) if self.path.exists() else _empty()
+        self.df: pd.DataFrame = self._read()
+
+    def _read(self) -> pd.DataFrame:
+        if not self.path.exists():
+            return _empty()
+        envs = self.header.get("environments") or {}
+        threads = {v: int(e["threads"]) for v, e in envs.items() if isinstance(e, dict) and e.get("threads")}
+        return read_parquet(self.path, threads)
 
     @classmethod
     def open(cls, device: str, flow: str, model: str, root: Path | str | None = None) -> LatencyTable:
@@ -138,7 +192,7 @@ class LatencyTable:
     # -- reading -------------------------------------------------------------------
     def reload(self) -> None:
         self.header = read_header(self.header_path) if self.header_path.exists() else {}
-        self.df = read_parquet(self.path) if self.path.exists() else _empty()
+        self.df = self._read()
 
     def rows(
         self,
@@ -210,7 +264,7 @@ class LatencyTable:
         if row.get("source") not in SOURCES:
             raise AmoebaError(f"row source must be one of {SOURCES}, got {row.get('source')!r}")
         with self._locked():
-            current = read_parquet(self.path) if self.path.exists() else _empty()
+            current = self._read()
             if _has(current, row):
                 self.df = current
                 return False
@@ -228,7 +282,7 @@ class LatencyTable:
         row = {**row, "device": self.device, "flow": self.flow, "model": self.model}
         row.setdefault("created", now_utc())
         with self._locked():
-            current = read_parquet(self.path) if self.path.exists() else _empty()
+            current = self._read()
             keep = current[~_match(current, row)] if len(current) else current
             new = (
                 _normalise(pd.concat([keep, pd.DataFrame([row])], ignore_index=True))
@@ -241,6 +295,65 @@ class LatencyTable:
     def get(self, key: dict[str, Any]) -> pd.Series | None:
         hit = self.df[_match(self.df, key)] if len(self.df) else self.df
         return None if hit.empty else hit.iloc[0]
+
+    # -- reference levels (drift-proof milliseconds) -----------------------------------
+    def add_reference_block(
+        self, variant: str, phase: str, prompt_len: int, batch: int, threads: int, reference: str,
+        stats: LatencyStats,
+    ) -> RefLevel:
+        """Record one block's reference samples (atomically, under the lock) and return the
+        updated level of that reference."""
+        key = level_key(variant, phase, prompt_len, batch, threads, reference)
+        with self._locked():
+            header = read_header(self.header_path) if self.header_path.exists() else {
+                "device": self.device, "flow": self.flow, "model": self.model, "created": now_utc(),
+                "variants": [], "environments": {}}
+            refs = header.setdefault("references", {})
+            entry = refs.setdefault(key, {"variant": variant, "phase": phase, "prompt_len": int(prompt_len),
+                                          "batch": int(batch), "threads": int(threads), "reference": reference,
+                                          "blocks": []})
+            entry["blocks"].append({"p50_ms": round(stats.p50_ms, 6), "p10_ms": round(stats.p10_ms, 6),
+                                    "p90_ms": round(stats.p90_ms, 6), "n": stats.n, "created": now_utc()})
+            entry.update(_level_summary(entry["blocks"]))
+            header["updated"] = now_utc()
+            text = yaml.safe_dump(header, sort_keys=False)
+            _atomic_write_bytes(self.header_path, lambda p: p.write_text(text))
+            self.header = header
+        return RefLevel.from_entry(entry)
+
+    def reference_levels(self) -> dict[str, RefLevel]:
+        """Every reference level of the header, by :func:`level_key`."""
+        out = {}
+        for k, e in (self.header.get("references") or {}).items():
+            try:
+                out[k] = RefLevel.from_entry(e)
+            except (KeyError, TypeError, ValueError):
+                raise AmoebaError(f"corrupt table header {self.header_path}: reference {k!r}") from None
+        return out
+
+    def corrected(self, rows: pd.DataFrame | None = None) -> pd.DataFrame:
+        """``rows`` (default: all) with drift-corrected milliseconds added: ``ms``, ``ms_lo``,
+        ``ms_hi`` (``ratio``, ``ratio_lo``, ``ratio_hi`` times the reference level) and
+        ``level_ms``. Rows without a ratio or level (legacy, computed) keep ``p50_ms``, with the
+        order-statistic 90% interval of the median of their samples (NaN without samples)."""
+        df = (self.df if rows is None else rows).copy()
+        levels = self.reference_levels()
+        lv = [
+            levels.get(level_key(v, ph, p, b, t, r)) if isinstance(r, str) and r else None
+            for v, ph, p, b, t, r in zip(df["variant"], df["phase"], df["prompt_len"], df["batch"], df["threads"],
+                                         df["reference"])
+        ]
+        level = np.array([x.level_ms if x is not None else np.nan for x in lv], dtype=float)
+        ratio = df["ratio"].to_numpy(dtype=float)
+        ok = ~np.isnan(level) & ~np.isnan(ratio)
+        ci = [median_ci_ms(xs) for xs in df["samples_ms"]]
+        lo_abs = np.array([c[0] for c in ci], dtype=float)
+        hi_abs = np.array([c[1] for c in ci], dtype=float)
+        df["level_ms"] = level
+        df["ms"] = np.where(ok, ratio * level, df["p50_ms"].to_numpy(dtype=float))
+        df["ms_lo"] = np.where(ok, df["ratio_lo"].to_numpy(dtype=float) * level, lo_abs)
+        df["ms_hi"] = np.where(ok, df["ratio_hi"].to_numpy(dtype=float) * level, hi_abs)
+        return df
 
     def export_csv(self, path: Path | str) -> Path:
         out = Path(path)
@@ -261,7 +374,7 @@ def _remove_stale_temps(folder: Path) -> None:
 def _match(df: pd.DataFrame, key: dict[str, Any]) -> pd.Series:
     m = pd.Series(True, index=df.index)
     for c in KEY_COLUMNS:
-        v = key[c]
+        v = key.get(c, OPTIONAL.get(c))
         m &= (df[c].round(3) == round(float(v), 3)) if c == "width" else (df[c] == v)
     return m
 
@@ -271,9 +384,19 @@ def _has(df: pd.DataFrame, key: dict[str, Any]) -> bool:
 
 
 def row_key(
-    variant: str, depth: int, width: float, phase: str, batch: int, prompt_len: int, source: str = "measured"
+    variant: str,
+    depth: int,
+    width: float,
+    phase: str,
+    batch: int,
+    prompt_len: int,
+    source: str = "measured",
+    threads: int = 0,
+    protocol: str = LEGACY,
 ) -> dict[str, Any]:
     return {
+        "threads": int(threads),
+        "protocol": protocol,
         "variant": variant,
         "depth": int(depth),
         "width": round(float(width), 3),
@@ -282,3 +405,47 @@ def row_key(
         "prompt_len": int(prompt_len),
         "source": source,
     }
+
+
+def shape_key(depth: int, width: float) -> str:
+    """How a row names the reference shape it was paired with."""
+    return f"d{int(depth)}-w{float(width):.3f}"
+
+
+def level_key(variant: str, phase: str, prompt_len: int, batch: int, threads: int, reference: str) -> str:
+    return f"{variant}/{phase}/p{int(prompt_len)}/b{int(batch)}/t{int(threads)}/{reference}"
+
+
+def _level_summary(blocks: list[dict[str, Any]]) -> dict[str, Any]:
+    med = np.asarray([float(b["p50_ms"]) for b in blocks])
+    return {
+        "level_ms": round(float(np.median(med)), 6),
+        "p10_ms": round(float(np.percentile(med, 10)), 6),
+        "p90_ms": round(float(np.percentile(med, 90)), 6),
+        "n_blocks": len(blocks),
+        "n_samples": int(sum(int(b.get("n", 0)) for b in blocks)),
+    }
+
+
+@dataclass(frozen=True)
+class RefLevel:
+    """A reference shape's absolute level: the median of its block medians, and their p10/p90
+    (the host's drift over the blocks)."""
+
+    reference: str
+    level_ms: float
+    p10_ms: float
+    p90_ms: float
+    n_blocks: int
+    blocks_ms: tuple[float, ...]
+
+    @classmethod
+    def from_entry(cls, e: dict[str, Any]) -> RefLevel:
+        blocks = tuple(float(b["p50_ms"]) for b in e["blocks"])
+        summ = _level_summary(e["blocks"])
+        return cls(str(e["reference"]), summ["level_ms"], summ["p10_ms"], summ["p90_ms"], len(blocks), blocks)
+
+    @property
+    def drift(self) -> float:
+        """(p90 - p10) / level of the block medians: how much the host moved."""
+        return (self.p90_ms - self.p10_ms) / self.level_ms if self.level_ms else math.nan

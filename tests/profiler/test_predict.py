@@ -82,32 +82,6 @@ def test_predictor_on_real_measurements(root: Path) -> None:
     assert err.rel_error.abs().median() < 0.25, err
 
 
-def test_contention_filter_sets_aside_starved_samples() -> None:
-    """A run that gets no CPU (sleeping: util ~0) is contended; a spinning one is clean."""
-    import time
-
-    from profiler.measure import MeasureConfig, measure
-
-    def sleeper() -> float:
-        t0 = time.perf_counter()
-        time.sleep(0.002)
-        return time.perf_counter() - t0
-
-    cfg = MeasureConfig(warmup=0, min_repeats=3, max_repeats=5, max_seconds=1.0, rel_ci=0.5, rounds=1, min_seconds=0)
-    s = measure(sleeper, cfg, cpu_threads=1)
-    assert s.discarded == s.n >= 3  # too few clean samples: all kept, and counted as contended
-    assert measure(sleeper, cfg).discarded == 0  # filter off without a thread count
-
-    def spinner() -> float:
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < 0.003:
-            pass
-        return time.perf_counter() - t0
-
-    s = measure(spinner, cfg, cpu_threads=1)
-    assert s.n >= 3 and s.discarded <= s.n
-
-
 def test_plans_measure_what_they_say() -> None:
     full = make_plan(
         "cpu-host",
@@ -146,8 +120,8 @@ def test_plans_measure_what_they_say() -> None:
 
 
 def test_rounds_interleave_shapes_and_pool_their_samples(root: Path) -> None:
-    """rounds=2: every shape of a block is timed once per round, in alternating order, and its
-    row holds the samples of both rounds; blocks respect the shape cap."""
+    """rounds=2: every block of shapes is timed against the reference once per round, and a row
+    holds the pairs of both rounds; blocks respect the shape cap (sample-level order: test_paired)."""
     from profiler.plan import BLOCK_SHAPES, run_profile
     from profiler.table import LatencyTable
 
@@ -156,14 +130,12 @@ def test_rounds_interleave_shapes_and_pool_their_samples(root: Path) -> None:
     assert BLOCK_SHAPES == 4
     plan = make_plan("cpu-host", "pytorch", "tiny", (1, 2, 3, 4), (1.0, 0.5), ("decode",), 16, "float32", 1,
                      measure_cfg=cfg)
-    seen: list[str] = []
-    res = run_profile(plan, root, progress=lambda desc, done, total: seen.append(desc.split()[0] + desc.split()[3]))
+    seen: list[tuple[str, int, int]] = []
+    res = run_profile(plan, root, progress=lambda desc, done, total: seen.append((desc, done, total)))
     assert res.written == 8
-    expected = []
-    for w in ("1.000", "0.500"):  # one block per width: 4 shapes
-        block = [f"d{d}-w{w}" for d in (4, 3, 2, 1)]
-        expected += [s + "1/2" for s in block] + [s + "2/2" for s in block[::-1]]
-    assert seen == expected
+    blocks = ["[d3-w1.000, d2-w1.000, d1-w1.000, d4-w0.500]", "[d3-w0.500, d2-w0.500, d1-w0.500]"]
+    assert [d for d, _, _ in seen] == [f"decode round {r}/2 {b} vs d4-w1.000" for b in blocks for r in (1, 2)]
+    assert seen[-1][1] == seen[-1][2] == 16  # 8 rows x 2 rounds, the reference's row included
     rows = LatencyTable("cpu-host", "pytorch", "tiny", root).rows(phase="decode")
     per_round = cfg.per_round()
     assert (rows["n"] >= 2 * per_round.min_repeats).all()
@@ -186,6 +158,6 @@ def test_min_seconds_keeps_a_fast_row_sampling() -> None:
     cfg = MeasureConfig(warmup=0, min_repeats=3, max_repeats=5, max_seconds=1.0, rel_ci=0.5, rounds=1, min_seconds=0)
     assert measure(fast, cfg).n <= 5
     s = measure(fast, dataclasses.replace(cfg, min_seconds=0.1))
-    assert s.n >= 90 and sum(s.samples_ms) >= 100.0
+    assert s.n > 5 and sum(s.samples_ms) >= 100.0  # past max_repeats (n depends on the host's load)
     with pytest.raises(ValueError, match="min_seconds"):
         dataclasses.replace(cfg, min_seconds=2.0)
