@@ -78,10 +78,11 @@ def profile(
         None, help="Interleaved passes over blocks of shapes, a row pooling all its rounds (default 3; --quick 1)."
     ),
     min_util: Optional[float] = typer.Option(
-        None, help="Contention filter: least CPU use per thread for a clean sample (default 0.85; 0 disables)."
+        None, help="Contention diagnostic: rows whose median CPU use per thread is below this are reported "
+        "(default 0.85; no sample is ever dropped)."
     ),
     redo_contended: bool = typer.Option(
-        False, "--redo-contended", help="Re-time present rows whose samples were all contended."
+        False, "--redo-contended", help="Re-time present rows whose median CPU use per thread is below --min-util."
     ),
     flow_device: str = typer.Option("cpu", help="cpu | cuda (where the flow runs)."),
     option: list[str] = typer.Option([], "--option", "-o", help="Flow option KEY=VALUE (repeatable)."),
@@ -153,10 +154,10 @@ def profile(
     )
     if res.contended:
         console.print(
-            f"[yellow]warning: {res.contended} rows were timed while other processes took the CPU "
-            f"(column 'discarded' == 'n'), or the runtime left its threads idle (a single-threaded "
-            f"runtime looks the same: --min-util 0 turns the filter off); re-measure them on a quiet "
-            f"machine[/yellow]"
+            f"[yellow]warning: {res.contended} rows had a median CPU use per thread (column 'util') below "
+            f"{plan.measure.min_util:g}: other processes took the CPU, or the runtime left its threads idle "
+            f"(a single-threaded runtime looks the same). Their ratios to the reference are paired, so "
+            f"drift cancels; `--redo-contended` re-times them[/yellow]"
         )
 
 
@@ -186,7 +187,9 @@ def predict(
 
     lines = [
         f"{device}/{flow}/{model} {ref.grid_key} {phase} prompt_len={m.prompt_len} variant={m.variant}",
-        f"answer:          {f(est.ms)} ms ({est.source})",
+        f"answer:          {f(est.ms)} ms ({est.source})"
+        + (f", 90% interval [{f(est.lo_ms)}, {f(est.hi_ms)}] ms" if est.lo_ms is not None else "")
+        + (" EXTRAPOLATED (outside the measured depths/widths)" if est.extrapolated else ""),
         f"predicted:       {f(est.predicted_ms)} ms",
         f"measured:        {f(est.measured_ms)} ms",
         f"roofline floor:  {f(est.roofline_ms)} ms"
@@ -199,6 +202,7 @@ def predict(
         console.print(line, highlight=False)
     if m.predictor is not None and m.table is not None:
         rows = m.table.rows(phase=phase, variant=m.variant, prompt_len=m.prompt_len, batch=1, source="measured")
+        rows = m.table.corrected(rows[rows["threads"] == m.threads] if m.threads is not None else rows)
         chk = m.predictor.self_check(rows)
         if chk.get("n"):
             console.print(
@@ -206,8 +210,8 @@ def predict(
                 f"{100 * chk['median_abs_error']:.1f}%, max {100 * chk['max_abs_error']:.1f}%, "
                 f"within 5%: {100 * chk['within_5pct']:.0f}%"
             )
-        if m.predictor.extrapolated(ref.width):
-            console.print("[yellow]width outside the measured widths: the prediction is extrapolated[/yellow]")
+        if m.predictor.is_extrapolated(ref.depth, ref.width):
+            console.print("[yellow]shape outside the measured depths/widths: the prediction is extrapolated[/yellow]")
 
 
 @table_app.command("show")
