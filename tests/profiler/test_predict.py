@@ -161,3 +161,27 @@ def test_min_seconds_keeps_a_fast_row_sampling() -> None:
     assert s.n > 5 and sum(s.samples_ms) >= 100.0  # past max_repeats (n depends on the host's load)
     with pytest.raises(ValueError, match="min_seconds"):
         dataclasses.replace(cfg, min_seconds=2.0)
+
+
+def test_estimates_carry_an_interval_and_an_extrapolation_flag() -> None:
+    """Exact lines: the interval is the rows' own ±2%; an unmeasured width adds the measured
+    interpolation error, a bumped row the fit's residuals, leaving the measured range the flag."""
+    g = ModelGeometry.preset("smollm2-135m")
+    rows = _synthetic({1.0: (5.0, 2.0), 0.75: (4.0, 1.5), 0.625: (4.0, 1.2)}, [6, 18, 30])
+    rows["ms"] = rows["p50_ms"]
+    rows["ms_lo"], rows["ms_hi"] = rows["ms"] * 0.98, rows["ms"] * 1.02
+    p = LatencyPredictor.fit(rows, g)
+    e = p.estimate(12, 1.0)
+    assert e.ms == pytest.approx(5 + 24) and not e.extrapolated
+    assert (e.hi_ms - e.lo_ms) / (2 * e.ms) == pytest.approx(0.02, rel=1e-6)
+    mid = p.estimate(12, 0.875)  # between measured widths: not extrapolated, wider (interpolation error)
+    assert not mid.extrapolated and (mid.hi_ms - mid.lo_ms) / mid.ms > (e.hi_ms - e.lo_ms) / e.ms
+    for d, w in ((3, 1.0), (18, 0.5)):  # shallower than measured; narrower than measured
+        out = p.estimate(d, w)
+        assert out.extrapolated and (out.hi_ms - out.lo_ms) / out.ms > 2 * 0.02 * 1.01
+    bumped = rows.copy()
+    bumped.loc[bumped.depth == 18, "ms"] *= 1.1
+    noisy = LatencyPredictor.fit(bumped, g).estimate(12, 1.0)
+    assert (noisy.hi_ms - noisy.lo_ms) / noisy.ms > 2 * (e.hi_ms - e.lo_ms) / e.ms
+    err = p.holdout_errors(rows)
+    assert err["in_interval"].all() and not err["extrapolated"].any()
