@@ -15,7 +15,8 @@ Drift-corrected inputs: rows that carry ``ms`` (from :meth:`profiler.table.Laten
 i.e. ``ratio * reference level`` of rows timed by the paired protocol) are fitted on ``ms``;
 plain rows on ``p50_ms``.
 
-Interval of every estimate (:meth:`LatencyPredictor.estimate`, 90%): relative half-width
+Interval of every estimate (:meth:`LatencyPredictor.estimate`, 90%): ``[ms / (1 + h), ms * (1 + h)]``
+(multiplicative, so it never goes below 0) with the relative half-width
 
     h = sqrt(h_meas**2 + (1.645 * s_fit)**2 + h_width**2) * (1 + e)
 
@@ -213,7 +214,7 @@ class LatencyPredictor:
             h_meas = max(list(self.fits.values())[i].meas_rel for i in near)
             h_width = self.h_width
         h = float(np.sqrt(h_meas**2 + (Z90 * self.s_fit) ** 2 + h_width**2)) * (1 + self._outside(depth, w))
-        return Prediction(ms, ms * (1 - h), ms * (1 + h), self.is_extrapolated(depth, w))
+        return Prediction(ms, ms / (1 + h), ms * (1 + h), self.is_extrapolated(depth, w))
 
     def holdout_errors(self, rows: pd.DataFrame) -> pd.DataFrame:
         """Relative error (predicted / measured - 1) on each of ``rows``."""

@@ -173,7 +173,7 @@ def test_estimates_carry_an_interval_and_an_extrapolation_flag() -> None:
     p = LatencyPredictor.fit(rows, g)
     e = p.estimate(12, 1.0)
     assert e.ms == pytest.approx(5 + 24) and not e.extrapolated
-    assert (e.hi_ms - e.lo_ms) / (2 * e.ms) == pytest.approx(0.02, rel=1e-6)
+    assert e.hi_ms == pytest.approx(e.ms * 1.02) and e.lo_ms == pytest.approx(e.ms / 1.02)
     mid = p.estimate(12, 0.875)  # between measured widths: not extrapolated, wider (interpolation error)
     assert not mid.extrapolated and (mid.hi_ms - mid.lo_ms) / mid.ms > (e.hi_ms - e.lo_ms) / e.ms
     for d, w in ((3, 1.0), (18, 0.5)):  # shallower than measured; narrower than measured
