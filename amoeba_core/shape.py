@@ -17,6 +17,20 @@ extraction, so both describe the same network):
   0.75 and 0.625 keep 6. The MLP carries the fine-grained width.
 * MLP: ``round(width * intermediate)`` rounded to a multiple of 32 (the GGUF Q8_0/Q4_0 block
   size, so every subnet can be quantised), at least 32.
+
+Separate attention and MLP widths (``d24-a0.667-m0.750``). One ratio ``w`` (``d24-w0.750``)
+keeps meaning the policy above: attention to the closest head count, MLP to ``w``. A shape may
+instead carry its own attention width ``a`` (fraction of query heads kept) beside the MLP width
+``m``. Only fractions the head/KV-group structure realises *exactly* are allowed (see
+:meth:`ModelGeometry.attn_widths`): ``a * n_heads`` must be a whole head count ``kv' x q'``
+that the same policy picks, i.e. whole query heads dropped inside every KV group first and
+whole KV groups only below that (SmolLM2: 9, 6 = 3 groups x 2, 4 = 2 x 2, 3 = 3 x 1, 2, 1 heads
+-> a in {1, 0.667, 0.444, 0.333, 0.222, 0.111}). Exact fractions keep the text honest: ``a0.75``
+on SmolLM2 would silently run 6 heads, and two keys would name one network. Note that a
+one-ratio shape and a separate one can still be the same network (SmolLM2 ``w0.750`` keeps 6
+heads and 1152 channels, exactly ``a0.667-m0.750``); their keys differ, their geometry does not.
+Both forms reduce to :class:`WidthAxes` (nominal attention ratio, MLP ratio), which is all the
+rankings, masks, extraction and profiling models need.
 """
 
 from __future__ import annotations
@@ -29,14 +43,17 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal, NamedTuple
 
 import yaml
 
 from amoeba_core.errors import AmoebaError
 
 MLP_MULTIPLE = 32
-_SHAPE_RE = re.compile(r"^d(?P<depth>\d+)-w(?P<width>\d*\.?\d+)(?:-(?P<hash>[0-9a-f]{8}))?$")
+_SHAPE_RE = re.compile(
+    r"^d(?P<depth>\d+)-(?:w(?P<width>\d*\.?\d+)|a(?P<attn>\d*\.?\d+)-m(?P<mlp>\d*\.?\d+))"
+    r"(?:-(?P<hash>[0-9a-f]{8}))?$"
+)
 
 
 def normalize_width(width: float | str) -> float:
@@ -57,16 +74,42 @@ def normalize_width(width: float | str) -> float:
     return round(w, 3)
 
 
-@dataclass(frozen=True, order=True)
-class SubnetShape:
-    """Kept decoder layers (sorted indices) and a width ratio.
+class WidthAxes(NamedTuple):
+    """The nominal (attention, MLP) ratios a shape is cut with.
 
-    ``width`` is one ratio for every kept layer; per-layer widths may come later as an
+    ``attn`` goes through :func:`attention_width`, ``mlp`` through :func:`mlp_width`. A one-ratio
+    shape ``w`` is ``(w, w)``; a separate shape ``a``/``m`` is ``(a, m)``.
+    """
+
+    attn: float
+    mlp: float
+
+    @property
+    def narrowed(self) -> bool:
+        return self.attn < 1.0 or self.mlp < 1.0
+
+
+def as_axes(width: float | WidthAxes | tuple[float, float]) -> WidthAxes:
+    """A one-ratio width ``w`` as ``(w, w)``; a pair as given (both normalised)."""
+    if isinstance(width, tuple):
+        return WidthAxes(normalize_width(width[0]), normalize_width(width[1]))
+    w = normalize_width(width)
+    return WidthAxes(w, w)
+
+
+@dataclass(frozen=True)
+class SubnetShape:
+    """Kept decoder layers (sorted indices) and a width ratio, or separate attention/MLP widths.
+
+    ``width`` is one ratio for every kept layer (today's policy, see the module docstring).
+    With ``attn_width`` set, ``width`` is the MLP width and ``attn_width`` the fraction of
+    query heads kept (text ``d24-a0.667-m0.750``). Per-layer widths may come later as an
     optional tuple without changing the text form of uniform shapes.
     """
 
     layers: tuple[int, ...]
     width: float = 1.0
+    attn_width: float | None = None
 
     def __post_init__(self) -> None:
         layers = tuple(sorted({int(i) for i in self.layers}))
@@ -78,13 +121,49 @@ class SubnetShape:
             raise AmoebaError(f"duplicate layer indices in {self.layers}")
         object.__setattr__(self, "layers", layers)
         object.__setattr__(self, "width", normalize_width(self.width))
+        if self.attn_width is not None:
+            object.__setattr__(self, "attn_width", normalize_width(self.attn_width))
+
+    def _order(self) -> tuple[tuple[int, ...], float, float]:
+        return (self.layers, self.width, -1.0 if self.attn_width is None else self.attn_width)
+
+    def __lt__(self, other: SubnetShape) -> bool:
+        return self._order() < other._order()
+
+    def __le__(self, other: SubnetShape) -> bool:
+        return self._order() <= other._order()
+
+    def __gt__(self, other: SubnetShape) -> bool:
+        return self._order() > other._order()
+
+    def __ge__(self, other: SubnetShape) -> bool:
+        return self._order() >= other._order()
 
     @classmethod
-    def first(cls, depth: int, width: float = 1.0) -> SubnetShape:
+    def first(cls, depth: int, width: float = 1.0, attn_width: float | None = None) -> SubnetShape:
         """The first ``depth`` layers: for latency, only depth and width matter."""
         if depth < 1:
             raise AmoebaError(f"depth must be >= 1, got {depth}")
-        return cls(tuple(range(depth)), width)
+        return cls(tuple(range(depth)), width, attn_width)
+
+    @property
+    def axes(self) -> WidthAxes:
+        """(attention ratio, MLP ratio) this shape is cut with."""
+        return WidthAxes(self.width if self.attn_width is None else self.attn_width, self.width)
+
+    @property
+    def mlp_width(self) -> float:
+        return self.width
+
+    @property
+    def separate(self) -> bool:
+        """True for the ``a..-m..`` form (attention width given on its own)."""
+        return self.attn_width is not None
+
+    @property
+    def narrowed(self) -> bool:
+        """Whether any width is below 1 (a strategy's rankings are then needed)."""
+        return self.axes.narrowed
 
     @property
     def depth(self) -> int:
@@ -97,11 +176,11 @@ class SubnetShape:
     @property
     def grid_key(self) -> str:
         """Depth and width only: the key of a latency table row."""
-        return grid_key(self.depth, self.width)
+        return grid_key(self.depth, self.width, self.attn_width)
 
     @property
     def key(self) -> str:
-        """Stable full text form, e.g. ``d24-w0.750-1a2b3c4d``."""
+        """Stable full text form, e.g. ``d24-w0.750-1a2b3c4d`` or ``d24-a0.667-m0.750-1a2b3c4d``."""
         return f"{self.grid_key}-{self.layer_hash}"
 
     def __str__(self) -> str:
@@ -114,32 +193,44 @@ class SubnetShape:
             )
 
 
-def grid_key(depth: int, width: float) -> str:
-    return f"d{int(depth)}-w{normalize_width(width):.3f}"
+def grid_key(depth: int, width: float, attn_width: float | None = None) -> str:
+    """``d24-w0.750``, or ``d24-a0.667-m0.750`` when an attention width is given (``width`` = MLP)."""
+    if attn_width is None:
+        return f"d{int(depth)}-w{normalize_width(width):.3f}"
+    return f"d{int(depth)}-a{normalize_width(attn_width):.3f}-m{normalize_width(width):.3f}"
 
 
 @dataclass(frozen=True)
 class ShapeRef:
-    """A parsed shape text: depth, width and, when given, the layer hash."""
+    """A parsed shape text: depth, width (MLP width in the separate form), attention width
+    (``None`` in the one-ratio form) and, when given, the layer hash."""
 
     depth: int
     width: float
     layer_hash: str | None = None
+    attn_width: float | None = None
 
     @property
     def grid_key(self) -> str:
-        return grid_key(self.depth, self.width)
+        return grid_key(self.depth, self.width, self.attn_width)
+
+    @property
+    def axes(self) -> WidthAxes:
+        return WidthAxes(self.width if self.attn_width is None else self.attn_width, self.width)
 
 
 def parse_shape(text: str) -> ShapeRef:
-    """Parse ``d24-w0.75`` or ``d24-w0.750-1a2b3c4d``; a clear error otherwise."""
+    """Parse ``d24-w0.75``, ``d24-a0.667-m0.75`` or either with ``-1a2b3c4d``; a clear error otherwise."""
     m = _SHAPE_RE.match(str(text).strip())
     if not m:
-        raise AmoebaError(f"malformed shape {text!r}: expected e.g. 'd24-w0.75' (depth, width in (0, 1])")
+        raise AmoebaError(f"malformed shape {text!r}: expected e.g. 'd24-w0.75' (depth, width in (0, 1]) "
+                          "or 'd24-a0.667-m0.75' (depth, attention width, MLP width)")
     depth = int(m["depth"])
     if depth < 1:
         raise AmoebaError(f"shape {text!r}: depth must be >= 1")
-    return ShapeRef(depth, normalize_width(float(m["width"])), m["hash"])
+    if m["width"] is not None:
+        return ShapeRef(depth, normalize_width(float(m["width"])), m["hash"])
+    return ShapeRef(depth, normalize_width(float(m["mlp"])), m["hash"], normalize_width(float(m["attn"])))
 
 
 def _items(text: str | Iterable[Any], what: str) -> list[Any]:
@@ -347,12 +438,18 @@ class ModelGeometry:
     def scaled(self, shape: SubnetShape) -> ModelGeometry:
         """Physical sizes of ``shape`` cut from this geometry (see the width policy)."""
         shape.check_fits(self.n_layers)
-        return self.scaled_dims(shape.depth, shape.width)
+        return self.scaled_dims(shape.depth, shape.width, shape.attn_width)
 
-    def scaled_dims(self, depth: int, width: float) -> ModelGeometry:
+    def scaled_dims(self, depth: int, width: float, attn_width: float | None = None) -> ModelGeometry:
+        """Physical sizes of the first ``depth`` layers at ``width`` (one ratio), or at MLP width
+        ``width`` and attention width ``attn_width`` (an exact fraction of heads, see
+        :meth:`attn_widths`)."""
         if not 1 <= depth <= self.n_layers:
             raise AmoebaError(f"depth {depth} outside 1..{self.n_layers} for {self.name}")
-        att = attention_width(self.n_heads, self.n_kv_heads, width)
+        if attn_width is None:
+            att = attention_width(self.n_heads, self.n_kv_heads, width)
+        else:
+            att = attention_width(self.n_heads, self.n_kv_heads, self.check_width(attn_width, "attn"))
         return replace(
             self,
             n_layers=depth,
@@ -360,17 +457,60 @@ class ModelGeometry:
             n_kv_heads=att.n_kv_heads,
             intermediate=mlp_width(self.intermediate, width),
             head_dim=self.head_dim,
-            name=f"{self.name}:{grid_key(depth, width)}",
+            name=f"{self.name}:{grid_key(depth, width, attn_width)}",
         )
 
-    def check_width(self, width: float | str) -> float:
+    def attn_widths(self) -> tuple[float, ...]:
+        """Attention widths this geometry realises exactly, widest first (3 decimals).
+
+        A head count ``h`` is allowed when the shared policy keeps exactly ``h`` heads for
+        ``h / n_heads`` (``kv' x q'`` with every KV group keeping the same number of heads):
+        query heads are dropped inside every group before whole groups go.
+        """
+        out: dict[float, None] = {}
+        for h in range(self.n_heads, 0, -1):
+            a = round(h / self.n_heads, 3)
+            if a > 0 and attention_width(self.n_heads, self.n_kv_heads, a).n_heads == h:
+                out.setdefault(a)
+        return tuple(out)
+
+    def attn_widths_all_groups(self) -> tuple[float, ...]:
+        """The attention widths that keep every KV group (whole query heads dropped per group):
+        the search's default attention axis (KV cache and GQA layout unchanged)."""
+        hpg = self.n_heads // self.n_kv_heads
+        if hpg == 1:  # MHA: every head is its own group, so whole heads are the only unit
+            return self.attn_widths()
+        return tuple(round(q / hpg, 3) for q in range(hpg, 0, -1))
+
+    def check_shape(self, shape: SubnetShape) -> None:
+        """Errors if ``shape`` does not fit this geometry (layers, widths)."""
+        shape.check_fits(self.n_layers)
+        if shape.attn_width is None:
+            self.check_width(shape.width)
+        else:
+            self.check_width(shape.width, "mlp")
+            self.check_width(shape.attn_width, "attn")
+
+    def check_width(self, width: float | str, part: Literal["both", "attn", "mlp"] = "both") -> float:
         """The normalised width, or an error if its attention or MLP part rounds to zero heads/channels here.
 
         (``attention_width``/``mlp_width`` would silently keep one head / 32 channels instead.)
+        ``part="attn"`` checks an attention width of the separate form: it must also be a
+        fraction of heads this geometry realises exactly (:meth:`attn_widths`); ``"mlp"`` checks
+        an MLP width only.
         """
         w = normalize_width(width)
         typed = width.strip() if isinstance(width, str) else width
-        if w * self.n_heads < 0.5:
+        if part == "attn":
+            allowed = self.attn_widths()
+            if w not in allowed:
+                n = attention_width(self.n_heads, self.n_kv_heads, w).n_heads if w * self.n_heads >= 0.5 else 0
+                raise AmoebaError(
+                    f"attention width {typed} is not a whole number of heads {self.name} can keep "
+                    f"({w * self.n_heads:.2f} of {self.n_heads}{f'; closest is {n}' if n else ''}); allowed: "
+                    + ", ".join(f"{a:.3f}" for a in allowed))
+            return w
+        if w * self.n_heads < 0.5 and part == "both":
             least = math.ceil(500 / self.n_heads) / 1000
             raise AmoebaError(f"width {typed} keeps {w * self.n_heads:.2f} of the {self.n_heads} attention heads of "
                               f"{self.name}, which rounds to zero heads; the smallest width is {least:.3f}")

@@ -120,12 +120,16 @@ class Strategy(BaseModel):
     def depths(self) -> list[int]:
         return sorted(self.depth_layers, reverse=True)
 
-    def shape(self, depth: int, width: float) -> SubnetShape:
+    def shape(self, depth: int, width: float, attn_width: float | None = None) -> SubnetShape:
+        """The strategy's layers for ``depth`` at ``width`` (one ratio), or at MLP width ``width``
+        and attention width ``attn_width`` (checked against the model's head/group structure)."""
         if depth not in self.depth_layers:
             raise AmoebaError(
                 f"depth {depth} is not in the strategy (available: {min(self.depth_layers)}..{max(self.depth_layers)})"
             )
-        return SubnetShape(self.depth_layers[depth], normalize_width(width))
+        if attn_width is not None:
+            attn_width = self.model_geometry.check_width(attn_width, "attn")
+        return SubnetShape(self.depth_layers[depth], normalize_width(width), attn_width)
 
     def shapes(self, widths: tuple[float, ...] | list[float] | None = None) -> list[SubnetShape]:
         return [self.shape(d, w) for d in self.depths for w in (widths or self.widths)]
@@ -135,7 +139,7 @@ class Strategy(BaseModel):
         from amoeba_core.shape import parse_shape
 
         ref = parse_shape(text)
-        shape = self.shape(ref.depth, ref.width)
+        shape = self.shape(ref.depth, ref.width, ref.attn_width)
         if ref.layer_hash and ref.layer_hash != shape.layer_hash:
             raise AmoebaError(f"shape {text!r} names other layers than this strategy keeps for depth {ref.depth}")
         return shape

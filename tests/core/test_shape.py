@@ -98,3 +98,46 @@ def test_random_llama_matches_geometry_param_count() -> None:
         sg = g.scaled(shape)
         m = random_llama(sg)
         assert sum(p.numel() for p in m.parameters()) == sg.n_params()
+
+
+def test_separate_widths_text_parse_hash_and_order() -> None:
+    s = SubnetShape.first(24, 0.75, 0.667)
+    assert s.grid_key == "d24-a0.667-m0.750" and s.key.startswith("d24-a0.667-m0.750-")
+    assert (s.axes.attn, s.axes.mlp, s.separate, s.narrowed) == (0.667, 0.75, True, True)
+    ref = parse_shape(s.key)
+    assert (ref.depth, ref.attn_width, ref.width, ref.layer_hash) == (24, 0.667, 0.75, s.layer_hash)
+    assert parse_shape("d24-a0.6667-m0.75").grid_key == "d24-a0.667-m0.750"
+    one = SubnetShape.first(24, 0.75)
+    assert parse_shape(one.key).attn_width is None and one.axes == (0.75, 0.75) and not one.separate
+    assert s != one and hash(s) != hash(one) and len({s, one, SubnetShape.first(24, 0.75, 0.667)}) == 2
+    assert not SubnetShape.first(24, 1.0, 1.0).narrowed and SubnetShape.first(24, 1.0, 0.667).narrowed
+    # total order mixes both forms (one-ratio first at equal layers and MLP width)
+    assert sorted([s, SubnetShape.first(24, 0.5), one]) == [SubnetShape.first(24, 0.5), one, s]
+    for bad in ("d24-a0.667", "d24-m0.75", "d24-a0-m0.5", "d24-a0.5-m1.5", "d24-w0.5-m0.5", "d24-a0.5-w0.5"):
+        with pytest.raises(AmoebaError):
+            parse_shape(bad)
+
+
+def test_attention_widths_follow_the_group_structure() -> None:
+    g = ModelGeometry.preset("smollm2-135m")
+    assert g.attn_widths() == (1.0, 0.667, 0.444, 0.333, 0.222, 0.111)  # 9, 6, 4, 3, 2, 1 heads
+    assert g.attn_widths_all_groups() == (1.0, 0.667, 0.333)
+    for a, heads, kv in [(1.0, 9, 3), (0.667, 6, 3), (0.444, 4, 2), (0.333, 3, 3)]:
+        s = g.scaled_dims(24, 0.75, a)
+        assert (s.n_heads, s.n_kv_heads, s.intermediate) == (heads, kv, 1152)
+    # the old signature still means today's policy; d24-w0.75 is physically d24-a0.667-m0.75
+    old, new = g.scaled_dims(24, 0.75), g.scaled(SubnetShape.first(24, 0.75, 0.667))
+    assert (old.n_heads, old.n_kv_heads, old.intermediate) == (new.n_heads, new.n_kv_heads, new.intermediate)
+    assert old.n_params() == new.n_params() and new.name.endswith("d24-a0.667-m0.750")
+    # MLP-only cut: all heads, fewer channels -> between full and w0.75 in parameters
+    mlp_only = g.scaled(SubnetShape.first(24, 0.75, 1.0))
+    assert old.n_params() < mlp_only.n_params() < g.scaled_dims(24, 1.0).n_params()
+    assert mlp_only.layer_params() - old.layer_params() == 2 * 576 * 3 * 64  # q and o of 3 heads
+    for bad in (0.75, 0.5, 0.9):
+        with pytest.raises(AmoebaError, match="allowed: 1.000, 0.667"):
+            g.scaled_dims(24, 0.75, bad)
+    with pytest.raises(AmoebaError, match="allowed"):
+        g.check_shape(SubnetShape.first(24, 1.0, 0.5))
+    mha = ModelGeometry.preset("llama2-7b")
+    assert mha.attn_widths_all_groups() == mha.attn_widths() and len(mha.attn_widths()) == 32
+    assert mha.scaled_dims(32, 1.0, 0.75).n_heads == 24
