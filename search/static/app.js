@@ -156,29 +156,32 @@ function logTicks(lo, hi) {
 }
 
 function scales() {
-  const pts = state.shapes.length ? state.shapes : state.front;
-  const xs = [], ys = [];
-  for (const p of pts.concat(state.front)) {
-    xs.push(p.latency_ms); ys.push(p.accuracy);
+  // x: the shapes' latencies; latency intervals may widen it by at most 2x each way (longer bars are clipped)
+  const pts = state.shapes.concat(state.front), ys = [];
+  const lats = pts.map((p) => p.latency_ms), p0 = Math.min(...lats), p1 = Math.max(...lats);
+  let x0 = p0, x1 = p1;
+  for (const p of pts) {
+    ys.push(p.accuracy);
     const li = latInterval(p), ai = accInterval(p);
-    if (li) xs.push(li[0], li[1]);
+    if (li) { x0 = Math.min(x0, Math.max(li[0], p0 / 2)); x1 = Math.max(x1, Math.min(li[1], p1 * 2)); }
     if (ai) ys.push(ai[0], ai[1]);
   }
-  let x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = Math.min(...ys), y1 = Math.max(...ys);
+  let y0 = Math.min(...ys), y1 = Math.max(...ys);
   state.log = x1 / x0 > 8;
   if (state.log) { x0 /= 1.15; x1 *= 1.15; } else { const d = (x1 - x0) * 0.06 || x0 * 0.1; x0 = Math.max(0, x0 - d); x1 += d; }
   const dy = (y1 - y0) * 0.08 || 0.01; y0 -= dy; y1 += dy;
   const iw = W - M.l - M.r, ih = H - M.t - M.b;
   const fx = state.log ? (v) => M.l + iw * Math.log(v / x0) / Math.log(x1 / x0) : (v) => M.l + iw * (v - x0) / (x1 - x0);
   const fy = (v) => M.t + ih * (1 - (v - y0) / (y1 - y0));
-  return { fx, fy, x0, x1, y0, y1 };
+  const cx = (v) => Math.min(Math.max(fx(v), M.l), W - M.r);  // clipped to the plot
+  return { fx, fy, cx, x0, x1, y0, y1 };
 }
 
 function drawChart(answer) {
   const svg = $("chart");
   svg.replaceChildren();
   if (!state.front.length) return;
-  const { fx, fy, x0, x1, y0, y1 } = scales();
+  const { fx, fy, cx: clipx, x0, x1, y0, y1 } = scales();
   const g = el("g", {}, svg);
   for (const t of state.log ? logTicks(x0, x1) : niceTicks(x0, x1, 7)) {
     el("line", { class: "grid", x1: fx(t), x2: fx(t), y1: M.t, y2: H - M.b }, g);
@@ -213,7 +216,7 @@ function drawChart(answer) {
     const col = colourOf(p), cx = fx(p.latency_ms), cy = fy(p.accuracy);
     const ai = accInterval(p), li = latInterval(p);
     if (ai) el("line", { class: "err", stroke: col, x1: cx, x2: cx, y1: fy(ai[0]), y2: fy(ai[1]) }, svg);
-    if (li) el("line", { class: "err", stroke: col, x1: fx(li[0]), x2: fx(li[1]), y1: cy, y2: cy }, svg);
+    if (li) el("line", { class: "err", stroke: col, x1: clipx(li[0]), x2: clipx(li[1]), y1: cy, y2: cy }, svg);
     const c = el("circle", { cx, cy, r: 5, fill: col, stroke: "#fff", "stroke-width": 1 }, svg);
     el("title", {}, c, `${grid(p)}: top-1 ${p.accuracy.toFixed(4)}${ai ? ` [${ai[0].toFixed(4)}, ${ai[1].toFixed(4)}]` : ""}, ` +
        `${fmtMs(p.latency_ms)} ms${li ? ` [${fmtMs(li[0])}, ${fmtMs(li[1])}]` : ""} (${sourceOf(p)})`);
@@ -301,7 +304,7 @@ function showAnswer(a, budget) {
   const b = document.createElement("span");
   b.className = "badge"; b.id = "ans-source"; b.style.setProperty("--c", colourOf(q)); b.textContent = s;
   src.appendChild(b);
-  if (info) src.appendChild(document.createTextNode(" " + info[1]));
+  $("ans-src-note").textContent = info ? "Where that number came from: " + info[1] + "." : "";
   $("ans-msg").textContent = a.message;
   $("ans-export").textContent = a.export_command || "— (no shape fits this budget)";
   $("copy").disabled = !a.export_command;

@@ -2,7 +2,12 @@
 through selenium) against a real server on 127.0.0.1 with a token set, over the tiny run of conftest.
 
 Skipped, saying why, where chromium/chromedriver or selenium are missing (CI installs them).
-``AMOEBA_WEB_SCREENSHOT=path.png`` also saves the page's screenshot there (docs/web-front.png).
+``AMOEBA_WEB_SCREENSHOT=path.png`` also saves the page's screenshot there. docs/web-front.png is
+the screenshot of a real run (``test_screenshot_of_a_run``, which runs only when ``AMOEBA_WEB_RUN``
+names a run folder; profiles from ``AMOEBA_PROFILES``)::
+
+    AMOEBA_WEB_RUN=runs/smollm2 AMOEBA_WEB_SCREENSHOT=docs/web-front.png \
+        python -m pytest -q tests/search/test_web_browser.py -k screenshot_of_a_run
 """
 
 from __future__ import annotations
@@ -110,6 +115,16 @@ def _answer(browser: Any, budget: float | None = None) -> dict[str, str]:
     return _wait(browser, ready, f"an answer for budget {budget}")
 
 
+def _shoot(browser: Any, path: Path) -> None:
+    """A screenshot of the whole page (the window grown to the page's height), also to $AMOEBA_WEB_SCREENSHOT."""
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(1280, max(720, int(height) + 140))  # + the window's frame in headless mode
+    assert browser.save_screenshot(str(path)) and path.stat().st_size > 10_000
+    if os.environ.get("AMOEBA_WEB_SCREENSHOT"):
+        shutil.copyfile(path, os.environ["AMOEBA_WEB_SCREENSHOT"])
+    browser.set_window_size(1280, 1080)
+
+
 def _slide_to(browser: Any, budget_ms: float) -> float:
     """Move the slider to the position of ``budget_ms`` as a person would (input events); return the shown budget."""
     pos = browser.execute_script("return msToSlider(arguments[0])", budget_ms)
@@ -184,7 +199,22 @@ def test_slider_shows_the_same_shape_as_query(url: str, api: httpx.Client, brows
 
     _slide_to(browser, targets[1])
     _answer(browser, float(browser.find_element("id", "budget-ms").get_attribute("value")))
-    shot = tmp_path / "web-front.png"
-    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
-    if os.environ.get("AMOEBA_WEB_SCREENSHOT"):
-        shutil.copyfile(shot, os.environ["AMOEBA_WEB_SCREENSHOT"])
+    _shoot(browser, tmp_path / "web-front.png")
+
+
+@pytest.mark.skipif(not os.environ.get("AMOEBA_WEB_RUN"), reason="set AMOEBA_WEB_RUN=<run folder> to screenshot it")
+def test_screenshot_of_a_run(browser: Any, tmp_path: Path) -> None:
+    """The page over a real run: the answer shown at the default budget is /query's; screenshot saved."""
+    run = Path(os.environ["AMOEBA_WEB_RUN"])
+    profiles = Path(os.environ["AMOEBA_PROFILES"]) if os.environ.get("AMOEBA_PROFILES") else None
+    for base in _serve(run, profiles, None):
+        browser.get("about:blank")
+        browser.get(base + "/")
+        shown = _answer(browser)
+        if os.environ.get("AMOEBA_WEB_BUDGET"):
+            shown = _answer(browser, _slide_to(browser, float(os.environ["AMOEBA_WEB_BUDGET"])))
+        sel = {k: browser.execute_script("return selection()")[k] for k in ("device", "flow", "phase", "variant")}
+        with httpx.Client(base_url=base, timeout=10) as c:
+            q = c.get("/query", params={**{k: v for k, v in sel.items() if v}, "budget_ms": shown["budget"]}).json()
+        assert shown["key"] == (q["shape"] or {}).get("key", "")
+        _shoot(browser, tmp_path / "web-front.png")
