@@ -331,8 +331,17 @@ async function load() {
     const mid = state.front[Math.floor(state.front.length / 2)].latency_ms;
     setBudget(prev != null && prev >= state.lo && prev <= state.hi ? prev : mid * 1.01, false);
   } catch (e) {
+    clear();
     showError(e);
   }
+}
+
+function clear() {  // nothing shown may belong to an earlier selection
+  state.front = []; state.shapes = []; state.seq++;
+  drawChart(null); drawTable(null);
+  for (const id of ["ans-shape", "ans-acc", "ans-lat", "ans-src", "ans-export"]) $(id).textContent = "—";
+  $("ans-msg").textContent = ""; $("ans-src-note").textContent = ""; $("legend").replaceChildren();
+  $("answer").dataset.state = "empty"; $("answer").dataset.key = "";
 }
 
 async function start() {

@@ -183,6 +183,19 @@ def test_slider_shows_the_same_shape_as_query(url: str, api: httpx.Client, brows
         seen.append(p["key"])
     assert len(set(seen)) == 3, f"three budgets should pick three shapes: {seen}"
 
+    # another phase: the page re-reads the front and its answer is /query's for that phase
+    from selenium.webdriver.support.ui import Select
+
+    Select(browser.find_element("id", "phase")).select_by_value("prefill")
+    _wait(browser, lambda b: b.find_element("id", "answer").get_attribute("data-state") == "ready"
+          and "prefill" in b.find_element("css selector", "#chart").text, "the prefill front")
+    shown = _answer(browser)
+    q = api.get("/query", params={"device": "cpu-host", "flow": "pytorch", "phase": "prefill",
+                                  "budget_ms": shown["budget"]}).json()
+    assert shown["key"] == q["shape"]["key"]
+    Select(browser.find_element("id", "phase")).select_by_value("decode")
+    _wait(browser, lambda b: "decode" in b.find_element("css selector", "#chart").text, "the decode front again")
+
     # a budget below the fastest shape: the page says nothing fits and names the fastest
     box = browser.find_element("id", "budget-ms")
     box.clear()
