@@ -6,7 +6,13 @@ the index looks up each stored shape's latency once, sorts by latency and keeps 
 arg-max of accuracy, so a query is one binary search (microseconds). The answer is the most
 accurate stored shape whose latency fits the budget (ties: the faster one). An infeasible
 budget gets an answer naming the fastest stored shape and its latency; an unknown device or
-flow raises :class:`AmoebaError` listing the known ones.
+flow raises :class:`AmoebaError` listing the known ones (user input in messages is clipped).
+
+Variants (a table's weight types or builds: float32, f16, q4_0, tuned-32, ...): every query takes
+``variant``; without one the table's first variant is taken, and the answer names it and lists
+the others. Every point carries where its latency came from (``latency_source``: measured,
+per-layer, predicted, transferred, roofline), its interval (``lo_ms``/``hi_ms``, when the
+profiler gives one) and whether the profiler extrapolated outside the measured shapes.
 """
 
 from __future__ import annotations
@@ -42,6 +48,11 @@ class Point:
     latency_source: str
     measured_ms: float | None
     predicted_ms: float | None
+    lo_ms: float | None = None  # latency interval (profiler's; None when it gives none)
+    hi_ms: float | None = None
+    extrapolated: bool | None = None  # the latency comes from outside the measured widths/depths
+    accuracy_lo: float | None = None  # 90% interval of the accuracy, when stored
+    accuracy_hi: float | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,9 @@ class Answer:
     fastest: Point
     message: str
     export_command: str | None
+    variant: str | None = None  # the variant the latencies are of
+    variants: tuple[str, ...] = ()  # every variant of the table
+    variant_note: str | None = None  # set when a variant was taken for the caller (several, none given)
 
 
 def write_meta(run_dir: Path | str, space: SearchSpace, extra: dict[str, Any] | None = None) -> Path:
@@ -75,7 +89,8 @@ def read_meta(run_dir: Path | str) -> dict[str, Any]:
 
 
 class _Index:
-    def __init__(self, points: list[Point]) -> None:
+    def __init__(self, points: list[Point], variant: str | None = None, variants: tuple[str, ...] = ()) -> None:
+        self.variant, self.variants = variant, variants
         self.points = sorted(points, key=lambda p: (p.latency_ms, -p.accuracy))
         self.lat = [p.latency_ms for p in self.points]
         best, self.best = -1, []
@@ -105,7 +120,7 @@ class QueryIndex:
         if not self.records:
             raise AmoebaError(f"no evaluated shapes in {self.run_dir / 'accuracy.parquet'}")
         self._lock = threading.Lock()
-        self._indexes: dict[tuple[str, str, str], _Index] = {}
+        self._indexes: dict[tuple[str, str, str, str | None], _Index] = {}
         self._tables: dict[str, list[str]] | None = None
 
     # -- what is known -------------------------------------------------------------------
@@ -123,27 +138,48 @@ class QueryIndex:
 
     def _check(self, device: str, flow: str, phase: str) -> None:
         if phase not in PHASES:
-            raise AmoebaError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
+            raise AmoebaError(f"phase must be one of {', '.join(PHASES)}, got {clip(phase, 20)}")
         known = self.tables()
         if device not in known:
-            raise AmoebaError(f"unknown device {device!r} for model {self.model}; known: {', '.join(known) or '(none)'}")
+            raise AmoebaError(f"unknown device {clip(device)} for model {self.model}; known: "
+                              f"{', '.join(known) or '(none)'}")
         if flow not in known[device]:
-            raise AmoebaError(f"unknown flow {flow!r} on {device} for model {self.model}; known: "
+            raise AmoebaError(f"unknown flow {clip(flow)} on {device} for model {self.model}; known: "
                               f"{', '.join(known[device])}")
 
-    def latency_objective(self, device: str, flow: str, phase: str) -> LatencyObjective:
-        return LatencyObjective(device, flow, self.model, phase, self.prompt_len, self.gen_len, self.root)
+    def latency_objective(self, device: str, flow: str, phase: str, variant: str | None = None) -> LatencyObjective:
+        return LatencyObjective(device, flow, self.model, phase, self.prompt_len, self.gen_len, self.root,
+                                variant=variant)
 
-    def index(self, device: str, flow: str, phase: str = "decode") -> _Index:
-        key = (device, flow, phase)
+    def variants(self, device: str, flow: str) -> tuple[str, ...]:
+        """The variants of (device, flow)'s table, the default (first) one first."""
+        return self.index(device, flow, "decode" if self._has_phase(device, flow, "decode") else "prefill").variants
+
+    def _has_phase(self, device: str, flow: str, phase: str) -> bool:
+        try:
+            self.index(device, flow, phase)
+            return True
+        except AmoebaError:
+            return False
+
+    def index(self, device: str, flow: str, phase: str = "decode", variant: str | None = None) -> _Index:
+        key = (device, flow, phase, variant)
         hit = self._indexes.get(key)
         if hit is not None:
             return hit
+        if variant is not None:
+            base = self.index(device, flow, phase)
+            if variant not in base.variants:
+                raise AmoebaError(f"unknown variant {clip(variant)} on {device}/{flow} for model {self.model}; "
+                                  f"known: {', '.join(base.variants) or '(none)'}")
         with self._lock:
             if key not in self._indexes:
                 self._check(device, flow, phase)
-                lat = self.latency_objective(device, flow, phase)
-                self._indexes[key] = _Index([_point(r, lat.at(r.depth, r.width)) for r in self.records])
+                lat = self.latency_objective(device, flow, phase, variant)
+                m = lat.parts[0][0]
+                ix = _Index([_point(r, lat.at(r.depth, r.width)) for r in self.records], m.variant, _variants(m))
+                self._indexes[key] = ix
+                self._indexes.setdefault((device, flow, phase, m.variant), ix)
             return self._indexes[key]
 
     def warm(self) -> None:
@@ -156,30 +192,70 @@ class QueryIndex:
                         log.info("no %s index for %s/%s: %s", phase, device, flow, e)
 
     # -- queries ------------------------------------------------------------------------
-    def front(self, device: str, flow: str, phase: str = "decode") -> list[Point]:
-        return self.index(device, flow, phase).front()
+    def front(self, device: str, flow: str, phase: str = "decode", variant: str | None = None) -> list[Point]:
+        return self.index(device, flow, phase, variant).front()
 
-    def points(self, device: str, flow: str, phase: str = "decode") -> list[Point]:
-        return list(self.index(device, flow, phase).points)
+    def points(self, device: str, flow: str, phase: str = "decode", variant: str | None = None) -> list[Point]:
+        return list(self.index(device, flow, phase, variant).points)
 
-    def best(self, device: str, flow: str, budget_ms: float, phase: str = "decode") -> Answer:
+    def best(self, device: str, flow: str, budget_ms: float, phase: str = "decode",
+             variant: str | None = None) -> Answer:
         budget = float(budget_ms)
         if not np.isfinite(budget) or budget <= 0:
-            raise AmoebaError(f"budget must be a positive number of milliseconds, got {budget_ms!r}")
-        ix = self.index(device, flow, phase)
+            raise AmoebaError(f"budget must be a positive number of milliseconds, got {clip(budget_ms, 30)}")
+        ix = self.index(device, flow, phase, variant)
+        note = variant_note(ix.variant, ix.variants) if variant is None else None
+        var = dict(variant=ix.variant, variants=ix.variants, variant_note=note)
         pos = bisect.bisect_right(ix.lat, budget) - 1
         fastest = ix.points[0]
+        where = f"{device}/{flow}" + (f" [{ix.variant}]" if ix.variant else "")
         if pos < 0:
-            msg = (f"no stored shape fits {budget:g} ms ({phase}) on {device}/{flow}; the fastest is "
-                   f"{_grid(fastest)} at {fastest.latency_ms:.3f} ms")
-            return Answer(False, device, flow, phase, budget, None, fastest, msg, None)
+            msg = (f"no stored shape fits {budget:g} ms ({phase}) on {where}; the fastest is "
+                   f"{_grid(fastest)} at {fastest.latency_ms:.3f} ms ({describe_latency(fastest)})")
+            return Answer(False, device, flow, phase, budget, None, fastest, msg, None, **var)
         p = ix.points[ix.best[pos]]
-        msg = f"{_grid(p)}: top-1 {p.accuracy:.4f} at {p.latency_ms:.3f} ms ({p.latency_source}) <= {budget:g} ms"
-        return Answer(True, device, flow, phase, budget, p, fastest, msg, self.export_command(p))
+        msg = (f"{_grid(p)}: top-1 {p.accuracy:.4f} at {p.latency_ms:.3f} ms ({describe_latency(p)}) <= {budget:g} ms"
+               f" on {where}")
+        return Answer(True, device, flow, phase, budget, p, fastest, msg, self.export_command(p), **var)
 
     def export_command(self, p: Point) -> str:
         strategy = self.space.strategy_path or str(self.run_dir / "strategy.yaml")
         return f"amoeba export --strategy {strategy} --shape {_grid(p)} --out exports/{_grid(p)}"
+
+
+def clip(text: object, n: int = 64) -> str:
+    """``repr`` of user input, cut to ``n`` characters: an error never echoes a whole request."""
+    s = str(text)
+    return repr(s) if len(s) <= n else f"{s[:n]!r}... ({len(s)} chars)"
+
+
+def variant_note(taken: str | None, variants: tuple[str, ...]) -> str | None:
+    """Why this variant: only when the table has several and the caller named none."""
+    if taken is None or len(variants) < 2:
+        return None
+    others = ", ".join(v for v in variants if v != taken)
+    return f"variant {taken} taken (the table's first of {len(variants)}); others: {others} (choose with variant=)"
+
+
+def describe_latency(p: Point) -> str:
+    """``measured``, ``predicted 3.1-3.6 ms, extrapolated`` ...: where a latency came from."""
+    parts = [p.latency_source]
+    if p.lo_ms is not None and p.hi_ms is not None:
+        parts.append(f"{p.lo_ms:.3f}-{p.hi_ms:.3f} ms")
+    if p.extrapolated:
+        parts.append("extrapolated")
+    return ", ".join(parts)
+
+
+def _variants(m: object) -> tuple[str, ...]:
+    """The variants of a LatencyModel's table, the one it uses first."""
+    table = getattr(m, "table", None)
+    taken = getattr(m, "variant", None)
+    if table is None:
+        return (taken,) if taken else ()
+    known = [v for v in table.header.get("variants", []) if v in table.variants] or list(table.variants)
+    known += [v for v in table.variants if v not in known]
+    return tuple(known)
 
 
 def _grid(p: Point) -> str:
@@ -187,4 +263,6 @@ def _grid(p: Point) -> str:
 
 
 def _point(r: AccuracyRecord, lat: ShapeLatency) -> Point:
-    return Point(r.key, r.depth, r.width, r.top1_acc, r.ppl, lat.ms, lat.source, lat.measured_ms, lat.predicted_ms)
+    return Point(r.key, r.depth, r.width, r.top1_acc, r.ppl, lat.ms, lat.source, lat.measured_ms, lat.predicted_ms,
+                 getattr(lat, "lo_ms", None), getattr(lat, "hi_ms", None), getattr(lat, "extrapolated", None),
+                 getattr(r, "top1_lo", None), getattr(r, "top1_hi", None))

@@ -1,32 +1,58 @@
-"""The query API over HTTP (FastAPI): ``GET /devices``, ``/fronts/{device}/{flow}``, ``/query``.
+"""The query API over HTTP (FastAPI), for one device or a fleet.
 
-Bad input gets a 4xx with a reason: 422 for malformed parameters (FastAPI validation), 404 for
-an unknown device or flow (the reason lists the known ones), 401 for a missing or wrong bearer
-token. OpenAPI docs are at ``/docs``. Handlers are ``async``: a query is a
-microsecond binary search on an index warmed at start-up, so it never blocks the event loop
-(an index not warmed yet, e.g. a first ``e2e`` query, is built once on first use). ``amoeba serve`` binds 127.0.0.1 by default and refuses
-another address without a token.
+Routes: ``GET /devices``, ``/fronts/{device}/{flow}``, ``/query`` (each takes ``variant``), and
+``POST /profiles`` / ``POST /runs`` (``amoeba push``: a device's spec and latency tables, or a
+run's accuracy records). Data lives in a database (:mod:`search.db`: SQLite in the run folder by
+default, PostgreSQL with ``--db``); at start the local run folder and profiles root are merged
+into it. Each worker process answers from a snapshot of the database written as files
+(:meth:`search.db.FleetDB.materialize`) and indexed by :class:`search.query.QueryIndex`; a push
+rebuilds the receiving worker's snapshot before it answers, and every worker polls the database's
+revision (at most every ``refresh_s``, off the event loop) and swaps in a new snapshot when it
+moved. A query naming a device the snapshot does not know checks the revision at once, so a
+device is answered for right after its push, on any worker. Fronts and answered points are
+serialised once per snapshot (cached JSON); a query is a binary search plus string joins.
+
+Bad input gets a 4xx with a reason: 422 for malformed parameters or a rejected push, 404 for an
+unknown device, flow or variant (the reason lists the known ones), 401 for a missing or wrong
+bearer token, 413 for a body over 64 MB. Errors never echo more than a clipped piece of the
+request. With a token set, every route needs it (``Authorization: Bearer <token>``), the OpenAPI
+pages ``/docs``, ``/redoc`` and ``/openapi.json`` included. ``amoeba serve`` binds 127.0.0.1 by
+default and refuses another address without a token.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hmac
+import json
 import logging
+import math
+import os
+import shutil
+import tempfile
+import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, AsyncIterator, Callable, Literal, Optional
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from amoeba_core.errors import AmoebaError
-from search.query import Point, QueryIndex
+from search.fleet import ProfileIn, RunIn
+from search.query import Point, QueryIndex, clip
 
 log = logging.getLogger(__name__)
 
 Phase = Literal["decode", "prefill", "e2e"]
+MAX_BODY = 64 << 20
+MAX_DETAIL = 1000
+SNAP_PREFIX = "amoeba-serve-"
 
 
 class ShapeOut(BaseModel):
@@ -36,9 +62,14 @@ class ShapeOut(BaseModel):
     accuracy: float = Field(description="Next-token top-1 accuracy on held-out text")
     ppl: Optional[float] = Field(None, description="Perplexity on the same text")
     latency_ms: float
-    latency_source: str = Field(description="measured | per-layer | predicted | roofline")
+    latency_source: str = Field(description="measured | per-layer | predicted | transferred | roofline")
     measured_ms: Optional[float] = None
     predicted_ms: Optional[float] = None
+    lo_ms: Optional[float] = Field(None, description="Low end of the latency's interval (when the profiler gives one)")
+    hi_ms: Optional[float] = Field(None, description="High end of the latency's interval")
+    extrapolated: Optional[bool] = Field(None, description="Latency predicted outside the measured widths/depths")
+    accuracy_lo: Optional[float] = Field(None, description="90% interval of the accuracy (when stored)")
+    accuracy_hi: Optional[float] = None
 
     @classmethod
     def of(cls, p: Point) -> ShapeOut:
@@ -48,9 +79,17 @@ class ShapeOut(BaseModel):
 class DevicesOut(BaseModel):
     model: str
     devices: dict[str, list[str]] = Field(description="device -> flows with a latency table")
+    variants: dict[str, dict[str, list[str]]] = Field(default_factory=dict,
+                                                      description="device -> flow -> variants (default first)")
 
 
-class FrontOut(BaseModel):
+class VariantOut(BaseModel):
+    variant: Optional[str] = Field(None, description="The variant the latencies are of")
+    variants: list[str] = Field(default_factory=list, description="Every variant of the table")
+    variant_note: Optional[str] = Field(None, description="Set when several exist and none was asked for")
+
+
+class FrontOut(VariantOut):
     device: str
     flow: str
     phase: str
@@ -58,7 +97,7 @@ class FrontOut(BaseModel):
     n_evaluated: int
 
 
-class QueryOut(BaseModel):
+class QueryOut(VariantOut):
     feasible: bool
     device: str
     flow: str
@@ -70,46 +109,315 @@ class QueryOut(BaseModel):
     export_command: Optional[str]
 
 
-def create_app(run_dir: Path | str, root: Path | None = None, token: str | None = None,
-               warm: bool = True) -> FastAPI:
-    index = QueryIndex(run_dir, root)
-    if warm:
-        index.warm()
-    bearer = HTTPBearer(auto_error=False)
+class PushOut(BaseModel):
+    inserted: int
+    present: int = Field(description="Rows already stored with the same values")
+    conflicts: int = Field(description="Rows whose key is stored with other values (the stored row is kept)")
+    conflict_keys: list[str]
+    updated: list[str]
+    revision: int
+    served: bool = Field(description="Whether this server now answers from the pushed data")
 
-    def auth(creds: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> None:
-        if token is None:
+
+class Snapshot:
+    """One revision of the database as files + its index + cached JSON answers."""
+
+    def __init__(self, folder: Path, revision: int, index: QueryIndex) -> None:
+        self.folder, self.revision, self.index = folder, revision, index
+        self.cache: dict[tuple[Any, ...], bytes] = {}
+        self._points: dict[int, str] = {}
+
+    def point_json(self, p: Point) -> str:
+        hit = self._points.get(id(p))
+        if hit is None:
+            hit = self._points[id(p)] = json.dumps(ShapeOut.of(p).model_dump())
+        return hit
+
+
+class Served:
+    """What one worker answers from; ``points``/``front``/``best``/``model`` follow the current snapshot."""
+
+    def __init__(self, db: Any, run: str, refresh_s: float = 0.5, prompt_len: int | None = None,
+                 gen_len: int = 128, warm: bool = True) -> None:
+        self.db, self.run, self.refresh_s, self.warm = db, run, refresh_s, warm
+        self.prompt_len, self.gen_len = prompt_len, gen_len
+        self._lock = threading.Lock()
+        self._polling = False
+        self._last_check = time.monotonic()
+        self.last_error: str | None = None
+        _remove_stale_snapshots()
+        self.snap: Snapshot = self._build()
+
+    # -- snapshots ------------------------------------------------------------------------
+    def _build(self) -> Snapshot:
+        folder = Path(tempfile.mkdtemp(prefix=f"{SNAP_PREFIX}{os.getpid()}-"))
+        try:
+            rev = self.db.materialize(folder / "profiles", folder / "runs")
+            run_dir = folder / "runs" / self.run
+            if not (run_dir / "search.yaml").is_file():
+                raise AmoebaError(f"no search results for run {clip(self.run)} in the database or its folder: "
+                                  f"run `amoeba search --run runs/{self.run} ...` or `amoeba push --run ...`")
+            index = QueryIndex(run_dir, folder / "profiles", self.prompt_len, self.gen_len)
+            if self.warm:
+                index.warm()
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return Snapshot(folder, rev, index)
+
+    def rebuild(self) -> bool:
+        """Swap in a snapshot of the database's current revision (if it moved); True if swapped."""
+        with self._lock:
+            if self.db.revision() == self.snap.revision:
+                return False
+            try:
+                new = self._build()
+            except AmoebaError as e:  # keep answering from the last good snapshot
+                self.last_error = str(e)
+                log.error("cannot refresh the index: %s", e)
+                return False
+            old, self.snap, self.last_error = self.snap, new, None
+            shutil.rmtree(old.folder, ignore_errors=True)
+            return True
+
+    def check(self) -> None:
+        """Called per request: at most every ``refresh_s``, poll the revision in a background thread."""
+        now = time.monotonic()
+        if now - self._last_check < self.refresh_s or self._polling:
             return
-        if creds is None or not hmac.compare_digest(creds.credentials.encode(), token.encode()):
-            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+        self._last_check, self._polling = now, True
 
-    app = FastAPI(title="amoeba", version="0.1.0", dependencies=[Depends(auth)],
-                  description=f"Accuracy-latency fronts and best-shape queries for {index.model}.")
+        def poll() -> None:
+            try:
+                self.rebuild()
+            except Exception as e:  # noqa: BLE001 - a database hiccup must not kill the worker
+                log.warning("revision poll failed: %s", e)
+            finally:
+                self._polling = False
+
+        threading.Thread(target=poll, daemon=True).start()
+
+    def close(self) -> None:
+        shutil.rmtree(self.snap.folder, ignore_errors=True)
+        self.db.dispose()
+
+    # -- the QueryIndex surface (the web page uses these) ---------------------------------
+    @property
+    def model(self) -> str:
+        return self.snap.index.model
+
+    @property
+    def index(self) -> QueryIndex:
+        return self.snap.index
+
+    def points(self, device: str, flow: str, phase: str = "decode", variant: str | None = None) -> list[Point]:
+        return self.snap.index.points(device, flow, phase, variant)
+
+    def front(self, device: str, flow: str, phase: str = "decode", variant: str | None = None) -> list[Point]:
+        return self.snap.index.front(device, flow, phase, variant)
+
+    def best(self, device: str, flow: str, budget_ms: float, phase: str = "decode", variant: str | None = None) -> Any:
+        return self.snap.index.best(device, flow, budget_ms, phase, variant)
+
+    def tables(self) -> dict[str, list[str]]:
+        return self.snap.index.tables()
+
+
+def seed(db: Any, run_dir: Path, root: Path | None) -> None:
+    """Merge the local profiles root and run folder into the database (idempotent)."""
+    from profiler.device import list_devices
+    from search.fleet import profile_payload, push_profile, push_run, run_payload
+
+    for name in list_devices(root):
+        rep = push_profile(profile_payload(name, root), db=db)
+        if rep["conflicts"]:
+            log.warning("%s: %d local rows differ from the stored ones (kept the stored): %s", name,
+                        rep["conflicts"], rep["conflict_keys"][:3])
+    if (Path(run_dir) / "search.yaml").is_file():
+        push_run(run_payload(Path(run_dir)), db=db)
+
+
+def create_app(run_dir: Path | str, root: Path | None = None, token: str | None = None, warm: bool = True,
+               db: str | None = None, seed_local: bool = True, refresh_s: float = 0.5) -> FastAPI:
+    """The service for run ``run_dir`` (its folder name in the database) over database ``db``."""
+    from profiler.table import KEY_COLUMNS
+    from search.db import FleetDB, default_url
+
+    run_dir = Path(run_dir)
+    store = FleetDB(db or default_url(run_dir))
+    if seed_local:
+        seed(store, run_dir, root)
+    served = Served(store, run_dir.resolve().name, refresh_s, warm=warm)
+    atexit.register(served.close)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        served.close()
+
+    app = FastAPI(title="amoeba", version="0.2.0", lifespan=lifespan,
+                  description=f"Accuracy-latency fronts and best-shape queries for {served.model}.")
+    app.state.served = served
+    app.state.public_paths = set()  # paths that answer without the token (none by default)
+    app.add_middleware(TokenGate, token=token, public=app.state.public_paths)
 
     @app.exception_handler(AmoebaError)
     async def _amoeba_error(_: Request, exc: AmoebaError) -> JSONResponse:
-        return JSONResponse(status_code=404 if "unknown" in str(exc) else 400, content={"detail": str(exc)})
+        text = str(exc)
+        return JSONResponse(status_code=404 if "unknown" in text else 400, content={"detail": _cap(text)})
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": _clip_errors(exc.errors())})
+
+    async def answer(make: Callable[[Snapshot], bytes]) -> Response:
+        served.check()
+        try:
+            body = make(served.snap)
+        except AmoebaError as e:  # maybe pushed a moment ago to another worker: look once more
+            if "unknown" not in str(e) or not await run_in_threadpool(served.rebuild):
+                raise
+            body = make(served.snap)
+        return Response(body, media_type="application/json")
 
     @app.get("/devices", response_model=DevicesOut)
-    async def devices() -> DevicesOut:
-        return DevicesOut(model=index.model, devices=index.tables())
+    async def devices() -> Response:
+        def make(s: Snapshot) -> bytes:
+            hit = s.cache.get(("devices",))
+            if hit is None:
+                tables = s.index.tables()
+                variants = {d: {f: list(_safe_variants(s.index, d, f)) for f in fl} for d, fl in tables.items()}
+                hit = s.cache[("devices",)] = DevicesOut(model=s.index.model, devices=tables,
+                                                         variants=variants).model_dump_json().encode()
+            return hit
+
+        return await answer(make)
 
     @app.get("/fronts/{device}/{flow}", response_model=FrontOut)
-    async def front(device: str, flow: str, phase: Phase = "decode") -> FrontOut:
-        pts = index.front(device, flow, phase)
-        return FrontOut(device=device, flow=flow, phase=phase, front=[ShapeOut.of(p) for p in pts],
-                        n_evaluated=len(index.records))
+    async def front(device: str, flow: str, phase: Phase = "decode",
+                    variant: Optional[str] = Query(None, max_length=200)) -> Response:
+        def make(s: Snapshot) -> bytes:
+            key = ("front", device, flow, phase, variant)
+            hit = s.cache.get(key)
+            if hit is None:
+                ix = s.index.index(device, flow, phase, variant)
+                from search.query import variant_note
+
+                head = {"device": device, "flow": flow, "phase": phase, "n_evaluated": len(s.index.records),
+                        "variant": ix.variant, "variants": list(ix.variants),
+                        "variant_note": variant_note(ix.variant, ix.variants) if variant is None else None}
+                pts = ",".join(s.point_json(p) for p in ix.front())
+                hit = (json.dumps(head)[:-1] + f',"front":[{pts}]}}').encode()
+                if len(s.cache) < 10_000:
+                    s.cache[key] = hit
+            return hit
+
+        return await answer(make)
 
     @app.get("/query", response_model=QueryOut)
     async def query(device: str = Query(..., max_length=200), flow: str = Query(..., max_length=200),
-              budget_ms: float = Query(..., gt=0, allow_inf_nan=False, description="Latency budget in ms"),
-              phase: Phase = "decode") -> QueryOut:
-        a = index.best(device, flow, budget_ms, phase)
-        return QueryOut(feasible=a.feasible, device=a.device, flow=a.flow, phase=a.phase, budget_ms=a.budget_ms,
-                        shape=ShapeOut.of(a.shape) if a.shape else None, fastest=ShapeOut.of(a.fastest),
-                        message=a.message, export_command=a.export_command)
+                    budget_ms: float = Query(..., gt=0, allow_inf_nan=False, description="Latency budget in ms"),
+                    phase: Phase = "decode", variant: Optional[str] = Query(None, max_length=200)) -> Response:
+        def make(s: Snapshot) -> bytes:
+            a = s.index.best(device, flow, budget_ms, phase, variant)
+            head = {"feasible": a.feasible, "device": a.device, "flow": a.flow, "phase": a.phase,
+                    "budget_ms": a.budget_ms, "message": a.message, "export_command": a.export_command,
+                    "variant": a.variant, "variants": list(a.variants), "variant_note": a.variant_note}
+            shape = s.point_json(a.shape) if a.shape is not None else "null"
+            return (json.dumps(head)[:-1] + f',"shape":{shape},"fastest":{s.point_json(a.fastest)}}}').encode()
 
+        return await answer(make)
+
+    @app.post("/profiles", response_model=PushOut)
+    def push_profile(p: ProfileIn) -> PushOut:
+        """Merge a device's spec and latency tables (``amoeba push``); answers for it at once."""
+        rep = store.merge_profile(p.device, p.spec, p.table_dicts(), list(KEY_COLUMNS))
+        served.rebuild()
+        return _push_out(rep, served, served.last_error is None)
+
+    @app.post("/runs", response_model=PushOut)
+    def push_run(r: RunIn) -> PushOut:
+        """Merge a run's search.yaml and accuracy records (``amoeba push --run``)."""
+        rep = store.merge_run(r.run, r.meta, [x.model_dump() for x in r.records])
+        served.rebuild()
+        return _push_out(rep, served, r.run == served.run and served.last_error is None)
+
+    from search.web import mount_web
+
+    mount_web(app, served)  # the page for people at / (search/web.py); `served` follows every refresh
     return app
+
+
+def _push_out(rep: Any, served: Served, ok: bool) -> PushOut:
+    return PushOut(**rep.to_dict(), revision=served.snap.revision, served=ok)
+
+
+def _safe_variants(index: QueryIndex, device: str, flow: str) -> tuple[str, ...]:
+    try:
+        return index.variants(device, flow)
+    except AmoebaError:
+        return ()
+
+
+def _cap(text: str) -> str:
+    return text if len(text) <= MAX_DETAIL else text[:MAX_DETAIL] + f"... ({len(text)} chars)"
+
+
+def _clip_errors(errors: Any) -> list[dict[str, Any]]:
+    out = []
+    for e in list(errors)[:10]:
+        d = {"type": e.get("type"), "loc": [clip(x, 40) if isinstance(x, str) and len(x) > 40 else x
+                                            for x in e.get("loc", ())], "msg": _cap(str(e.get("msg", "")))}
+        if "input" in e:
+            v = e["input"]
+            plain = v is None or isinstance(v, bool) or (isinstance(v, (int, float)) and math.isfinite(v))
+            d["input"] = v if plain else clip(v, 60)
+        out.append(d)
+    return out
+
+
+class TokenGate:
+    """ASGI middleware: with a token set, every HTTP request (docs and OpenAPI included) must
+    carry ``Authorization: Bearer <token>``; bodies over ``MAX_BODY`` are refused."""
+
+    def __init__(self, app: Any, token: str | None, public: set[str]) -> None:
+        self.app, self.public = app, public
+        self.expect = None if token is None else f"Bearer {token}".encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            if int(headers.get(b"content-length", b"0") or 0) > MAX_BODY:
+                return await _reply(send, 413, {"detail": f"body over {MAX_BODY >> 20} MB"})
+            path = scope.get("path", "")
+            if self.expect is not None and path not in self.public \
+                    and not hmac.compare_digest(headers.get(b"authorization", b""), self.expect):
+                return await _reply(send, 401, {"detail": "missing or wrong bearer token"},
+                                    [(b"www-authenticate", b"Bearer")])
+        await self.app(scope, receive, send)
+
+
+async def _reply(send: Any, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            *(extra or [])]})
+    await send({"type": "http.response.body", "body": data})
+
+
+def _remove_stale_snapshots() -> None:
+    """Snapshot folders of workers that are gone (killed before they could clean up)."""
+    for d in Path(tempfile.gettempdir()).glob(f"{SNAP_PREFIX}*"):
+        pid = d.name[len(SNAP_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --workers N`` (config in ``$AMOEBA_SERVE``, written by ``amoeba serve``)."""
+    cfg = json.loads(os.environ["AMOEBA_SERVE"])
+    return create_app(cfg["run"], Path(cfg["root"]) if cfg.get("root") else None, os.environ.get("AMOEBA_TOKEN"),
+                      db=cfg["db"], seed_local=False, refresh_s=float(cfg.get("refresh_s", 0.5)))
 
 
 def is_loopback(host: str) -> bool:

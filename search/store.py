@@ -4,7 +4,12 @@
 
 * ``None`` -> ``sqlite:///<run_dir>/study.db`` (one machine, opens in optuna-dashboard as it is);
 * any SQLAlchemy URL (``sqlite:///...``, ``postgresql://user@host/db``) -> ``RDBStorage``, which is
-  how several machines search one study;
+  how several machines search one study. A database server (PostgreSQL, MySQL) gets trial
+  heartbeats (every ``heartbeat_s``, default 60 s): a trial whose worker died (SIGKILL, lost
+  machine) is marked FAIL once its heartbeat is older than the grace period (2 heartbeats), and
+  Optuna's retry callback puts the same parameters back in the queue for the next worker
+  (up to ``max_retry`` times), so every trial ends COMPLETE, FAIL-and-retried, or PRUNED.
+  ``postgresql://`` uses whichever driver is installed (psycopg 3 from the ``fleet`` extra, or psycopg2);
 * ``journal:<path>`` or a path ending in ``.log``/``.journal`` -> ``JournalStorage`` on a file
   (several processes on one machine, no database server);
 * ``memory`` -> in-memory (benchmarks, nothing written).
@@ -19,6 +24,7 @@ import contextlib
 import fcntl
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -35,11 +41,20 @@ def storage_url(url: str | None, run_dir: Path | str) -> str:
     return url
 
 
-def open_storage(url: str | None, run_dir: Path | str) -> Any:
-    """An Optuna storage object for ``url`` (see the module docstring); creates ``run_dir``."""
+HEARTBEAT_S = 60
+
+
+def open_storage(url: str | None, run_dir: Path | str, heartbeat_s: int | None = None, max_retry: int = 3) -> Any:
+    """An Optuna storage object for ``url`` (see the module docstring); creates ``run_dir``.
+
+    ``heartbeat_s``: trial heartbeat interval for RDB storages (default: 60 s on a database server,
+    off on SQLite; 0 turns it off).
+    """
     import optuna
     from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
+
+    from search.db import normalize_url, redact
 
     run_dir = Path(run_dir)
     u = storage_url(url, run_dir)
@@ -58,20 +73,41 @@ def open_storage(url: str | None, run_dir: Path | str) -> Any:
         if db and db != ":memory:":
             Path(db).parent.mkdir(parents=True, exist_ok=True)
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
+    else:
+        kwargs["engine_kwargs"] = {"pool_pre_ping": True}
+    beat = (0 if u.startswith("sqlite:") else HEARTBEAT_S) if heartbeat_s is None else int(heartbeat_s)
+    if beat > 0:
+        kwargs.update(heartbeat_interval=beat, grace_period=2 * beat,
+                      heartbeat_stale_trial_callback=retry_callback(max_retry))
+    real = normalize_url(u)
     for attempt in range(6):
         try:
             with _schema_lock(u):
-                return RDBStorage(u, **kwargs)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return RDBStorage(real, **kwargs)
         except ImportError as e:
             raise AmoebaError(f"storage {u.split('://')[0]} needs a driver that is not installed: {e}") from None
         except Exception as e:  # sqlalchemy errors: bad URL, unreachable server, a schema race
             text = str(e).splitlines()[0] if str(e) else type(e).__name__
             racing = "already exists" in text or "UNIQUE constraint" in text or "duplicate key" in text
             if not racing or attempt == 5:
-                raise AmoebaError(f"cannot open storage {u}: {text}") from None
+                raise AmoebaError(f"cannot open storage {redact(u)}: {text}") from None
             log.info("storage schema race (%s); retrying", text)
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def retry_callback(max_retry: int) -> Any:
+    """Optuna's stale-trial retry callback (``RetryHeartbeatStaleTrialCallback`` from 4.9, before that
+    ``RetryFailedTrialCallback``)."""
+    import optuna
+    from optuna import storages
+
+    cls = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return cls(max_retry=max_retry)
 
 
 @contextlib.contextmanager

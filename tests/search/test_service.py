@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 TOKEN = "s3cret"
 
 
-def _serve(run_dir: Path, profiles: Path, token: str | None) -> Iterator[str]:
+def _serve(run_dir: Path, profiles: Path, token: str | None, db: str | None = None) -> Iterator[str]:
     import uvicorn
 
     from search.service import create_app
@@ -22,7 +22,7 @@ def _serve(run_dir: Path, profiles: Path, token: str | None) -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(run_dir, profiles, token), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(create_app(run_dir, profiles, token, db=db), host="127.0.0.1", port=port,
                                            log_level="warning"))
     th = threading.Thread(target=server.run, daemon=True)
     th.start()
@@ -47,13 +47,22 @@ def client(url: str) -> Iterator[httpx.Client]:
 
 
 def test_endpoints(client: httpx.Client) -> None:
+    from search.service import FrontOut, QueryOut
+
     d = client.get("/devices").json()
-    assert d == {"model": "tiny", "devices": {"cpu-host": ["pytorch"]}}
+    assert d == {"model": "tiny", "devices": {"cpu-host": ["pytorch"]}, "variants": {"cpu-host": {"pytorch": ["float32"]}}}
+    fr = FrontOut.model_validate(client.get("/fronts/cpu-host/pytorch").json())
+    assert fr.variant == "float32" and fr.variants == ["float32"] and fr.variant_note is None
     front = client.get("/fronts/cpu-host/pytorch").json()["front"]
     assert front and all(p["latency_source"] in ("measured", "predicted") for p in front)
+    assert all({"lo_ms", "hi_ms", "extrapolated", "latency_source"} <= p.keys() for p in front)
     slow = front[-1]["latency_ms"]
     q = client.get("/query", params={"device": "cpu-host", "flow": "pytorch", "budget_ms": slow}).json()
     assert q["feasible"] and q["shape"] == front[-1] and q["export_command"].startswith("amoeba export")
+    assert QueryOut.model_validate(q).variant == "float32" and "[float32]" in q["message"]
+    named = client.get("/query", params={"device": "cpu-host", "flow": "pytorch", "budget_ms": slow,
+                                         "variant": "float32"}).json()
+    assert named["shape"] == q["shape"] and named["variant"] == "float32"
     q = client.get("/query", params={"device": "cpu-host", "flow": "pytorch", "budget_ms": 1e-6}).json()
     assert not q["feasible"] and q["fastest"] == front[0] and "fastest" in q["message"]
     assert client.get("/openapi.json").json()["paths"].keys() >= {"/devices", "/query", "/fronts/{device}/{flow}"}
@@ -67,6 +76,7 @@ def test_endpoints(client: httpx.Client) -> None:
     ({"device": "cpu-host", "flow": "pytorch", "budget_ms": "nan"}, 422, "finite"),
     ({"device": "cpu-host", "flow": "pytorch", "budget_ms": 5, "phase": "x"}, 422, "decode"),
     ({"device": "cpu-host", "flow": "pytorch"}, 422, "budget_ms"),
+    ({"device": "cpu-host", "flow": "pytorch", "budget_ms": 5, "variant": "q4_0"}, 404, "known: float32"),
 ])
 def test_bad_input_gets_4xx_with_a_reason(client: httpx.Client, params: dict, status: int, reason: str) -> None:
     r = client.get("/query", params=params)
@@ -96,8 +106,43 @@ def test_fuzz_never_5xx(client: httpx.Client, path: str, device: str, flow: str,
         assert r.json()["detail"]
 
 
-def test_bearer_token(run_dir: Path, profiles: Path) -> None:
-    for base in _serve(run_dir, profiles, TOKEN):
-        assert httpx.get(f"{base}/devices").status_code == 401
-        assert httpx.get(f"{base}/devices", headers={"Authorization": "Bearer nope"}).status_code == 401
-        assert httpx.get(f"{base}/devices", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+def test_bearer_token(run_dir: Path, profiles: Path, tmp_path: Path) -> None:
+    for base in _serve(run_dir, profiles, TOKEN, f"sqlite:///{tmp_path / 'service.db'}"):
+        for path in ("/devices", "/docs", "/redoc", "/openapi.json", "/fronts/cpu-host/pytorch"):
+            assert httpx.get(f"{base}{path}").status_code == 401, path
+            assert httpx.get(f"{base}{path}", headers={"Authorization": "Bearer nope"}).status_code == 401, path
+            assert httpx.get(f"{base}{path}", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200, path
+        assert httpx.post(f"{base}/profiles", json={}).status_code == 401
+
+
+def test_errors_do_not_echo_long_input(client: httpx.Client) -> None:
+    """A 10 KB unknown device name comes back clipped, in the path and in the query string."""
+    from urllib.parse import quote
+
+    name = "x" * 10_000
+    r = client.get(f"/fronts/{quote(name)}/pytorch")
+    assert r.status_code == 404 and "unknown device" in r.json()["detail"] and len(r.content) < 1000
+    r = client.get("/query", params={"device": name, "flow": "pytorch", "budget_ms": 5})
+    assert r.status_code == 422 and len(r.content) < 2000
+    r = client.get("/query", params={"device": "cpu-host", "flow": "pytorch", "budget_ms": name})
+    assert r.status_code == 422 and len(r.content) < 2000
+
+
+def test_truncated_accuracy_table_is_a_one_line_error(run_dir: Path, profiles: Path, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    import os
+
+    bad = tmp_path / "run"
+    shutil.copytree(run_dir, bad, ignore=shutil.ignore_patterns("*.db", ".*"))
+    data = (bad / "accuracy.parquet").read_bytes()
+    (bad / "accuracy.parquet").write_bytes(data[: len(data) // 2])
+    for args in (["query", "--device", "cpu-host", "--flow", "pytorch", "--budget", "5ms"], ["plot"],
+                 ["serve", "--port", "1"]):
+        r = subprocess.run([sys.executable, "-m", "amoeba.cli", *args, "--run", str(bad)], env={**os.environ, "AMOEBA_PROFILES": str(profiles)},
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, (args, r.stderr[-2000:])
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: corrupt accuracy table"), (args, r.stderr[-2000:])
