@@ -1,4 +1,4 @@
-"""`amoeba search | query | plot | serve` (thin wrappers; heavy imports inside the functions)."""
+"""`amoeba search | query | plot | serve | push` (thin wrappers; heavy imports inside the functions)."""
 
 from __future__ import annotations
 
@@ -139,32 +139,38 @@ def query(
     flow: str = typer.Option(..., help="Deployment flow."),
     budget: str = typer.Option(..., help="Latency budget, e.g. 40ms or 0.04s."),
     phase: str = _PHASE,
+    variant: Optional[str] = typer.Option(None, help="Table variant (weight type/build, e.g. q4_0); default: "
+                                                     "the table's first, named in the answer."),
     run: Path = _RUN,
     root: Optional[Path] = _ROOT,
 ) -> None:
     """Best evaluated shape within a latency budget (exact over the stored shapes)."""
     from rich.console import Console
 
-    from search.query import QueryIndex
+    from search.query import QueryIndex, describe_latency
 
-    ans = QueryIndex(run, root).best(device, flow, parse_budget(budget), phase)
+    ans = QueryIndex(run, root).best(device, flow, parse_budget(budget), phase, variant)
     console = Console(markup=False, highlight=False)
+    where = f"{device}/{flow}" + (f" [{ans.variant}]" if ans.variant else "")
+    if ans.variant_note:
+        console.print(f"note       {ans.variant_note}", highlight=False)
     if not ans.feasible:
         f = ans.fastest
         console.print(f"infeasible: {ans.message}", highlight=False)
-        console.print(f"fastest: d{f.depth}-w{f.width:.3f} {f.latency_ms:.3f} ms ({f.latency_source}), "
+        console.print(f"fastest: d{f.depth}-w{f.width:.3f} {f.latency_ms:.3f} ms ({describe_latency(f)}), "
                       f"top-1 {f.accuracy:.4f}", highlight=False)
         raise typer.Exit(1)
     p = ans.shape
     assert p is not None
     console.print(f"shape      d{p.depth}-w{p.width:.3f}  ({p.key})", highlight=False)
     console.print(f"latency    {p.latency_ms:.3f} ms per {'token' if phase == 'decode' else phase} "
-                  f"[{p.latency_source}] on {device}/{flow}", highlight=False)
+                  f"[{describe_latency(p)}] on {where}", highlight=False)
     pred = "n/a" if p.predicted_ms is None else f"{p.predicted_ms:.3f} ms"
     meas = "not measured" if p.measured_ms is None else f"{p.measured_ms:.3f} ms"
     console.print(f"predicted  {pred};  measured {meas}", highlight=False)
     ppl = "" if p.ppl is None else f", perplexity {p.ppl:.2f}"
-    console.print(f"accuracy   top-1 {p.accuracy:.4f}{ppl}", highlight=False)
+    ci = "" if p.accuracy_lo is None or p.accuracy_hi is None else f" [{p.accuracy_lo:.4f}, {p.accuracy_hi:.4f}]"
+    console.print(f"accuracy   top-1 {p.accuracy:.4f}{ci}{ppl}", highlight=False)
     console.print(f"export     {ans.export_command}", highlight=False)
 
 
@@ -193,16 +199,80 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Bind address (a non-loopback address needs --token)."),
     port: int = typer.Option(8000, min=1, max=65535),
     token: Optional[str] = typer.Option(None, envvar="AMOEBA_TOKEN", help="Bearer token required by every request."),
+    db: Optional[str] = typer.Option(None, "--db", help="Database of the service's tables: sqlite:///... or "
+                                                        "postgresql://user@host/db (default: <run>/service.db)."),
+    workers: int = typer.Option(1, min=1, max=64, help="Worker processes (each answers from its own index)."),
+    refresh_s: float = typer.Option(0.5, "--refresh-s", min=0.0, help="How often a worker polls for pushed data."),
     root: Optional[Path] = _ROOT,
 ) -> None:
-    """Serve /devices, /fronts/{device}/{flow} and /query over HTTP (OpenAPI docs at /docs)."""
+    """Serve /devices, /fronts/{device}/{flow}, /query (+ POST /profiles, /runs for `amoeba push`); docs at /docs."""
+    import json
+    import os
+
     import uvicorn
 
-    from search.service import create_app, is_loopback
+    from search.db import FleetDB, default_url
+    from search.service import create_app, is_loopback, seed
 
     if not is_loopback(host) and not token:
         raise AmoebaError(f"binding {host} exposes the service beyond this machine: set --token (or AMOEBA_TOKEN)")
-    uvicorn.run(create_app(run, root, token), host=host, port=port, log_level="warning")
+    url = db or default_url(run)
+    if workers == 1:
+        uvicorn.run(create_app(run, root, token, db=url, refresh_s=refresh_s), host=host, port=port,
+                    log_level="warning")
+        return
+    store = FleetDB(url)  # merge the local files once, then start the workers
+    seed(store, run, root)
+    create_app(run, root, None, warm=False, db=url, seed_local=False).state.served.close()  # fail here, not in N workers
+    store.dispose()
+    os.environ["AMOEBA_SERVE"] = json.dumps({"run": str(run), "root": str(root) if root else None, "db": url,
+                                             "refresh_s": refresh_s})
+    if token:
+        os.environ["AMOEBA_TOKEN"] = token
+    uvicorn.run("search.service:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level="warning")
 
 
-COMMANDS = {"search": search, "query": query, "plot": plot, "serve": serve}
+def push(
+    server: Optional[str] = typer.Option(None, help="URL of a running `amoeba serve`, e.g. http://10.0.0.5:8000."),
+    token: Optional[str] = typer.Option(None, envvar="AMOEBA_TOKEN", help="The server's bearer token."),
+    device: Optional[list[str]] = typer.Option(None, help="Device(s) to push (default: every device under --root)."),
+    as_name: Optional[str] = typer.Option(None, "--as", help="Push the (one) device under this name, e.g. edge-1."),
+    run: Optional[Path] = typer.Option(None, "--run", help="Also push this run's search.yaml + accuracy.parquet."),
+    db: Optional[str] = typer.Option(None, "--db", help="Write straight into this database instead of a server."),
+    root: Optional[Path] = _ROOT,
+) -> None:
+    """Upload device profiles (spec + latency tables with provenance) and run results to a shared service."""
+    from rich.console import Console
+
+    from profiler.device import list_devices
+    from search.fleet import profile_payload, push_profile, push_run, run_payload
+
+    if bool(server) == bool(db):
+        raise AmoebaError("give one of --server URL (a running `amoeba serve`) or --db URL (the shared database)")
+    names = list(device or []) or ([] if run is not None and not list_devices(root) else list_devices(root))
+    if not names and run is None:
+        raise AmoebaError("nothing to push: no device under the profiles root (see `amoeba devices`) and no --run")
+    if as_name and len(names) != 1:
+        raise AmoebaError(f"--as renames one device; pushing {len(names)} ({', '.join(names)}): pick one with --device")
+    store = None
+    if db:
+        from search.db import FleetDB
+
+        store = FleetDB(db)
+    console = Console(highlight=False, soft_wrap=True)
+    for name in names:
+        payload = profile_payload(name, root, as_name)
+        rows = sum(len(t["rows"]) for t in payload["tables"])
+        rep = push_profile(payload, server, token, store)
+        console.print(f"{name}{' as ' + as_name if as_name else ''}: {len(payload['tables'])} table(s), {rows} rows -> "
+                      f"{rep['inserted']} new, {rep['present']} already there, {rep['conflicts']} conflicting"
+                      + (f" (kept the stored rows: {', '.join(rep['conflict_keys'][:3])})" if rep["conflicts"] else ""))
+    if run is not None:
+        payload = run_payload(run)
+        rep = push_run(payload, server, token, store)
+        console.print(f"run {payload['run']}: {len(payload['records'])} accuracy records -> {rep['inserted']} new, "
+                      f"{rep['present']} already there")
+
+
+COMMANDS = {"search": search, "query": query, "plot": plot, "serve": serve, "push": push}
