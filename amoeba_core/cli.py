@@ -69,7 +69,11 @@ def select(
                                    calib_windows=calib_windows, stats_windows=stats_windows,
                                    val_windows=val_windows, progress=progress)
     total = time.perf_counter() - t0
-    strategy = strategy.with_(stats={**strategy.stats, "wall_seconds_with_load": round(total, 2)})
+    from amoeba_core.data import data_record
+
+    strategy = strategy.with_(stats={**strategy.stats, "wall_seconds_with_load": round(total, 2)},
+                              data=data_record(calib_seq_len=calib_seq_len, calib_windows=calib_windows,
+                                               stats_windows=stats_windows, val_windows=val_windows))
     strategy.save(out)
     st = strategy.stats
     console.print(f"depth DP: {st['dp_evaluations']} evaluations ({st['dp_evaluations_from_cache']} from cache) "
@@ -102,32 +106,128 @@ def _load_for(strategy_path: Path, model: Optional[str], adapters: Optional[Path
 def eval(  # noqa: A001 - the command is called eval
     strategy: Path = typer.Option(..., help="Strategy YAML from `amoeba select`."),
     shape: list[str] = typer.Option(..., "--shape", help="Shape(s) like d24-w0.75 (repeatable)."),
-    split: str = typer.Option("test", help="calib | val | test | train."),
+    split: str = typer.Option("test", help="calib | val | test | train, or one source's part: test-topics, "
+                                           "test-stdlib, ..."),
     seq_len: int = typer.Option(256, help="Tokens per window (stride = seq_len)."),
-    windows: int = typer.Option(16, help="Windows to score."),
+    windows: int = typer.Option(128, help="Windows to score (0: every window of the split)."),
+    task: Optional[str] = typer.Option(None, help="lm-eval-harness task(s), comma-separated (e.g. "
+                                                  "mmlu,hellaswag,arc_easy) instead of perplexity."),
+    limit: Optional[int] = typer.Option(None, help="--task: items per task (default: all)."),
+    include_path: Optional[Path] = typer.Option(None, help="--task: folder of local lm-eval task YAML files."),
+    num_fewshot: Optional[int] = typer.Option(None, help="--task: few-shot examples (default: the task's)."),
+    offline: bool = typer.Option(False, help="--task: never touch the network (HF_DATASETS_OFFLINE, HF_HUB_OFFLINE)."),
+    out: Optional[Path] = typer.Option(None, help="Also write the results as JSON here."),
     model: Optional[str] = typer.Option(None, help="Model (default: the strategy's source)."),
     adapters: Optional[Path] = typer.Option(None, help="Stage 2 output folder (`amoeba finetune --out`)."),
     threads: int = typer.Option(0, help="torch threads (0: default)."),
 ) -> None:
-    """Perplexity and next-token top-1 accuracy of shapes of a strategy (cached per shape)."""
-    from amoeba_core.data import SPLITS
-    from amoeba_core.evaluate import Evaluator
+    """Perplexity and next-token top-1 accuracy of shapes (90% intervals, cached per shape), or
+    lm-eval-harness task accuracy with --task; with several shapes, paired differences to the first."""
+    from amoeba_core.data import check_split
     from amoeba_core.strategy import Strategy
 
-    if split not in SPLITS:
-        raise AmoebaError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+    manager = None
+    if task is not None:
+        from amoeba_core.tasks import parse_tasks, set_offline, task_manager
+
+        tasks = parse_tasks(task)
+        if limit is not None and limit < 1:
+            raise AmoebaError(f"--limit must be >= 1, got {limit}")
+        if offline:
+            set_offline()
+    else:
+        check_split(split)
+    if windows < 0:
+        raise AmoebaError(f"--windows must be >= 0, got {windows}")
+    if out is not None and out.exists() and out.is_dir():
+        raise AmoebaError(f"--out {out} is a folder")
     strat = Strategy.load(strategy)
     shapes = [strat.resolve(s) for s in shape]  # bad shapes fail before the model loads
+    if task is not None:
+        manager = task_manager(tasks, include_path)  # unknown tasks fail before the model loads too
     _threads(threads)
     loaded, strat = _load_for(strategy, model, adapters)
+    console = _console()
+    if task is not None:
+        result = _eval_tasks(console, loaded, strat, shapes, tasks, limit, include_path, num_fewshot, offline, manager)
+    else:
+        result = _eval_ppl(console, loaded, strat, strategy, shapes, split, seq_len, windows or None)
+    if out is not None:
+        _write_json(out, {**result, "strategy": strategy.name})
+        console.print(f"wrote {out}", highlight=False)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _eval_ppl(console, loaded, strat, strategy: Path, shapes, split: str, seq_len: int,  # noqa: ANN001
+              windows: Optional[int]) -> dict:
+    from amoeba_core.evaluate import Evaluator, compare
+
     cache = strategy.parent / f".{strategy.stem}.cache-{loaded.fingerprint}" / "eval_scores.jsonl"
     ev = Evaluator(loaded, strat, split=split, seq_len=seq_len, max_windows=windows, cache=cache)
-    console = _console()
+    scores = []
     for s in shapes:
         r = ev.score(s)
+        scores.append(r)
         n = loaded.geometry.scaled(s).n_params()
-        console.print(f"{s.key}: ppl {r.ppl:.3f}  top1 {r.top1_acc:.4f}  ({r.n_tokens} {split} tokens, "
-                      f"{n / 1e6:.1f} M params, {'cached' if r.cached else f'{r.seconds:.1f} s'})", highlight=False)
+        console.print(f"{s.key}: {r.fmt()}  ({r.n_tokens} {split} tokens, 90% interval over {r.n_units} "
+                      f"{r.ci_unit}s; {n / 1e6:.1f} M params, {'cached' if r.cached else f'{r.seconds:.1f} s'})",
+                      highlight=False)
+    rows = [{"shape": r.shape_key, "ppl": r.ppl, "ppl_ci90": [r.ppl_lo, r.ppl_hi], "top1": r.top1_acc,
+             "top1_ci90": [r.top1_lo, r.top1_hi], "n_tokens": r.n_tokens, "ci_unit": r.ci_unit, "n_units": r.n_units}
+            for r in scores]
+    pairs = []
+    for r in scores[1:]:
+        for metric in ("ppl", "top1"):
+            d = compare(r, scores[0], metric)
+            verdict = d.verdict(lower_is_better=metric == "ppl", names=(r.shape_key, scores[0].shape_key))
+            console.print(f"  {r.shape_key} - {scores[0].shape_key}: {metric} {d.diff.fmt(4 if metric == 'top1' else 3)}"
+                          f" (paired, 90%): {verdict}", highlight=False)
+            pairs.append({"a": r.shape_key, "b": scores[0].shape_key, "metric": metric, **d.to_dict(),
+                          "verdict": verdict})
+    from amoeba_core.data import data_record
+
+    return {"split": split, "seq_len": seq_len, "windows": ev.n_windows, "scores": rows, "paired": pairs,
+            "data": data_record(seq_len=seq_len, windows=ev.n_windows)}
+
+
+def _eval_tasks(console, loaded, strat, shapes, tasks: list[str], limit: Optional[int],  # noqa: ANN001
+                include_path: Optional[Path], num_fewshot: Optional[int], offline: bool, manager) -> dict:
+    from amoeba_core.tasks import compare_items, evaluate_tasks
+
+    per_shape = []
+    for s in shapes:
+        t0 = time.perf_counter()
+        rows = evaluate_tasks(loaded, strat, s, tasks, limit=limit, include_path=include_path,
+                              num_fewshot=num_fewshot, offline=offline, manager=manager)
+        console.print(f"{s.key} ({loaded.geometry.scaled(s).n_params() / 1e6:.1f} M params, physical subnet via "
+                      f"lm-eval HFLM, {time.perf_counter() - t0:.1f} s):", highlight=False)
+        for r in rows:
+            console.print(f"  {r.fmt()}", highlight=False)
+        per_shape.append(rows)
+    pairs = []
+    for rows in per_shape[1:]:
+        for r in rows:
+            base = next((b for b in per_shape[0] if (b.task, b.metric, b.filter) == (r.task, r.metric, r.filter)), None)
+            if base is None or not r.per_item or not base.per_item:
+                continue
+            d = compare_items(r, base)
+            verdict = d.verdict(lower_is_better=False, names=(r.shape_key, base.shape_key))
+            console.print(f"  {r.shape_key} - {base.shape_key}: {r.task} {r.metric} {d.diff.fmt(4)} "
+                          f"(paired over {r.n} items, 90%): {verdict}", highlight=False)
+            pairs.append({"a": r.shape_key, "b": base.shape_key, "task": r.task, "metric": r.metric, **d.to_dict(),
+                          "verdict": verdict})
+    return {"tasks": tasks, "limit": limit, "scores": [r.to_dict() for rows in per_shape for r in rows],
+            "paired": pairs}
 
 
 def export(

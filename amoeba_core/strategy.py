@@ -5,6 +5,7 @@ A strategy is saved as YAML and loaded by evaluation, fine-tuning, search and ex
     model: {source, fingerprint, geometry}
     depth: {metric, split, layers: {30: [0..29], 29: [...], ...}}
     width: {metric, split, widths: [1, 0.875, ...], rankings: [{groups, heads, channels}, ...]}
+    data: {data_version, data_fingerprint, calib_seq_len, calib_windows, stats_windows, val_windows}
 
 Per layer the ranking lists KV groups, query heads inside each group (local index) and MLP
 channels, most important first. Any width ratio maps to a top-k through the shared width
@@ -92,6 +93,9 @@ class Strategy(BaseModel):
     widths: tuple[float, ...] = (1.0,)
     means: tuple[LayerMeans, ...] | None = None  # set when width uses bias compensation
     stats: dict[str, Any] = Field(default_factory=dict)
+    # which text Stage 1 ran on and how much of it: amoeba_core.data.data_record() (data version,
+    # text fingerprint) plus the calibration/validation budgets; empty in strategies made before
+    data: dict[str, Any] = Field(default_factory=dict)
 
     # --- construction -----------------------------------------------------------
     @classmethod
