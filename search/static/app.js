@@ -14,18 +14,27 @@ const SOURCES = {  // colour and meaning of each latency source (order: most to 
   transferred: ["#7a5af8", "transferred from other devices/flows (few-shot), not measured here"],
   roofline: ["#667085", "roofline: the device's physical limit (bytes / bandwidth, FLOPs / peak), not a measurement"],
 };
-const state = { token: null, devices: {}, shapes: [], front: [], lo: 1, hi: 10, budget: null, seq: 0, log: false };
+const state = { want: {}, token: null, devices: {}, shapes: [], front: [], lo: 1, hi: 10, budget: null, seq: 0, log: false };
 
 class AuthError extends Error {}
 
-// ---- token --------------------------------------------------------------------------------------
-function initToken() {
-  const m = /(?:^#|&)token=([^&]*)/.exec(location.hash);
-  if (m) {
-    sessionStorage.setItem("amoeba-token", decodeURIComponent(m[1]));
-    history.replaceState(null, "", location.pathname + location.search);  // keep it out of the address bar
-  }
+// ---- token and view from the URL fragment (#token=...&device=...&flow=...&variant=...&phase=...&budget=...) ----
+const VIEW = ["device", "flow", "variant", "phase", "budget"];
+
+function readFragment() {
+  const h = new URLSearchParams(location.hash.replace(/^#/, ""));
+  if (h.has("token")) sessionStorage.setItem("amoeba-token", h.get("token"));
   state.token = sessionStorage.getItem("amoeba-token");
+  state.want = Object.fromEntries(VIEW.filter((k) => h.get(k)).map((k) => [k, h.get(k)]));
+  if (state.want.phase) $("phase").value = state.want.phase;
+  writeFragment();  // the token never stays in the address bar
+}
+
+function writeFragment() {  // a link to what is shown (no token in it)
+  const sel = selection(), v = { ...sel, budget: state.budget };
+  const h = new URLSearchParams(VIEW.filter((k) => v[k] != null && v[k] !== "").map((k) => [k, String(v[k])]));
+  if (!sel.device) for (const [k, x] of Object.entries(state.want || {})) h.set(k, x);
+  history.replaceState(null, "", location.pathname + location.search + (String(h) ? "#" + h : ""));
 }
 
 async function api(path, params) {
@@ -76,9 +85,10 @@ function parseDevices(j) {
 }
 
 function fill(select, values, keep) {
-  const prev = keep ? select.value : null;
+  const want = state.want[select.id], prev = keep ? select.value : null;
   select.replaceChildren(...values.map((v) => new Option(v, v)));
-  if (prev && values.includes(prev)) select.value = prev;
+  if (want && values.includes(want)) select.value = want;
+  else if (prev && values.includes(prev)) select.value = prev;
 }
 
 function syncSelects() {
@@ -233,7 +243,7 @@ function drawChart(answer) {
 }
 
 function drawLegend() {
-  const present = new Set(state.shapes.concat(state.front).map((p) => sourceKey(sourceOf(p))));
+  const present = new Set(state.front.map((p) => sourceKey(sourceOf(p))));
   const items = [["#c0c6d0", `evaluated shape (${state.shapes.length})`]];
   for (const [k, [c]] of Object.entries(SOURCES)) if (present.has(k)) items.push([c, `front: ${k}`]);
   const anyInt = state.front.some((p) => accInterval(p) || latInterval(p));
@@ -310,6 +320,7 @@ function showAnswer(a, budget) {
   $("copy").disabled = !a.export_command;
   drawChart(a);
   drawTable(a);
+  writeFragment();
   box.dataset.state = "ready";
 }
 
@@ -327,9 +338,10 @@ async function load() {
     const lats = state.shapes.map((p) => p.latency_ms);
     state.lo = sig(Math.min(...lats) * 0.9);
     state.hi = sig(Math.max(...lats) * 1.1);
-    const prev = state.budget;
+    const link = Number(state.want.budget), prev = state.budget;
     const mid = state.front[Math.floor(state.front.length / 2)].latency_ms;
-    setBudget(prev != null && prev >= state.lo && prev <= state.hi ? prev : mid * 1.01, false);
+    state.want = {};  // a link's view is applied once; later choices are the person's
+    setBudget(link > 0 ? link : prev != null && prev >= state.lo && prev <= state.hi ? prev : mid * 1.01, false);
   } catch (e) {
     clear();
     showError(e);
@@ -374,7 +386,7 @@ function wire() {
   });
 }
 
-initToken();
+readFragment();
 wire();
-window.addEventListener("hashchange", () => { if (/(?:^#|&)token=/.test(location.hash)) { initToken(); start(); } });
+window.addEventListener("hashchange", () => { readFragment(); start(); });  // a link pasted into this tab
 start();

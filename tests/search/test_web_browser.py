@@ -4,7 +4,8 @@ through selenium) against a real server on 127.0.0.1 with a token set, over the 
 Skipped, saying why, where chromium/chromedriver or selenium are missing (CI installs them).
 ``AMOEBA_WEB_SCREENSHOT=path.png`` also saves the page's screenshot there. docs/web-front.png is
 the screenshot of a real run (``test_screenshot_of_a_run``, which runs only when ``AMOEBA_WEB_RUN``
-names a run folder; profiles from ``AMOEBA_PROFILES``)::
+names a run folder; profiles from ``AMOEBA_PROFILES``; the view, e.g. ``device=cpu-host&flow=pytorch&budget=40``,
+from ``AMOEBA_WEB_VIEW``)::
 
     AMOEBA_WEB_RUN=runs/smollm2 AMOEBA_WEB_SCREENSHOT=docs/web-front.png \
         python -m pytest -q tests/search/test_web_browser.py -k screenshot_of_a_run
@@ -156,7 +157,7 @@ def test_slider_shows_the_same_shape_as_query(url: str, api: httpx.Client, brows
     browser.get_log("browser")  # drop what an earlier test left (its 401s)
     browser.get(url + "/#token=" + quote(TOKEN))
     _answer(browser)
-    assert "token=" not in browser.current_url  # the fragment is dropped from the address bar
+    assert "token" not in browser.current_url  # the token is dropped from the address bar
     front = api.get("/fronts/cpu-host/pytorch").json()["front"]
     shapes = api.get("/web/shapes/cpu-host/pytorch").json()["shapes"]
     assert len(front) == 4 and len(shapes) == 8
@@ -182,6 +183,13 @@ def test_slider_shows_the_same_shape_as_query(url: str, api: httpx.Client, brows
         assert chosen and chosen[0].text == shown["shape"]
         seen.append(p["key"])
     assert len(set(seen)) == 3, f"three budgets should pick three shapes: {seen}"
+
+    # the address is a link to what is shown (without the token): opened again, it shows the same answer
+    link = browser.current_url
+    assert "token" not in link and "budget=" in link and "device=cpu-host" in link
+    browser.get("about:blank")
+    browser.get(link)
+    assert _answer(browser, float(shown["budget"]))["key"] == seen[-1]
 
     # another phase: the page re-reads the front and its answer is /query's for that phase
     from selenium.webdriver.support.ui import Select
@@ -222,10 +230,8 @@ def test_screenshot_of_a_run(browser: Any, tmp_path: Path) -> None:
     profiles = Path(os.environ["AMOEBA_PROFILES"]) if os.environ.get("AMOEBA_PROFILES") else None
     for base in _serve(run, profiles, None):
         browser.get("about:blank")
-        browser.get(base + "/")
+        browser.get(base + "/#" + os.environ.get("AMOEBA_WEB_VIEW", ""))
         shown = _answer(browser)
-        if os.environ.get("AMOEBA_WEB_BUDGET"):
-            shown = _answer(browser, _slide_to(browser, float(os.environ["AMOEBA_WEB_BUDGET"])))
         sel = {k: browser.execute_script("return selection()")[k] for k in ("device", "flow", "phase", "variant")}
         with httpx.Client(base_url=base, timeout=10) as c:
             q = c.get("/query", params={**{k: v for k, v in sel.items() if v}, "budget_ms": shown["budget"]}).json()
