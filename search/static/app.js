@@ -63,23 +63,10 @@ function showError(e) {
 }
 
 // ---- what the service knows: device -> flow -> [variants] -----------------------------------------
-function parseDevices(j) {
+function parseDevices(j) {  // /devices: {devices: {device: [flow]}, variants: {device: {flow: [variant]}}}
   const out = {};
-  for (const [dev, v] of Object.entries(j.devices || {})) {
-    const flows = {};
-    if (Array.isArray(v)) {
-      for (const f of v) {
-        if (typeof f === "string") flows[f] = [];
-        else if (f && f.flow) flows[f.flow] = f.variants || [];
-      }
-    } else if (v && typeof v === "object") {
-      for (const [f, vs] of Object.entries(v)) flows[f] = Array.isArray(vs) ? vs : (vs && vs.variants) || [];
-    }
-    out[dev] = flows;
-  }
-  const extra = j.variants || {};  // optional separate map device -> flow -> [variants]
-  for (const [dev, fl] of Object.entries(extra)) {
-    for (const [f, vs] of Object.entries(fl || {})) if (out[dev] && out[dev][f] && !out[dev][f].length) out[dev][f] = vs;
+  for (const [dev, flows] of Object.entries(j.devices || {})) {
+    out[dev] = Object.fromEntries(flows.map((f) => [f, ((j.variants || {})[dev] || {})[f] || []]));
   }
   return out;
 }
@@ -108,27 +95,16 @@ function selection() {
 }
 
 // ---- numbers --------------------------------------------------------------------------------------
-const grid = (p) => `d${p.depth}-w${Number(p.width).toFixed(3)}`;
+// a shape's key is "<grid>-<layer hash>", the grid being d24-w0.750 or, with its own attention width, d24-a0.667-m0.750
+const grid = (p) => p.key.slice(0, p.key.lastIndexOf("-"));
 const sig = (x, n = 4) => Number(Number(x).toPrecision(n));
 const fmtMs = (x) => (x >= 100 ? x.toFixed(1) : x >= 10 ? x.toFixed(2) : x.toPrecision(3));
 
-function pick(p, names) {
-  for (const n of names) if (p[n] != null && Number.isFinite(Number(p[n]))) return Number(p[n]);
-  return null;
-}
-function pair(p, los, his, cis) {
-  let lo = pick(p, los), hi = pick(p, his);
-  for (const c of cis) {
-    const v = p[c];
-    if (lo == null && Array.isArray(v) && v.length === 2) { lo = Number(v[0]); hi = Number(v[1]); }
-    else if (lo == null && v && typeof v === "object" && v.lo != null) { lo = Number(v.lo); hi = Number(v.hi); }
-  }
+function pair(lo, hi) {
   return lo != null && hi != null && Number.isFinite(lo) && Number.isFinite(hi) ? [lo, hi] : null;
 }
-const accInterval = (p) => pair(p, ["accuracy_lo", "acc_lo", "top1_lo"], ["accuracy_hi", "acc_hi", "top1_hi"],
-                                ["accuracy_ci", "accuracy_interval"]);
-const latInterval = (p) => pair(p, ["latency_lo_ms", "lo_ms"], ["latency_hi_ms", "hi_ms"],
-                                ["latency_ci_ms", "latency_interval_ms"]);
+const accInterval = (p) => pair(p.accuracy_lo, p.accuracy_hi);  // 90% bootstrap interval, when stored
+const latInterval = (p) => pair(p.lo_ms, p.hi_ms);  // the latency's interval, when the table gives one
 
 function sourceOf(p) {
   const s = String(p.latency_source || "unknown");

@@ -175,7 +175,7 @@ def test_slider_shows_the_same_shape_as_query(url: str, api: httpx.Client, brows
         assert q["feasible"] and shown["feasible"] == "true"
         p = q["shape"]
         assert shown["key"] == p["key"]
-        assert shown["shape"] == f"d{p['depth']}-w{p['width']:.3f}"
+        assert shown["shape"] == f"d{p['depth']}-w{p['width']:.3f}" == p["key"].rsplit("-", 1)[0]
         assert shown["acc"].startswith(f"{p['accuracy']:.4f}")
         assert shown["source"] == p["latency_source"]
         assert shown["export"] == q["export_command"]
