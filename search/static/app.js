@@ -336,6 +336,7 @@ async function start() {
   try {
     const j = await api("devices");
     $("login").hidden = true;
+    $("docs-link").hidden = Boolean(state.token);  // a link cannot carry the bearer token /docs then needs
     $("model").textContent = j.model ? "· " + j.model : "";
     state.devices = parseDevices(j);
     syncSelects();
