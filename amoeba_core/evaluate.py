@@ -265,13 +265,13 @@ class Evaluator:
         return self.n_windows * (self.seq_len - 1)
 
     def key(self, shape: SubnetShape) -> str:
-        wid = self.strategy.width_id if (shape.width < 1.0 and self.strategy is not None) else "-"
+        wid = self.strategy.width_id if (shape.narrowed and self.strategy is not None) else "-"
         return f"{self.loaded.score_id}|{shape.key}|{wid}|{self.split}|{self.seq_len}|{self.n_windows}|{self.windows_id}"
 
     def score(self, shape: SubnetShape) -> ShapeScore:
         """Score ``shape`` (from the cache when it was scored before)."""
         shape.check_fits(self._n_layers)
-        if shape.width < 1.0 and self.strategy is None:
+        if shape.narrowed and self.strategy is None:
             raise AmoebaError(f"shape {shape.grid_key} narrows the width: the evaluator needs a strategy")
         k = self.key(shape)
         if k in self._scores:
@@ -317,7 +317,7 @@ class Evaluator:
         model = self.loaded.model
         inner = model.model
         k_max = self._prefix(shape)
-        w = shape.width
+        w = shape.axes  # (attention, MLP) ratios: memo key and masks
         start = 0
         for k in range(k_max, 0, -1):
             if (w, k) in self._memo:

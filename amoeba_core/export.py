@@ -9,7 +9,8 @@ RoPE layout to llama.cpp's interleaved layout (``convert_hf_to_gguf.py``'s ``per
 After width cutting ``hidden / n_heads`` no longer equals the head size, so
 ``llama.attention.key_length``/``value_length`` are written explicitly. Bias-compensation
 biases become ``attn_output.bias``/``ffn_down.bias`` (optional tensors in llama.cpp's LLaMA
-graph). Tokenizer keys are copied from the source GGUF when the model came from one;
+graph). A shape with separate widths (``d24-a0.667-m0.750``) needs nothing special: the
+extracted model already carries its own head, KV-head and channel counts. Tokenizer keys are copied from the source GGUF when the model came from one;
 otherwise a ``gpt2`` BPE tokenizer is written from the HF tokenizer when it has merges, or
 ``none``.
 """
@@ -67,6 +68,9 @@ def export_subnet(
             loaded.tokenizer.save_pretrained(tmp)
             (tmp / "amoeba_subnet.json").write_text(json.dumps(
                 {"shape": shape.key, "layers": list(shape.layers), "width": shape.width,
+                 "attn_width": shape.attn_width, "axes": {"attn": shape.axes.attn, "mlp": shape.axes.mlp},
+                 "heads": sub.config.num_attention_heads, "kv_heads": sub.config.num_key_value_heads,
+                 "intermediate": sub.config.intermediate_size,
                  "parent_fingerprint": loaded.fingerprint, "parent_source": loaded.source,
                  "adapters": loaded.adapters}, indent=1))
             tmp.rename(out)

@@ -3,11 +3,21 @@
 Every adapted linear layer (by default q, k, v, o, gate, up and down of every decoder layer)
 gets ``E`` LoRA experts of rank ``r`` and a small gate. The gate reads the *shape code* of the
 subnet being run -- a 0/1 mask over the ``N`` layers it keeps, a soft one-hot over the
-strategy's width grid (off-grid widths interpolate between the two nearest grid widths) and
-the width itself -- and picks ``k`` of the ``E`` experts with softmax weights over their
+strategy's width grid for the MLP width (off-grid widths interpolate between the two nearest
+grid widths), the MLP width itself and the fraction of attention heads kept -- and picks ``k`` of the ``E`` experts with softmax weights over their
 logits. During training the gate is *noisy top-k* (Gaussian noise scaled by a learned
 softplus, as in sparsely-gated mixtures of experts); in eval mode it is deterministic, so a
 shape always maps to the same experts and weights.
+
+Code versions. Adapters saved before attention and MLP widths were separate axes (no
+``code_version`` in their config: version 1) read ``N + len(widths) + 1`` values: the one-hot and
+scalar of the single width ratio. Version 2 (the default) appends the fraction of query heads
+the shape keeps, computed with the shared width policy from the model's head/KV-group counts. So
+``d24-a1.000-m0.750`` (all heads) and ``d24-w0.750`` (6 of SmolLM2's 9 heads) get different codes,
+while ``d24-a0.667-m0.750`` and ``d24-w0.750`` -- one and the same network on SmolLM2 (6 heads
+in 3 groups, 1152 channels) -- get the same code on purpose: the gate routes networks, not
+spellings. One-ratio shapes keep the version-1 part of the code unchanged. Version-1 adapters
+refuse shapes with a separate attention width (they never saw attention vary on its own).
 
 Width. Stage 1 runs a narrower shape by masking the *inputs* of ``o_proj`` (per head) and
 ``down_proj`` (per channel), see :mod:`amoeba_core.subnet`. The adapter of ``o_proj`` and
@@ -42,7 +52,7 @@ import torch
 from torch import nn
 
 from amoeba_core.errors import AmoebaError
-from amoeba_core.shape import SubnetShape
+from amoeba_core.shape import SubnetShape, attention_width
 from amoeba_core.strategy import Strategy
 
 if TYPE_CHECKING:
@@ -69,6 +79,11 @@ class SMoLConfig:
     noisy_gate: bool = True
     init_seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # version 2: the code also carries the fraction of attention heads kept (needs the head counts,
+    # filled from the model by install_smol when 0); version 1: adapters saved before that
+    code_version: int = 2
+    n_heads: int = 0
+    n_kv_heads: int = 0
 
     def __post_init__(self) -> None:
         self.widths = tuple(sorted(float(w) for w in self.widths))
@@ -77,13 +92,15 @@ class SMoLConfig:
             raise AmoebaError(f"experts and rank must be >= 1 (got {self.n_experts}, {self.rank})")
         if not 1 <= self.top_k <= self.n_experts:
             raise AmoebaError(f"top-k must be between 1 and the number of experts ({self.n_experts}), got {self.top_k}")
+        if self.code_version not in (1, 2):
+            raise AmoebaError(f"unknown SMoL shape-code version {self.code_version} (known: 1, 2)")
         bad = set(self.targets) - set(ALL_TARGETS)
         if bad:
             raise AmoebaError(f"unknown adapter targets {sorted(bad)}; known: {', '.join(ALL_TARGETS)}")
 
     @property
     def code_dim(self) -> int:
-        return self.n_layers + len(self.widths) + 1
+        return self.n_layers + len(self.widths) + 1 + (self.code_version >= 2)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -92,11 +109,21 @@ class SMoLConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SMoLConfig:
-        return cls(**d)
+        return cls(**{"code_version": 1, **d})  # saved without a version: made before version 2
+
+    def code(self, shape: SubnetShape) -> torch.Tensor:
+        heads = (self.n_heads, self.n_kv_heads) if self.code_version >= 2 else None
+        return shape_code(shape, self.n_layers, self.widths, heads)
 
 
-def shape_code(shape: SubnetShape, n_layers: int, widths: tuple[float, ...]) -> torch.Tensor:
-    """Kept-layer mask (``n_layers``) + soft width one-hot over ``widths`` + the width scalar."""
+def shape_code(shape: SubnetShape, n_layers: int, widths: tuple[float, ...],
+               heads: tuple[int, int] | None = None) -> torch.Tensor:
+    """Kept-layer mask (``n_layers``) + soft one-hot of the MLP width over ``widths`` + the MLP width
+    scalar, and with ``heads`` = (n_heads, n_kv_heads) (code version 2) the fraction of attention
+    heads the shape keeps. Without ``heads`` (version 1) a separate attention width is refused."""
+    if heads is None and shape.separate:
+        raise AmoebaError(f"shape {shape.grid_key} has its own attention width, but these adapters use shape "
+                          "codes of version 1 (one width ratio); fine-tune again to route it")
     mask = torch.zeros(n_layers)
     mask[list(shape.layers)] = 1.0
     onehot = torch.zeros(len(widths))
@@ -109,7 +136,14 @@ def shape_code(shape: SubnetShape, n_layers: int, widths: tuple[float, ...]) -> 
             t = (w - widths[i]) / (widths[i + 1] - widths[i])
             onehot[i], onehot[i + 1] = 1.0 - t, t
             break
-    return torch.cat([mask, onehot, torch.tensor([shape.width])])
+    parts = [mask, onehot, torch.tensor([shape.width])]
+    if heads is not None:
+        n_heads, n_kv = heads
+        if n_heads < 1 or n_kv < 1:
+            raise AmoebaError("SMoL shape code version 2 needs the model's head counts")
+        kept = attention_width(n_heads, n_kv, shape.axes.attn).n_heads
+        parts.append(torch.tensor([kept / n_heads]))
+    return torch.cat(parts)
 
 
 class SMoLLinear(nn.Module):
@@ -171,6 +205,14 @@ def install_smol(model: LlamaForCausalLM, cfg: SMoLConfig) -> list[SMoLLinear]:
         raise AmoebaError(f"adapters are for {cfg.n_layers} layers, the model has {len(model.model.layers)}")
     if smol_modules(model):
         raise AmoebaError("the model already has SMoL adapters installed")
+    if cfg.code_version >= 2:
+        mc = model.config
+        have = (mc.num_attention_heads, mc.num_key_value_heads or mc.num_attention_heads)
+        if (cfg.n_heads, cfg.n_kv_heads) == (0, 0):
+            cfg.n_heads, cfg.n_kv_heads = have
+        elif (cfg.n_heads, cfg.n_kv_heads) != have:
+            raise AmoebaError(f"adapters are for {cfg.n_heads} heads in {cfg.n_kv_heads} groups, the model has "
+                              f"{have[0]} in {have[1]}")
     for p in model.parameters():
         p.requires_grad_(False)
     gen = torch.Generator().manual_seed(cfg.init_seed)
@@ -213,7 +255,7 @@ def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None
 def set_shape(model: nn.Module, shape: SubnetShape | None) -> None:
     """Give every SMoL module the code of ``shape`` (``None`` clears it)."""
     cfg = smol_config(model)
-    code = None if shape is None or cfg is None else shape_code(shape, cfg.n_layers, cfg.widths)
+    code = None if shape is None or cfg is None else cfg.code(shape)
     for m in smol_modules(model):
         m.code = code
 

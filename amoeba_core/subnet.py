@@ -11,6 +11,10 @@ dropped heads/channels. Dropping a head's slice of ``o_proj``'s input removes ex
 head's contribution (attention is per head), and dropping a KV group drops all its query
 heads, so the result equals the extracted model. All shapes share the full model's weights,
 which is what Stage 2 fine-tuning needs.
+
+Widths are passed as one ratio ``w`` (today's policy) or as :class:`~amoeba_core.shape.WidthAxes`
+``(attention, MLP)`` for shapes with separate widths (``d24-a0.667-m0.750``): heads are cut by
+the attention ratio and channels by the MLP ratio, independently, from the same rankings.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from amoeba_core.errors import AmoebaError
-from amoeba_core.shape import SubnetShape
+from amoeba_core.shape import SubnetShape, WidthAxes, as_axes
 from amoeba_core.strategy import Strategy
 
 if TYPE_CHECKING:
@@ -35,34 +39,36 @@ log = logging.getLogger(__name__)
 def _check(model: LlamaForCausalLM, shape: SubnetShape, strategy: Strategy | None) -> None:
     n = len(model.model.layers)
     shape.check_fits(n)
-    if shape.width < 1.0 and strategy is None:
+    if shape.narrowed and strategy is None:
         raise AmoebaError(f"shape {shape.grid_key} narrows the width: a strategy (rankings) is needed")
     if strategy is not None and int(strategy.geometry["n_layers"]) != n:
         raise AmoebaError(f"strategy is for {strategy.geometry['n_layers']} layers, the model has {n}")
+    if strategy is not None and shape.attn_width is not None:
+        strategy.model_geometry.check_width(shape.attn_width, "attn")
 
 
-def head_mask(model: LlamaForCausalLM, layer: int, width: float, strategy: Strategy) -> torch.Tensor:
-    """0/1 vector over the ``n_heads * head_dim`` inputs of ``o_proj``."""
+def head_mask(model: LlamaForCausalLM, layer: int, width: float | WidthAxes, strategy: Strategy) -> torch.Tensor:
+    """0/1 vector over the ``n_heads * head_dim`` inputs of ``o_proj`` (attention ratio of ``width``)."""
     import torch
 
     cfg = model.config
     hd = cfg.head_dim
     mask = torch.zeros(cfg.num_attention_heads * hd)
-    for h in strategy.kept_heads(layer, width):
+    for h in strategy.kept_heads(layer, as_axes(width).attn):
         mask[h * hd : (h + 1) * hd] = 1.0
     return mask
 
 
-def channel_mask(model: LlamaForCausalLM, layer: int, width: float, strategy: Strategy) -> torch.Tensor:
-    """0/1 vector over the MLP channels (inputs of ``down_proj``)."""
+def channel_mask(model: LlamaForCausalLM, layer: int, width: float | WidthAxes, strategy: Strategy) -> torch.Tensor:
+    """0/1 vector over the MLP channels (inputs of ``down_proj``; MLP ratio of ``width``)."""
     import torch
 
     mask = torch.zeros(model.config.intermediate_size)
-    mask[strategy.kept_channels(layer, width)] = 1.0
+    mask[strategy.kept_channels(layer, as_axes(width).mlp)] = 1.0
     return mask
 
 
-def _fill(model: LlamaForCausalLM, layer: int, width: float, strategy: Strategy) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _fill(model: LlamaForCausalLM, layer: int, width: float | WidthAxes, strategy: Strategy) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Per-layer vectors added to the masked inputs of o_proj/down_proj (bias compensation)."""
     import torch
 
@@ -75,9 +81,10 @@ def _fill(model: LlamaForCausalLM, layer: int, width: float, strategy: Strategy)
 
 
 @contextlib.contextmanager
-def _hooks(model: LlamaForCausalLM, layers: dict[int, torch.nn.Module], width: float, strategy: Strategy | None) -> Iterator[None]:
+def _hooks(model: LlamaForCausalLM, layers: dict[int, torch.nn.Module], width: float | WidthAxes, strategy: Strategy | None) -> Iterator[None]:
     """Mask (and, with bias compensation, mean-fill) dropped units of ``layers`` {orig index: module}."""
-    if width >= 1.0:
+    width = as_axes(width)
+    if not width.narrowed:
         yield
         return
     assert strategy is not None
@@ -105,8 +112,9 @@ def _hooks(model: LlamaForCausalLM, layers: dict[int, torch.nn.Module], width: f
             h.remove()
 
 
-def width_hooks(model: LlamaForCausalLM, width: float, strategy: Strategy | None, layers: list[int] | None = None) -> contextlib.AbstractContextManager[None]:
-    """Narrow ``layers`` (original indices, default all) of the full model to ``width`` inside the context."""
+def width_hooks(model: LlamaForCausalLM, width: float | WidthAxes, strategy: Strategy | None, layers: list[int] | None = None) -> contextlib.AbstractContextManager[None]:
+    """Narrow ``layers`` (original indices, default all) of the full model to ``width`` (one ratio or
+    ``shape.axes``) inside the context."""
     idx = range(len(model.model.layers)) if layers is None else layers
     return _hooks(model, {i: model.model.layers[i] for i in idx}, width, strategy)
 
@@ -133,7 +141,7 @@ def masked_subnet(model: LlamaForCausalLM, shape: SubnetShape, strategy: Strateg
             model.config.layer_types = [old_types[i] for i in shape.layers]
         for new, layer in enumerate(inner.layers):
             layer.self_attn.layer_idx = new
-        with _hooks(model, {i: full_layers[i] for i in shape.layers}, shape.width, strategy):
+        with _hooks(model, {i: full_layers[i] for i in shape.layers}, shape.axes, strategy):
             yield model
     finally:
         inner.layers = full_layers
@@ -153,11 +161,13 @@ def extract_subnet(model: LlamaForCausalLM, shape: SubnetShape, strategy: Strate
     cfg = copy.deepcopy(model.config)
     hd = cfg.head_dim
     first = shape.layers[0]
-    if shape.width < 1.0:
+    ax = shape.axes
+    narrowed = shape.narrowed
+    if narrowed:
         assert strategy is not None
-        n_heads = len(strategy.kept_heads(first, shape.width))
-        n_kv = len(strategy.kept_groups(first, shape.width))
-        inter = len(strategy.kept_channels(first, shape.width))
+        n_heads = len(strategy.kept_heads(first, ax.attn))
+        n_kv = len(strategy.kept_groups(first, ax.attn))
+        inter = len(strategy.kept_channels(first, ax.mlp))
     else:
         n_heads, n_kv, inter = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size
     cfg.num_hidden_layers = shape.depth
@@ -165,7 +175,7 @@ def extract_subnet(model: LlamaForCausalLM, shape: SubnetShape, strategy: Strate
     cfg.num_key_value_heads = n_kv
     cfg.intermediate_size = inter
     cfg.head_dim = hd
-    compensate = shape.width < 1.0 and strategy is not None and strategy.bias_compensation
+    compensate = narrowed and strategy is not None and strategy.bias_compensation
     if compensate:
         cfg.attention_bias = True
         cfg.mlp_bias = True
@@ -181,11 +191,11 @@ def extract_subnet(model: LlamaForCausalLM, shape: SubnetShape, strategy: Strate
             out[k] = src[k]
     for new, old in enumerate(shape.layers):
         pre, npre = f"model.layers.{old}.", f"model.layers.{new}."
-        if shape.width < 1.0:
+        if narrowed:
             assert strategy is not None
-            heads = strategy.kept_heads(old, shape.width)
-            groups = strategy.kept_groups(old, shape.width)
-            chans = torch.tensor(strategy.kept_channels(old, shape.width))
+            heads = strategy.kept_heads(old, ax.attn)
+            groups = strategy.kept_groups(old, ax.attn)
+            chans = torch.tensor(strategy.kept_channels(old, ax.mlp))
             q_rows = torch.cat([torch.arange(h * hd, (h + 1) * hd) for h in heads])
             kv_rows = torch.cat([torch.arange(g * hd, (g + 1) * hd) for g in groups])
             if len(heads) != n_heads or len(groups) != n_kv or len(chans) != inter:
@@ -194,7 +204,7 @@ def extract_subnet(model: LlamaForCausalLM, shape: SubnetShape, strategy: Strate
             if not name.startswith(pre):
                 continue
             leaf = name[len(pre) :]
-            if shape.width < 1.0:
+            if narrowed:
                 if leaf in ("self_attn.q_proj.weight", "self_attn.q_proj.bias"):
                     t = t[q_rows]
                 elif leaf.startswith(("self_attn.k_proj.", "self_attn.v_proj.")):
@@ -208,7 +218,7 @@ def extract_subnet(model: LlamaForCausalLM, shape: SubnetShape, strategy: Strate
             out[npre + leaf] = t.clone()
         if compensate:
             assert strategy is not None
-            fill = _fill(model, old, shape.width, strategy)
+            fill = _fill(model, old, ax, strategy)
             assert fill is not None
             for mod, f in (("self_attn.o_proj", fill[0]), ("mlp.down_proj", fill[1])):
                 w = src[f"{pre}{mod}.weight"]
