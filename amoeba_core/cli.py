@@ -181,7 +181,7 @@ def _eval_ppl(console, loaded, strat, strategy: Path, shapes, split: str, seq_le
         n = loaded.geometry.scaled(s).n_params()
         console.print(f"{s.key}: {r.fmt()}  ({r.n_tokens} {split} tokens, 90% interval over {r.n_units} "
                       f"{r.ci_unit}s; {n / 1e6:.1f} M params, {'cached' if r.cached else f'{r.seconds:.1f} s'})",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
     rows = [{"shape": r.shape_key, "ppl": r.ppl, "ppl_ci90": [r.ppl_lo, r.ppl_hi], "top1": r.top1_acc,
              "top1_ci90": [r.top1_lo, r.top1_hi], "n_tokens": r.n_tokens, "ci_unit": r.ci_unit, "n_units": r.n_units}
             for r in scores]
@@ -191,7 +191,7 @@ def _eval_ppl(console, loaded, strat, strategy: Path, shapes, split: str, seq_le
             d = compare(r, scores[0], metric)
             verdict = d.verdict(lower_is_better=metric == "ppl", names=(r.shape_key, scores[0].shape_key))
             console.print(f"  {r.shape_key} - {scores[0].shape_key}: {metric} {d.diff.fmt(4 if metric == 'top1' else 3)}"
-                          f" (paired, 90%): {verdict}", highlight=False)
+                          f" (paired, 90%): {verdict}", highlight=False, soft_wrap=True)
             pairs.append({"a": r.shape_key, "b": scores[0].shape_key, "metric": metric, **d.to_dict(),
                           "verdict": verdict})
     from amoeba_core.data import data_record
@@ -210,9 +210,9 @@ def _eval_tasks(console, loaded, strat, shapes, tasks: list[str], limit: Optiona
         rows = evaluate_tasks(loaded, strat, s, tasks, limit=limit, include_path=include_path,
                               num_fewshot=num_fewshot, offline=offline, manager=manager)
         console.print(f"{s.key} ({loaded.geometry.scaled(s).n_params() / 1e6:.1f} M params, physical subnet via "
-                      f"lm-eval HFLM, {time.perf_counter() - t0:.1f} s):", highlight=False)
+                      f"lm-eval HFLM, {time.perf_counter() - t0:.1f} s):", highlight=False, soft_wrap=True)
         for r in rows:
-            console.print(f"  {r.fmt()}", highlight=False)
+            console.print(f"  {r.fmt()}", highlight=False, soft_wrap=True)
         per_shape.append(rows)
     pairs = []
     for rows in per_shape[1:]:
@@ -223,7 +223,7 @@ def _eval_tasks(console, loaded, strat, shapes, tasks: list[str], limit: Optiona
             d = compare_items(r, base)
             verdict = d.verdict(lower_is_better=False, names=(r.shape_key, base.shape_key))
             console.print(f"  {r.shape_key} - {base.shape_key}: {r.task} {r.metric} {d.diff.fmt(4)} "
-                          f"(paired over {r.n} items, 90%): {verdict}", highlight=False)
+                          f"(paired over {r.n} items, 90%): {verdict}", highlight=False, soft_wrap=True)
             pairs.append({"a": r.shape_key, "b": base.shape_key, "task": r.task, "metric": r.metric, **d.to_dict(),
                           "verdict": verdict})
     return {"tasks": tasks, "limit": limit, "scores": [r.to_dict() for rows in per_shape for r in rows],

@@ -94,3 +94,26 @@ def test_mc_accuracy_interval(tiny: LoadedModel) -> None:
     items = [MCItem("import", (" os", " qq"), i % 2) for i in range(6)]
     r = mc_accuracy(tiny, items)
     assert r["acc_lo"] <= r["acc"] <= r["acc_hi"] and r["n"] == 6.0
+
+
+def test_cli_eval_prints_intervals_and_pairs(tiny: LoadedModel, strategy: Strategy, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from amoeba.cli import main
+
+    spath = strategy.save(tmp_path / "s.yaml")
+    out = tmp_path / "e.json"
+    argv = ["eval", "--strategy", str(spath), "--shape", "d4-w1", "--shape", "d2-w0.5", "--split", "val-stdlib",
+            "--seq-len", "32", "--windows", "10", "--out", str(out)]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert not e.value.code
+    printed = capsys.readouterr().out
+    assert "90% interval over 10 windows" in printed and "(paired, 90%)" in printed
+    r = json.loads(out.read_text())
+    assert r["split"] == "val-stdlib" and r["data"]["data_version"] >= 2 and len(r["scores"]) == 2
+    lo, hi = r["scores"][0]["ppl_ci90"]
+    assert lo <= r["scores"][0]["ppl"] <= hi
+    assert {p["metric"] for p in r["paired"]} == {"ppl", "top1"}
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--strategy", str(spath), "--shape", "d4-w1", "--split", "test-wiki"])
+    assert e.value.code == 2 and "unknown data split" in capsys.readouterr().err
