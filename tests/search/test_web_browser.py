@@ -1,5 +1,6 @@
 """The page at ``/`` driven in a real headless Chromium (Debian's ``chromium`` + ``chromium-driver``
-through selenium) against a real server on 127.0.0.1 with a token set, over the tiny run of conftest.
+through selenium) against a real server on 127.0.0.1 with a token set, over a run of the tiny model
+whose latencies were measured on this machine (conftest's ``profiles``).
 
 Skipped, saying why, where chromium/chromedriver or selenium are missing (CI installs them).
 ``AMOEBA_WEB_SCREENSHOT=path.png`` also saves the page's screenshot there. docs/web-front.png is
@@ -184,12 +185,23 @@ def test_slider_shows_the_same_shape_as_query(url: str, api: httpx.Client, brows
         seen.append(p["key"])
     assert len(set(seen)) == 3, f"three budgets should pick three shapes: {seen}"
 
+    # the keyboard moves the slider too (the browser's own input events)
+    from selenium.webdriver.common.keys import Keys
+
+    before = float(browser.find_element("id", "budget-ms").get_attribute("value"))
+    browser.find_element("id", "budget").send_keys(Keys.ARROW_RIGHT * 25)
+    _wait(browser, lambda b: float(b.find_element("id", "budget-ms").get_attribute("value")) > before, "a larger budget")
+    budget = float(browser.find_element("id", "budget-ms").get_attribute("value"))
+    shown = _answer(browser, budget)
+    q = api.get("/query", params={"device": "cpu-host", "flow": "pytorch", "budget_ms": budget}).json()
+    assert shown["key"] == q["shape"]["key"]
+
     # the address is a link to what is shown (without the token): opened again, it shows the same answer
     link = browser.current_url
     assert "token" not in link and "budget=" in link and "device=cpu-host" in link
     browser.get("about:blank")
     browser.get(link)
-    assert _answer(browser, float(shown["budget"]))["key"] == seen[-1]
+    assert _answer(browser, float(shown["budget"]))["key"] == shown["key"]
 
     # another phase: the page re-reads the front and its answer is /query's for that phase
     from selenium.webdriver.support.ui import Select
