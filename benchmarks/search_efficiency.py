@@ -1,18 +1,27 @@
-"""How many accuracy evaluations each search method needs to reach 99% of the exhaustive front.
+"""Evaluated tokens each search method needs to reach 99% of the exhaustive front's hypervolume.
 
-On a strategy's space (depths x a fine width axis) with one device/flow latency table:
+Ground truth: every shape of a strategy's space (depths x widths) scored at the *full* evaluation
+budget (``--windows`` windows of ``--seq-len`` tokens spread over the held-out val split), latency
+from one device/flow table; its Pareto front's hypervolume (reference: 1.01 x the slowest latency,
+the lowest accuracy of the space) is the target's 100%.
 
-1. evaluate every shape's accuracy once (cached in ``<run>/accuracy.parquet``; a re-run is free)
-   and compute the exhaustive front's hypervolume (reference: 1.01 x the slowest latency and the
-   lowest accuracy of the space);
-2. run hierarchical search, NSGA-II, TPE and random search (several seeds; the cached scores
-   make every run cheap, but each method only *counts* the distinct shapes it asked for) and
-   record after how many evaluations the found front first reaches 99% of that hypervolume.
+1. One exhaustive pass runs real forward passes of every shape at every fidelity rung
+   (``--rungs``, window counts; each rung's windows contain the previous rung's, so the pass runs
+   each window once per shape) and caches every rung's score, with its 90% interval, in
+   ``<run>/accuracy.parquet``. A re-run is free.
+2. The methods are replayed against that cache, each charged the tokens it would have evaluated:
+   multi-fidelity hierarchical search (screen at the cheapest rung, promote while the interval
+   reaches the front), the same hierarchical scheme at the full budget only, and NSGA-II, TPE and
+   random search at the full budget (5 seeds each; the hierarchical schemes are deterministic).
+   A method's front is made of the shapes it scored at the full budget, valued at those scores.
+3. ``cost_fraction`` = tokens until that front first reaches 99% of the exhaustive hypervolume /
+   tokens of the exhaustive pass at the full budget (median over seeds).
 
-    python benchmarks/search_efficiency.py --strategy benchmarks/results/smollm2_strategy.yaml \
-        --device cpu-host --flow pytorch
+    python benchmarks/search_efficiency.py            # SmolLM2 strategy, cpu-host pytorch decode
     python benchmarks/search_efficiency.py --quick    # tiny random model, a fresh tiny table
 
+Without a cpu-host latency table for the model, a sparse one is profiled first
+(``amoeba profile --sparse``: 3 depths x the widths, decode; the rest of the space is predicted).
 Writes benchmarks/results/search_efficiency.json (search_efficiency_quick.json with --quick).
 """
 
@@ -24,17 +33,19 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from amoeba_core.shape import parse_ints  # noqa: E402
 
-METHODS = ("hierarchical", "nsga2", "tpe", "random")
+METHODS = ("hierarchical-mf", "hierarchical", "nsga2", "tpe", "random")
 
 
 def quick_setup(work: Path) -> tuple[Path, Path]:
@@ -60,17 +71,49 @@ def quick_setup(work: Path) -> tuple[Path, Path]:
     return strategy, root
 
 
-def first_reach(history: list, ref: tuple[float, float], target: float) -> int | None:
+def ensure_table(device: str, flow: str, model: str, phase: str, depths: tuple[int, ...],
+                 widths: tuple[float, ...], root: Path | None) -> str:
+    """'present', or profile a sparse table (decode) and say so."""
+    from amoeba_core.errors import AmoebaError
+    from search.objectives import LatencyObjective
+
+    try:
+        LatencyObjective(device, flow, model, phase, root=root)
+        return "present"
+    except AmoebaError as e:
+        if device != "cpu-host":
+            raise
+        print(f"no {device}/{flow} {phase} table for {model} ({e}); profiling a sparse one", flush=True)
+    cmd = [sys.executable, "-m", "amoeba", "profile", "--device", device, "--flow", flow, "--model", model,
+           "--depths", ",".join(map(str, depths)), "--widths", ",".join(f"{w:g}" for w in widths),
+           "--phases", phase, "--sparse", "--threads", os.environ.get("AMOEBA_THREADS", "2")]
+    if root is not None:
+        cmd += ["--root", str(root)]
+    subprocess.run(cmd, check=True, cwd=REPO)
+    return "profiled here (sparse: " + " ".join(cmd[3:]) + ")"
+
+
+def first_reach(problem: Any, ref: tuple[float, float], target: float) -> int | None:
+    """Tokens spent when the front of the problem's full-budget shapes first reaches ``target``."""
     from search.pareto import hypervolume
 
     lat: list[float] = []
     acc: list[float] = []
-    for k, e in enumerate(history, 1):
-        lat.append(e.latency_ms)
-        acc.append(e.accuracy)
+    for tokens, ev in problem.events:
+        if ev is None:
+            continue
+        lat.append(ev.latency_ms)
+        acc.append(ev.accuracy)
         if hypervolume(lat, acc, *ref) >= target:
-            return k
+            return tokens
     return None
+
+
+def rel(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return Path(path).name
 
 
 def main() -> None:
@@ -81,15 +124,17 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="latency-table model name (default: the strategy's)")
     ap.add_argument("--root", type=Path, default=None, help="profiles folder")
     ap.add_argument("--phase", default="decode")
-    ap.add_argument("--widths", default="0.5:1:1/32", help="width axis, LO:HI:STEP or a list")
+    ap.add_argument("--widths", default="0.5:1:1/16", help="width axis, LO:HI:STEP or a list")
     ap.add_argument("--depths", default=None, help="depths to use (default: the strategy's, largest 16)")
+    ap.add_argument("--seq-len", type=int, default=64, help="evaluation window (tokens)")
+    ap.add_argument("--windows", type=int, default=32, help="full evaluation budget (windows per shape)")
+    ap.add_argument("--rungs", default="4,32", help="fidelity rungs (window counts, the last = --windows)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--target", type=float, default=0.99)
-    ap.add_argument("--run", type=Path, default=REPO / "runs/bench-search")
-    ap.add_argument("--seq-len", type=int, default=256)
-    ap.add_argument("--max-windows", type=int, default=8)
+    ap.add_argument("--run", type=Path, default=REPO / "runs/bench-search-mf")
     ap.add_argument("--quick", action="store_true", help="tiny random model, fresh tiny table, 2 seeds")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--accuracy-only", action="store_true", help="only the exhaustive accuracy pass (fills the cache)")
     args = ap.parse_args()
     logging.basicConfig(level=os.environ.get("AMOEBA_LOG", "WARNING"))
     import optuna
@@ -100,16 +145,15 @@ def main() -> None:
     from search.cli import _widths
     from search.evolutionary import run_optuna
     from search.hierarchical import run_hierarchical
-    from search.objectives import AccuracyObjective, AccuracyTable, LatencyObjective
+    from search.objectives import AccuracyTable, LatencyObjective, MultiFidelityAccuracy
     from search.pareto import hypervolume, pareto_indices
     from search.problem import SearchProblem
     from search.space import SearchSpace
 
     if args.quick:
-        work = Path(tempfile.gettempdir()) / "amoeba-bench-quick2"
+        work = Path(tempfile.gettempdir()) / "amoeba-bench-quick-mf"
         args.strategy, args.root = quick_setup(work)
-        args.run, args.seeds, args.seq_len, args.max_windows = work / "run", min(args.seeds, 2), 32, 2
-        args.widths = args.widths if args.widths != "0.5:1:1/32" else "0.5:1:1/16"
+        args.run, args.seeds, args.seq_len, args.windows, args.rungs = work / "run", min(args.seeds, 2), 32, 8, "2,8"
     if not args.strategy.is_file():
         sys.exit(f"error: strategy {args.strategy} not found (make one with `amoeba select`, or use --quick)")
     from amoeba_core.strategy import Strategy
@@ -117,36 +161,50 @@ def main() -> None:
     strat = Strategy.load(args.strategy)
     depths = parse_ints(args.depths) if args.depths else tuple(sorted(strat.depths)[-16:])
     space = SearchSpace.from_strategy(args.strategy, model=args.model, widths=_widths(args.widths), depths=depths)
-    latency = LatencyObjective(args.device, args.flow, space.model, args.phase, root=args.root)
     table = AccuracyTable(args.run / "accuracy.parquet")
-    accuracy = AccuracyObjective.from_stage1(args.strategy, table, split="val", seq_len=args.seq_len,
-                                             max_windows=args.max_windows)
+    rungs = parse_ints(args.rungs)
+    mf = MultiFidelityAccuracy.from_stage1(args.strategy, table, split="val", seq_len=args.seq_len,
+                                           max_windows=args.windows, rungs=rungs)
     shapes = space.shapes()
+    full_tokens = mf.tokens(-1)
     print(f"space: {len(space.depths)} depths x {len(space.widths)} widths = {space.size} shapes "
-          f"({space.model}, {args.device}/{args.flow} {args.phase})", flush=True)
+          f"({space.model}, {args.device}/{args.flow} {args.phase}); full budget {mf.rungs[-1]} x {args.seq_len} "
+          f"tokens, rungs {list(mf.rungs)}", flush=True)
     t0 = time.perf_counter()
     # Width by width, shallow to deep: the evaluator reuses the hidden states of a shared prefix.
     for k, s in enumerate(sorted(shapes, key=lambda s: (s.width, s.depth)), 1):
-        accuracy(s)
-        if k % 25 == 0:
-            print(f"  exhaustive accuracy {k}/{space.size} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        mf.score(s, -1)
+        if k % 8 == 0 or k == len(shapes):
+            dt = time.perf_counter() - t0
+            print(f"  exhaustive {k}/{space.size} ({dt:.0f} s, {mf.tokens_run} tokens run here)", flush=True)
     exhaustive_s = time.perf_counter() - t0
+    if args.accuracy_only:
+        print(f"accuracy pass done ({exhaustive_s:.0f} s)")
+        return
+    table_origin = ensure_table(args.device, args.flow, space.model, args.phase, space.depths, space.widths,
+                                args.root) if not args.quick else "quick: profiled here (tiny)"
+    latency = LatencyObjective(args.device, args.flow, space.model, args.phase, root=args.root)
     L = [latency(s).ms for s in shapes]
-    A = [accuracy(s).top1_acc for s in shapes]
+    full = [mf.score(s, -1) for s in shapes]
+    A = [r.top1_acc for r in full]
     ref = (max(L) * 1.01, min(A))
-    full = hypervolume(L, A, *ref)
+    hv_full = hypervolume(L, A, *ref)
     front = pareto_indices(L, A)
-    target = args.target * full
-    print(f"exhaustive: {len(front)} front shapes, hypervolume {full:.6g}; "
-          f"{accuracy.n_evaluated} new evaluations in {exhaustive_s:.0f} s", flush=True)
+    target = args.target * hv_full
+    exhaustive_tokens = space.size * full_tokens
+    print(f"exhaustive: {len(front)} front shapes, hypervolume {hv_full:.6g}; {mf.n_evaluated} rung scores run "
+          f"in {exhaustive_s:.0f} s", flush=True)
+
+    def full_only(shape: Any) -> Any:
+        return mf.score(shape, -1)
 
     results: dict[str, list[dict]] = {}
     for method in METHODS:
-        seeds = [0] if method == "hierarchical" else list(range(args.seeds))
+        seeds = [0] if method.startswith("hierarchical") else list(range(args.seeds))
         for seed in seeds:
-            p = SearchProblem(space, accuracy, latency)
+            p = SearchProblem(space, mf if method == "hierarchical-mf" else full_only, latency)
             t1 = time.perf_counter()
-            if method == "hierarchical":
+            if method.startswith("hierarchical"):
                 run_hierarchical(p, tol=0.0, max_evaluations=space.size)
             else:
                 def reached(study: optuna.Study, _: object, p: SearchProblem = p) -> None:
@@ -156,45 +214,69 @@ def main() -> None:
 
                 run_optuna(p, method, n_trials=8 * space.size, seed=seed, max_evaluations=space.size,
                            population_size=10, n_startup_trials=10, callbacks=[reached])
-            need = first_reach(p.history, ref, target)
-            results.setdefault(method, []).append({"seed": seed, "evaluations_to_target": need,
-                                                   "evaluated": len(p.history),
-                                                   "seconds": round(time.perf_counter() - t1, 3)})
-        needs = [r["evaluations_to_target"] for r in results[method]]
-        print(f"  {method:12s} evaluations to {args.target:.0%} HV: {needs}", flush=True)
+            need = first_reach(p, ref, target)
+            screened = len(p.rung_of) if p.fidelity is not None else len(p.history)
+            results.setdefault(method, []).append({
+                "seed": seed, "tokens_to_target": need,
+                "cost_fraction": None if need is None else need / exhaustive_tokens,
+                "full_budget_shapes_to_target": None if need is None else
+                sum(1 for t, e in p.events if e is not None and t <= need),
+                "shapes_scored": screened, "full_budget_shapes": len(p.history), "tokens_total": p.tokens,
+                "seconds": round(time.perf_counter() - t1, 3)})
+        fr = [r["cost_fraction"] for r in results[method]]
+        print(f"  {method:16s} cost fraction to {args.target:.0%} HV: "
+              f"{[None if f is None else round(f, 3) for f in fr]}", flush=True)
 
-    summary = {}
+    summary: dict[str, dict[str, Any]] = {}
     for method, rs in results.items():
-        needs = [r["evaluations_to_target"] if r["evaluations_to_target"] is not None else space.size for r in rs]
-        summary[method] = {"median": statistics.median(needs), "mean": statistics.fmean(needs),
-                           "max": max(needs), "fraction_of_space": statistics.median(needs) / space.size,
-                           "reached_all": all(r["evaluations_to_target"] is not None for r in rs)}
-    rnd = summary["random"]["median"]
+        fr = [r["cost_fraction"] if r["cost_fraction"] is not None else 1.0 for r in rs]
+        summary[method] = {"cost_fraction": statistics.median(fr), "cost_fraction_per_seed": fr,
+                           "reached_all": all(r["cost_fraction"] is not None for r in rs), "runs": len(rs)}
+    rnd = summary["random"]["cost_fraction"]
     for m in summary:
-        summary[m]["random_over_method"] = rnd / summary[m]["median"]
-    print(f"\n{'method':12s} {'median':>7s} {'% space':>8s} {'random/x':>9s}")
+        summary[m]["random_over_method"] = rnd / summary[m]["cost_fraction"]
+    best = min(summary, key=lambda m: summary[m]["cost_fraction"])
+    print(f"\n{'method':16s} {'cost frac':>9s} {'random/x':>9s}")
     for m, s in summary.items():
-        print(f"{m:12s} {s['median']:7.1f} {100 * s['fraction_of_space']:7.1f}% {s['random_over_method']:8.2f}x")
+        print(f"{m:16s} {s['cost_fraction']:9.3f} {s['random_over_method']:8.2f}x")
+
+    rung_ci = {}
+    for r, n in enumerate(mf.rungs):
+        widths_ci = sorted((rec.top1_hi - rec.top1_lo) / 2 for rec in (mf.score(s, r) for s in shapes))
+        rung_ci[str(n)] = {"windows": n, "tokens": mf.tokens(r),
+                           "median_top1_ci90_half_width": statistics.median(widths_ci)}
     out = args.out or REPO / "benchmarks/results" / ("search_efficiency_quick.json" if args.quick
                                                       else "search_efficiency.json")
     out.parent.mkdir(parents=True, exist_ok=True)
+    lat_sources = sorted({latency(s).source for s in shapes})
     out.write_text(json.dumps({
-        "benchmark": "search_efficiency", "quick": args.quick, "strategy": str(args.strategy),
+        "benchmark": "search_efficiency", "quick": args.quick, "strategy": rel(args.strategy),
         "model": space.model, "device": args.device, "flow": args.flow, "phase": args.phase,
+        "latency_table": table_origin, "latency_sources": lat_sources,
         "space": {"depths": list(space.depths), "widths": list(space.widths), "size": space.size},
-        "accuracy": {"metric": "next-token top-1 (held-out val split)", "seq_len": args.seq_len,
-                     "max_windows": args.max_windows, "exhaustive_seconds": round(exhaustive_s, 1),
-                     "new_evaluations": accuracy.n_evaluated},
+        "accuracy": {"metric": "next-token top-1 (held-out val split), 90% bootstrap interval over windows",
+                     "seq_len": args.seq_len, "full_budget_windows": mf.rungs[-1], "rungs": list(mf.rungs),
+                     "window_choice": "windows evenly spaced over the val split, rungs take them in bit-reversal "
+                                      "order (each rung contains the previous)",
+                     "full_budget_tokens_per_shape": full_tokens, "exhaustive_tokens": exhaustive_tokens,
+                     "exhaustive_seconds": round(exhaustive_s, 1), "rung_scores_run": mf.n_evaluated,
+                     "rungs_ci": rung_ci},
         "target_fraction": args.target, "reference_point": {"latency_ms": ref[0], "accuracy": ref[1]},
-        "exhaustive": {"hypervolume": full, "front": [shapes[i].grid_key for i in front]},
+        "exhaustive": {"hypervolume": hv_full, "front": [shapes[i].grid_key for i in front]},
         "settings": {"nsga2_population": 10, "tpe_startup_trials": 10, "seeds": args.seeds,
-                     "hierarchical": "tol=0 (runs to exhaustion; the count is when 99% is first reached)"},
-        "results": results, "summary": summary,
-        "goals": {"fraction_of_space_max": 0.05, "random_over_method_min": 5.0},
+                     "hierarchical": "tol=0 (runs to exhaustion; the cost is when 99% is first reached); "
+                                     "deterministic, one run",
+                     "hierarchical-mf": "screens at the first rung; promotes one rung while no faster-or-equal "
+                                        "shape is better by a paired 90% interval excluding 0",
+                     "cost": "tokens run through the model (windows x seq_len), charged as if evaluated "
+                             "(scores come from the exhaustive pass's cache)"},
+        "results": results, "summary": summary, "best_method": best,
+        "goals": {"best_cost_fraction_max": 0.15, "random_over_best_min": 3.0,
+                  "met": summary[best]["cost_fraction"] <= 0.15 and summary[best]["random_over_method"] >= 3.0},
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "optuna": optuna.__version__, "host": platform.node()},
+                        "optuna": optuna.__version__, "threads": torch.get_num_threads()},
     }, indent=2))
-    print(f"wrote {out}")
+    print(f"wrote {rel(out)}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ objective. The scheme spends accuracy evaluations where they can still move the 
    feasible depths, the smallest and largest included.
 2. **Refine depth.** Between two evaluated neighbouring depths ``a < b``, the middle depth is a
    candidate. Assuming accuracy does not fall as depth grows, its best case is
-   ``acc(b)`` at its own latency; its *optimistic gain* is the hypervolume that best case would
+   ``acc(b)`` at its own latency (with accuracy intervals: the upper end of the better
+   neighbour's interval, so a noisy low score does not close a region); its *optimistic gain* is the hypervolume that best case would
    add to the current front (reference point: the slowest feasible latency and accuracy
    ``ref_accuracy``, 0 by default, the floor of top-1 accuracy, so fast low-accuracy shapes count). Repeatedly evaluate the candidate with the largest gain until no depth candidate
    gains more than ``depth_tol`` of the front's bounding box.
@@ -25,6 +26,21 @@ objective. The scheme spends accuracy evaluations where they can still move the 
 
 Over-budget shapes are never evaluated (hard constraint). The scheme is deterministic; every
 evaluation is recorded as a finished trial in the Optuna study.
+
+**Multi-fidelity** (the problem's accuracy is a :class:`search.objectives.MultiFidelityAccuracy`
+with several rungs): every step above *screens* its shape at the cheapest rung, and the accuracy
+the scheme reasons with is a shape's latest (highest-rung) score. After each screen, successive
+halving over the evaluation budget: a shape below the full budget is promoted one rung while its
+accuracy interval still reaches the current front, i.e. no shape at most as slow is better by a
+paired difference whose interval excludes 0 (:func:`amoeba_core.stats.paired_diff` on the
+windows both have scored; ``prune_level`` 98% by default, stricter than the 90% reported
+everywhere, because a shape is tested against several faster ones). Promotions go in order of optimistic gain (hypervolume its interval's
+upper end would add to the front of full-budget shapes); while exploring, only shapes on the front
+of current estimates are promoted, the rest whose interval reaches the front wait until the
+exploration ends. Optuna's pruners do not support
+multi-objective studies, so this lives here. Full-budget shapes are finished trials (lower rungs as
+intermediate values, step = windows); shapes that never reached the full budget are PRUNED trials
+carrying their rung scores and intervals.
 """
 
 from __future__ import annotations
@@ -35,15 +51,19 @@ from typing import Any
 
 import numpy as np
 
-from search.pareto import hypervolume
+from search.pareto import hypervolume, pareto_indices
 from search.problem import DIRECTIONS, SearchProblem
 
 log = logging.getLogger(__name__)
 
+# A screened shape stops when a faster-or-equal shape beats it by a paired interval at this level that
+# excludes 0 (two-sided 98%: 1% one-sided error per comparison, as a shape is compared with several).
+PRUNE_LEVEL = 0.98
+
 
 def run_hierarchical(problem: SearchProblem, max_evaluations: int | None = None, tol: float = 1e-3,
                      depth_tol: float = 5e-3, storage: Any = None, study_name: str | None = None,
-                     ref_accuracy: float = 0.0) -> Any:
+                     ref_accuracy: float = 0.0, prune_level: float = PRUNE_LEVEL) -> Any:
     """Run the scheme above; returns the Optuna study holding one trial per evaluated shape."""
     import optuna
 
@@ -53,14 +73,15 @@ def run_hierarchical(problem: SearchProblem, max_evaluations: int | None = None,
     study.set_user_attr("method", "hierarchical")
     if problem.budget_ms is not None:
         study.set_user_attr("budget_ms", problem.budget_ms)
-    HierarchicalSearch(problem, study, max_evaluations, tol, depth_tol, ref_accuracy).run()
+    HierarchicalSearch(problem, study, max_evaluations, tol, depth_tol, ref_accuracy, prune_level).run()
     return study
 
 
 class HierarchicalSearch:
     def __init__(self, problem: SearchProblem, study: Any, max_evaluations: int | None, tol: float,
-                 depth_tol: float, ref_accuracy: float = 0.0) -> None:
+                 depth_tol: float, ref_accuracy: float = 0.0, prune_level: float = PRUNE_LEVEL) -> None:
         self.p, self.study, self.tol, self.depth_tol, self.ref_acc = problem, study, tol, depth_tol, ref_accuracy
+        self.prune_level = prune_level
         space = problem.space
         self.D, self.W = len(space.depths), len(space.widths)
         self.max_evals = max_evaluations if max_evaluations is not None else self.D * self.W
@@ -68,21 +89,105 @@ class HierarchicalSearch:
         budget = problem.budget_ms
         self.ok = self.lat <= budget if budget is not None else np.ones_like(self.lat, dtype=bool)
         self.acc: dict[tuple[int, int], float] = {}
+        # Best case of an evaluated shape for the candidates' optimism: its interval's upper end when
+        # the accuracy carries one (a noisy low score must not close a region), else the value.
+        self._best: dict[tuple[int, int], float] = {}
         self.feasible_depths = [i for i in range(self.D) if self.ok[i].any()]
         self.widest = {i: int(np.flatnonzero(self.ok[i]).max()) for i in self.feasible_depths}
         self.narrowest = {i: int(np.flatnonzero(self.ok[i]).min()) for i in self.feasible_depths}
         self.ref_lat = float(self.lat[self.ok].max()) * (1 + 1e-9) + 1e-12 if self.ok.any() else 0.0
+        mf = problem.fidelity
+        self.top = len(mf.rungs) - 1 if mf is not None else 0
+        self.recs: dict[tuple[int, int], Any] = {}  # multi-fidelity: latest record per shape
+        self._paired: dict[tuple[Any, ...], bool] = {}
+        self._exploring = False
 
     # -- bookkeeping -------------------------------------------------------------------
+    def _shape(self, k: tuple[int, int]) -> Any:
+        return self.p.space.shape(self.p.space.depths[k[0]], self.p.space.widths[k[1]])
+
     def _eval(self, i: int, j: int) -> None:
         if (i, j) in self.acc:
             return
-        shape = self.p.space.shape(self.p.space.depths[i], self.p.space.widths[j])
+        if self.top > 0:
+            self._raise((i, j), 0)
+            if self._exploring:  # not during the coarse pass: its shapes are compared with each other first
+                self._promote()
+            return
+        shape = self._shape((i, j))
         known = len(self.p.history)
         ev = self.p.evaluate(shape)
         self.acc[(i, j)] = ev.accuracy
+        self._best[(i, j)] = ev.accuracy if ev.accuracy_hi is None else max(ev.accuracy, ev.accuracy_hi)
         if len(self.p.history) > known:
             self.p.record(self.study, ev)
+
+    # -- multi-fidelity -----------------------------------------------------------------
+    def _rung(self, k: tuple[int, int]) -> int:
+        return self.p.rung_of.get(self._shape(k).key, -1)
+
+    def _raise(self, k: tuple[int, int], rung: int) -> None:
+        shape = self._shape(k)
+        known = len(self.p.history)
+        rec = self.p.screen(shape, rung)
+        self.recs[k], self.acc[k], self._best[k] = rec, rec.top1_acc, max(rec.top1_acc, rec.interval()[1])
+        if len(self.p.history) > known:
+            self.p.record(self.study, self.p.history[-1])
+
+    def _surely_beaten(self, k: tuple[int, int], front: list[tuple[int, int]]) -> bool:
+        """True when a front shape at most as slow as ``k`` is significantly more accurate on shared windows."""
+        from amoeba_core.stats import paired_diff
+
+        s = self.recs[k]
+        for t in front:
+            if t == k or self.lat[t] > self.lat[k] or self.acc[t] <= self.acc[k]:
+                continue
+            key = (k, self._rung(k), t, self._rung(t))
+            hit = self._paired.get(key)
+            if hit is None:
+                r = self.recs[t]
+                m = min(len(s.window_correct or ()), len(r.window_correct or ()))
+                if m == 0:
+                    hit = False
+                else:
+                    d = paired_diff(r.window_correct[:m], s.window_correct[:m], r.window_count[:m], n_boot=1000,
+                                    level=self.prune_level)
+                    hit = d.diff.lo > 0
+                self._paired[key] = hit
+            if hit:
+                return True
+        return False
+
+    def _promote(self, final: bool = False) -> None:
+        """Successive halving: raise shapes whose interval reaches the front, best gain first.
+
+        During exploration only shapes on the front of current estimates are raised; the others whose
+        interval still reaches the front wait until exploration ends (``final``)."""
+        while True:
+            keys = list(self.recs)
+            lat = np.array([self.lat[k] for k in keys])
+            front = [keys[i] for i in pareto_indices(lat, np.array([self.acc[k] for k in keys]))]
+            pool = keys if final else front
+            open_ = [k for k in pool if self._rung(k) < self.top and not self._surely_beaten(k, front)]
+            if not open_:
+                return
+            decided = [k for k in keys if self._rung(k) == self.top]
+            dl = np.array([self.lat[k] for k in decided])
+            da = np.array([self.acc[k] for k in decided])
+            base = hypervolume(dl, da, self.ref_lat, self.ref_acc) if decided else 0.0
+
+            def gain(k: tuple[int, int]) -> tuple[float, float, float]:
+                hi = self.recs[k].interval()[1]
+                hv = hypervolume(np.append(dl, self.lat[k]), np.append(da, hi), self.ref_lat, self.ref_acc)
+                return (hv - base, hi, -float(self.lat[k]))
+
+            gains = {k: gain(k) for k in open_}
+            floor = self.tol * self._box() if decided else -math.inf
+            open_ = [k for k in open_ if gains[k][0] > max(floor, 0.0) or not decided]
+            if not open_:
+                return
+            k = max(open_, key=gains.__getitem__)
+            self._raise(k, self._rung(k) + 1)
 
     def _done(self) -> bool:
         return len(self.acc) >= self.max_evals
@@ -115,7 +220,7 @@ class HierarchicalSearch:
             mids = [i for i in self.feasible_depths if a < i < b]
             if mids:
                 m = mids[len(mids) // 2]
-                best = max(self.acc[(a, self.widest[a])], self.acc[(b, self.widest[b])])
+                best = max(self._best[(a, self.widest[a])], self._best[(b, self.widest[b])])
                 out.append((m, self.widest[m], best))
         return out
 
@@ -126,17 +231,17 @@ class HierarchicalSearch:
             if not js:
                 continue
             if (i, self.narrowest[i]) not in self.acc:
-                out.append((i, self.narrowest[i], self.acc[(i, js[0])]))
+                out.append((i, self.narrowest[i], self._best[(i, js[0])]))
             for a, b in zip(js, js[1:]):
                 mids = [j for j in range(a + 1, b) if self.ok[i, j]]
                 if mids:
-                    out.append((i, mids[len(mids) // 2], max(self.acc[(i, a)], self.acc[(i, b)])))
+                    out.append((i, mids[len(mids) // 2], max(self._best[(i, a)], self._best[(i, b)])))
             # Measured rows can make a width faster than narrower ones: the fastest open width is a candidate.
             open_js = [j for j in range(self.W) if self.ok[i, j] and (i, j) not in self.acc]
             if open_js:
                 f = min(open_js, key=lambda j: self.lat[i, j])
-                above = [self.acc[(i, j)] for j in js if j > f]
-                out.append((i, f, min(above) if above else max(self.acc[(i, j)] for j in js)))
+                above = [self._best[(i, j)] for j in js if j > f]
+                out.append((i, f, min(above) if above else max(self._best[(i, j)] for j in js)))
         # The depth axis again, along every width that has evaluations (a narrow column of
         # shallow-to-deep shapes can hold the front where the widest column does not).
         for j in range(self.W):
@@ -145,11 +250,11 @@ class HierarchicalSearch:
                 continue
             lower = [i for i in self.feasible_depths if i < col[0] and self.ok[i, j]]
             if lower:
-                out.append((lower[0], j, self.acc[(col[0], j)]))
+                out.append((lower[0], j, self._best[(col[0], j)]))
             for a, b in zip(col, col[1:]):
                 mids = [i for i in self.feasible_depths if a < i < b and self.ok[i, j]]
                 if mids:
-                    out.append((mids[len(mids) // 2], j, max(self.acc[(a, j)], self.acc[(b, j)])))
+                    out.append((mids[len(mids) // 2], j, max(self._best[(a, j)], self._best[(b, j)])))
         return out
 
     def _step(self, cands: list[tuple[int, int, float]], tol: float) -> bool:
@@ -162,6 +267,18 @@ class HierarchicalSearch:
         return True
 
     def run(self) -> None:
+        self._explore()
+        if self.top > 0:
+            self._promote(final=True)
+            for k in self.recs:
+                if self._rung(k) < self.top:
+                    self.p.record_screened(self.study, self._shape(k))
+            log.info("hierarchical search: %d shapes screened, %d at the full budget, %d tokens", len(self.acc),
+                     len(self.p.history), self.p.tokens)
+        else:
+            log.info("hierarchical search: %d evaluations", len(self.acc))
+
+    def _explore(self) -> None:
         fd = self.feasible_depths
         if not fd:
             log.warning("no shape fits the budget of %s ms", self.p.budget_ms)
@@ -172,8 +289,10 @@ class HierarchicalSearch:
             if self._done():
                 return
             self._eval(i, self.widest[i])
+        self._exploring = True
+        if self.top > 0:
+            self._promote()
         while self._step(self._depth_candidates(), self.depth_tol):
             pass
         while self._step(self._depth_candidates() + self._width_candidates(), self.tol):
             pass
-        log.info("hierarchical search: %d evaluations", len(self.acc))

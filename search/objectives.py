@@ -4,9 +4,19 @@ Accuracy is next-token top-1 accuracy on held-out text from the Stage 1 evaluato
 perplexity kept alongside. Every score is stored once per (model fingerprint, shape key) in
 ``runs/<name>/accuracy.parquet`` and shared by every device, flow and search method; a shape is
 never evaluated twice. Writes are atomic and serialised by a lock file, so several search
-processes can share one table.
+processes can share one table. A record carries its 90% intervals (``top1_lo/hi``, ``ppl_lo/hi``,
+bootstrap over evaluation windows, :mod:`amoeba_core.stats`), the per-window sums they came
+from, and its cost in evaluated tokens.
 
-Latency comes from the profiler (a measured row when there is one, else its predictor) for
+Multi-fidelity (:class:`MultiFidelityAccuracy`): a shape is scored on ``rungs`` of growing
+window counts (e.g. 4, 8, 32 of a fixed set of 32 windows). The windows are taken in a spread
+order (bit-reversal of their position in the split), so every rung samples the whole text and
+each rung's windows contain the previous rung's: promoting a shape costs only the windows it
+has not seen. Every rung's score is a row of the table under its own context
+(``...|<n>w``), so the full-budget rows are exactly what a single-fidelity search stores.
+
+Latency comes from the profiler (a measured row when there is one, else its predictor; with its
+90% interval and an ``extrapolated`` flag; one table variant, ``variant`` or the table's first) for
 ``decode`` (one token), ``prefill`` (the prompt) or ``e2e``: prefill of ``prompt_len`` tokens plus
 ``gen_len`` decode steps. An e2e value is labelled ``measured`` only when both parts are.
 """
@@ -16,11 +26,12 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 
@@ -46,6 +57,23 @@ class AccuracyRecord:
     n_tokens: int | None = None
     seconds: float | None = None
     kind: str = "strategy"  # or "baseline" (uniform shrink outside the strategy)
+    top1_lo: float | None = None  # 90% bootstrap interval over windows
+    top1_hi: float | None = None
+    ppl_lo: float | None = None
+    ppl_hi: float | None = None
+    windows: int | None = None  # evaluation windows scored (the fidelity)
+    tokens: int | None = None  # tokens run through the model to score it (the cost)
+    window_nll: tuple[float, ...] | None = None  # per-window sums, in scoring order
+    window_correct: tuple[float, ...] | None = None
+    window_count: tuple[float, ...] | None = None
+    window_doc: tuple[float, ...] | None = None  # document of each window (intervals resample documents)
+    ci_unit: str | None = None  # what the intervals resampled: "document" or "window"
+
+    def interval(self) -> tuple[float, float]:
+        """(lo, hi) of top-1; the point value twice when no interval was stored."""
+        lo = self.top1_acc if self.top1_lo is None else self.top1_lo
+        hi = self.top1_acc if self.top1_hi is None else self.top1_hi
+        return float(lo), float(hi)
 
 
 COLUMNS = list(AccuracyRecord.__dataclass_fields__)
@@ -67,7 +95,14 @@ class AccuracyTable:
         if self.path.stat().st_mtime_ns == self._mtime:
             return
         data, mtime = read_snapshot(self.path)  # one open: a concurrent replace cannot tear the read
-        df = pd.read_parquet(io.BytesIO(data))
+        try:
+            df = pd.read_parquet(io.BytesIO(data))
+        except Exception as e:  # noqa: BLE001 - pyarrow raises many types for a truncated or foreign file
+            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise AmoebaError(f"corrupt accuracy table {self.path}: {first}") from None
+        if not {"fingerprint", "key", "depth", "width", "top1_acc"} <= set(df.columns):
+            raise AmoebaError(f"corrupt accuracy table {self.path}: missing columns "
+                              f"{sorted({'fingerprint', 'key', 'depth', 'width', 'top1_acc'} - set(df.columns))}")
         self._rows = {(r.fingerprint, r.key): _record(r._asdict()) for r in df.itertuples(index=False)}
         self._mtime = mtime
 
@@ -92,21 +127,59 @@ class AccuracyTable:
             if (rec.fingerprint, rec.key) in self._rows:
                 return
             self._rows[(rec.fingerprint, rec.key)] = rec
-            df = pd.DataFrame([asdict(r) for r in self._rows.values()], columns=COLUMNS)
+            df = pd.DataFrame([_row(r) for r in self._rows.values()], columns=COLUMNS)
             tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
             df.to_parquet(tmp, index=False)
             os.replace(tmp, self.path)
             self._mtime = self.path.stat().st_mtime_ns
 
 
+def _row(r: AccuracyRecord) -> dict[str, Any]:
+    d = asdict(r)
+    for k in _WINDOW_FIELDS:
+        d[k] = None if d[k] is None else [float(x) for x in d[k]]
+    return d
+
+
+_WINDOW_FIELDS = ("window_nll", "window_correct", "window_count", "window_doc")
+
+
 def _record(d: dict[str, Any]) -> AccuracyRecord:
     def opt(v: Any) -> Any:
         return None if v is None or (isinstance(v, float) and v != v) else v
 
+    def opt_int(v: Any) -> int | None:
+        v = opt(v)
+        return None if v is None else int(v)
+
+    def seq(v: Any) -> tuple[float, ...] | None:
+        return None if v is None or isinstance(v, float) else tuple(float(x) for x in v)
+
     return AccuracyRecord(str(d["fingerprint"]), str(d["key"]), int(d["depth"]), float(d["width"]),
-                          float(d["top1_acc"]), opt(d.get("ppl")), opt(d.get("nll")),
-                          None if opt(d.get("n_tokens")) is None else int(d["n_tokens"]), opt(d.get("seconds")),
-                          str(d.get("kind") or "strategy"))
+                          float(d["top1_acc"]), opt(d.get("ppl")), opt(d.get("nll")), opt_int(d.get("n_tokens")),
+                          opt(d.get("seconds")), str(d.get("kind") or "strategy"), opt(d.get("top1_lo")),
+                          opt(d.get("top1_hi")), opt(d.get("ppl_lo")), opt(d.get("ppl_hi")), opt_int(d.get("windows")),
+                          opt_int(d.get("tokens")), *(seq(d.get(k)) for k in _WINDOW_FIELDS),
+                          None if opt(d.get("ci_unit")) is None else str(d["ci_unit"]))
+
+
+def window_record(fingerprint: str, shape: SubnetShape, nll: Sequence[float], correct: Sequence[float],
+                  count: Sequence[float], tokens: int, seconds: float | None = None, kind: str = "strategy",
+                  doc: Sequence[int] | None = None) -> AccuracyRecord:
+    """A record from per-window sums: point values and 90% bootstrap intervals, computed by the
+    evaluator's own rule (:meth:`amoeba_core.evaluate.ShapeScore.from_units`: resample documents
+    when the windows come from enough of them, else windows)."""
+    from amoeba_core.evaluate import ShapeScore
+
+    if not float(sum(count)) > 0:
+        raise AmoebaError(f"no scored tokens for {shape.grid_key}")
+    sc = ShapeScore.from_units(shape.key, "", list(nll), [int(x) for x in correct], [int(x) for x in count],
+                               float(seconds or 0.0), None if doc is None else list(doc))
+    return AccuracyRecord(fingerprint, shape.key, shape.depth, shape.width, sc.top1_acc, sc.ppl, sc.nll, sc.n_tokens,
+                          seconds, kind, sc.top1_lo, sc.top1_hi, sc.ppl_lo, sc.ppl_hi, len(count), int(tokens),
+                          tuple(float(x) for x in nll), tuple(float(x) for x in correct),
+                          tuple(float(x) for x in count), None if doc is None else tuple(float(x) for x in doc),
+                          sc.ci_unit)
 
 
 class AccuracyObjective:
@@ -116,6 +189,8 @@ class AccuracyObjective:
         self.evaluate, self.table, self.fingerprint = evaluate, table, fingerprint
         self.n_evaluated = 0  # evaluations actually run by this object (cache misses)
         self.evaluator: Any = None
+        self.windows: int | None = None  # windows and tokens one evaluation runs (when known)
+        self.tokens: int | None = None
 
     def cached(self, shape: SubnetShape) -> AccuracyRecord | None:
         return self.table.get(self.fingerprint, shape.key)
@@ -127,14 +202,21 @@ class AccuracyObjective:
         t0 = time.perf_counter()
         score = self.evaluate(shape)
         seconds = time.perf_counter() - t0
+        windows = _window_sums(score)
         if isinstance(score, (int, float)):
             rec = AccuracyRecord(self.fingerprint, shape.key, shape.depth, shape.width, float(score), seconds=seconds,
-                                 kind=kind)
+                                 kind=kind, windows=self.windows, tokens=self.tokens)
+        elif windows is not None:
+            rec = window_record(self.fingerprint, shape, *windows, tokens=self.tokens or 0,
+                                seconds=float(getattr(score, "seconds", seconds) or seconds), kind=kind,
+                                doc=getattr(score, "unit_doc", None))
         else:
             rec = AccuracyRecord(self.fingerprint, shape.key, shape.depth, shape.width, float(score.top1_acc),
                                  _f(getattr(score, "ppl", None)), _f(getattr(score, "nll", None)),
                                  getattr(score, "n_tokens", None), float(getattr(score, "seconds", seconds) or seconds),
-                                 kind)
+                                 kind, _f(getattr(score, "top1_lo", None)), _f(getattr(score, "top1_hi", None)),
+                                 _f(getattr(score, "ppl_lo", None)), _f(getattr(score, "ppl_hi", None)),
+                                 self.windows, self.tokens)
         self.n_evaluated += 1
         self.table.put(rec)
         log.info("accuracy %s: top1 %.4f (%.1f s)", shape.grid_key, rec.top1_acc, seconds)
@@ -163,11 +245,152 @@ class AccuracyObjective:
         ctx = f"{loaded.score_id}|{strategy.width_id}|{split}|{seq_len}|{ev.n_windows}"
         obj = cls(ev.score, table, ctx)
         obj.evaluator = ev
+        obj.windows, obj.tokens = ev.n_windows, ev.n_windows * seq_len
         return obj
 
 
 def _f(v: Any) -> float | None:
     return None if v is None else float(v)
+
+
+def _window_sums(score: Any) -> tuple[list[float], list[float], list[float]] | None:
+    """Per-window (NLL sums, right tokens, token counts) of an evaluator score, when it has them."""
+    vals = [getattr(score, n, None) for n in ("unit_nll", "unit_correct", "unit_tokens")]
+    if all(v is not None for v in vals):
+        return tuple([float(x) for x in v] for v in vals)  # type: ignore[return-value]
+    return None
+
+
+def spread_order(n: int) -> list[int]:
+    """Window indices 0..n-1 in bit-reversal order: every prefix is spread over the whole range."""
+    if n < 1:
+        return []
+    bits = max(1, (n - 1).bit_length())
+    out, seen = [], set()
+    for i in range(1 << bits):
+        j = int(format(i, f"0{bits}b")[::-1], 2)
+        if j < n and j not in seen:
+            seen.add(j)
+            out.append(j)
+    return out
+
+
+class MultiFidelityAccuracy:
+    """Accuracy of a shape at several fidelities (rungs of window counts), each cached in the table.
+
+    ``score(shape, r)`` returns the record at rung ``r`` (0 = cheapest, ``-1`` = full budget); a
+    missing rung is computed from the previous rung plus only the windows it adds. Calling the
+    object gives the full-budget record, so it stands in for :class:`AccuracyObjective` in any
+    single-fidelity search. ``cost(r_from, r_to)`` is the tokens a promotion runs through the model.
+    """
+
+    def __init__(self, run_windows: Callable[[SubnetShape, Sequence[int]], tuple[list[float], list[float], list[float]]],
+                 table: AccuracyTable, base_context: str, n_windows: int, seq_len: int,
+                 rungs: Sequence[int] = (4, 32), window_doc: Sequence[int] | None = None) -> None:
+        rs = tuple(sorted({int(r) for r in rungs}))
+        if not rs or rs[0] < 1 or rs[-1] != n_windows:
+            raise AmoebaError(f"fidelity rungs must be window counts ending at the full budget {n_windows}, got "
+                              f"{list(rungs)}")
+        self.run_windows, self.table, self.base = run_windows, table, base_context
+        self.rungs, self.seq_len, self.order = rs, int(seq_len), spread_order(n_windows)
+        self.window_doc = None if window_doc is None else [int(d) for d in window_doc]
+        self.fingerprints = [f"{base_context}|{n}w" for n in rs]
+        self.fingerprint = self.fingerprints[-1]
+        self.n_evaluated = 0  # rung evaluations actually run (cache misses)
+        self.tokens_run = 0  # tokens actually run through the model by this object
+
+    def tokens(self, rung: int) -> int:
+        """Tokens to score a shape from nothing up to ``rung``."""
+        return self.rungs[rung] * self.seq_len
+
+    def cost(self, r_from: int | None, r_to: int) -> int:
+        """Tokens to promote a shape scored at ``r_from`` (None: not scored) to ``r_to``."""
+        r_to %= len(self.rungs)
+        return self.tokens(r_to) - (0 if r_from is None else self.tokens(r_from % len(self.rungs)))
+
+    def cached(self, shape: SubnetShape, rung: int = -1) -> AccuracyRecord | None:
+        return self.table.get(self.fingerprints[rung], shape.key)
+
+    def score(self, shape: SubnetShape, rung: int = -1, kind: str = "strategy") -> AccuracyRecord:
+        rung %= len(self.rungs)
+        hit = self.cached(shape, rung)
+        if hit is not None:
+            return hit
+        n = self.rungs[rung]
+        for up in range(len(self.rungs) - 1, rung, -1):  # a higher rung's first n windows are this rung
+            big = self.cached(shape, up)
+            if big is not None and big.window_nll is not None and big.window_correct and big.window_count:
+                doc = None if big.window_doc is None else [int(d) for d in big.window_doc[:n]]
+                rec = window_record(self.fingerprints[rung], shape, big.window_nll[:n], big.window_correct[:n],
+                                    big.window_count[:n], self.tokens(rung), None, kind, doc)
+                self.table.put(rec)
+                return rec
+        prev = self.score(shape, rung - 1, kind) if rung > 0 else None
+        lo = self.rungs[rung - 1] if rung > 0 else 0
+        idx = self.order[lo:self.rungs[rung]]
+        t0 = time.perf_counter()
+        nll, correct, count = self.run_windows(shape, idx)
+        seconds = time.perf_counter() - t0
+        if prev is not None and prev.window_nll is not None:
+            nll = list(prev.window_nll) + list(nll)
+            correct = list(prev.window_correct or ()) + list(correct)
+            count = list(prev.window_count or ()) + list(count)
+            seconds += prev.seconds or 0.0
+        doc = None if self.window_doc is None else [self.window_doc[i] for i in self.order[: self.rungs[rung]]]
+        rec = window_record(self.fingerprints[rung], shape, nll, correct, count, self.tokens(rung), seconds, kind, doc)
+        self.n_evaluated += 1
+        self.tokens_run += len(idx) * self.seq_len
+        self.table.put(rec)
+        log.info("accuracy %s @%d windows: top1 %.4f [%.4f, %.4f] (%.1f s)", shape.grid_key, self.rungs[rung],
+                 rec.top1_acc, rec.top1_lo, rec.top1_hi, seconds)
+        return rec
+
+    def __call__(self, shape: SubnetShape, kind: str = "strategy") -> AccuracyRecord:
+        return self.score(shape, -1, kind)
+
+    @classmethod
+    def from_stage1(cls, strategy_path: Path | str, table: AccuracyTable, model_source: str | None = None,
+                    split: str = "val", seq_len: int = 256, max_windows: int = 32, rungs: Sequence[int] | None = None,
+                    adapters: Path | str | None = None, memo_mb: int = 1024) -> MultiFidelityAccuracy:
+        """The Stage 1 model and split; ``max_windows`` windows spread over the whole split (full budget).
+
+        Cache context: model (+adapters) | width rankings | split | seq_len | hash of the window tokens |
+        rung windows, so a score is reused only when it would come out the same.
+        """
+        from amoeba_core.data import split_docs, window_docs
+        from amoeba_core.evaluate import Evaluator, windows_id
+        from amoeba_core.model import load_model
+        from amoeba_core.strategy import Strategy
+
+        strategy = Strategy.load(strategy_path)
+        loaded = load_model(model_source or strategy.model_source)
+        if adapters is not None:
+            from amoeba_core.finetune import apply_adapters
+
+            loaded = apply_adapters(loaded, strategy, adapters)
+        every, docs = window_docs(loaded.tokenizer, split_docs(split), seq_len, None)
+        n = min(int(max_windows), int(every.shape[0]))
+        if n < int(max_windows):
+            log.warning("the %s split has %d windows of %d tokens; full budget is %d windows", split, n, seq_len, n)
+        pick = sorted({round(k * (every.shape[0] - 1) / max(1, n - 1)) for k in range(n)}) if n > 1 else [0]
+        ids, window_doc = every[pick], [docs[i] for i in pick]
+        rs = tuple(rungs) if rungs else (max(1, n // 8), n)
+        rs = tuple(sorted({min(int(r), n) for r in rs} | {n}))
+        segments: dict[tuple[int, ...], Any] = {}
+
+        def run_windows(shape: SubnetShape, idx: Sequence[int]) -> tuple[list[float], list[float], list[float]]:
+            key = tuple(idx)
+            if key not in segments:  # one evaluator per rung segment, each with its own prefix memo
+                segments[key] = Evaluator(loaded, strategy, split=split, seq_len=seq_len, windows=ids[list(key)],
+                                          window_doc=[window_doc[i] for i in key],
+                                          memo_mb=max(64, memo_mb // len(rs)))
+            sc = segments[key].score(shape)
+            return list(sc.unit_nll), [float(x) for x in sc.unit_correct], [float(x) for x in sc.unit_tokens]
+
+        ctx = f"{loaded.score_id}|{strategy.width_id}|{split}|{seq_len}|{windows_id(ids)}"
+        obj = cls(run_windows, table, ctx, n, seq_len, rs, window_doc)
+        obj.loaded, obj.windows_tensor = loaded, ids  # type: ignore[attr-defined]
+        return obj
 
 
 @dataclass(frozen=True)
@@ -176,13 +399,16 @@ class ShapeLatency:
     source: str
     measured_ms: float | None = None
     predicted_ms: float | None = None
+    lo_ms: float | None = None  # 90% interval (e2e: the parts' bounds added, a conservative interval)
+    hi_ms: float | None = None
+    extrapolated: bool = False  # the predictor left the measured depths/widths
 
 
 class LatencyObjective:
     """Latency of a shape on one device/flow from the profiler's tables (cached models)."""
 
     def __init__(self, device: str, flow: str, model: str, phase: str = "decode", prompt_len: int | None = None,
-                 gen_len: int = 128, root: Path | None = None) -> None:
+                 gen_len: int = 128, root: Path | None = None, variant: str | None = None) -> None:
         from profiler.lookup import LatencyModel
 
         if phase not in PHASES:
@@ -192,9 +418,9 @@ class LatencyObjective:
         self.device, self.flow, self.model, self.phase, self.gen_len = device, flow, model, phase, int(gen_len)
         self.parts: list[tuple[Any, int]] = []  # (LatencyModel, multiplier)
         if phase in ("decode", "prefill"):
-            self.parts.append((LatencyModel.open(device, flow, model, phase, prompt_len, root=root), 1))
+            self.parts.append((LatencyModel.open(device, flow, model, phase, prompt_len, variant, root=root), 1))
         else:
-            pre = LatencyModel.open(device, flow, model, "prefill", prompt_len, root=root)
+            pre = LatencyModel.open(device, flow, model, "prefill", prompt_len, variant, root=root)
             try:
                 dec = LatencyModel.open(device, flow, model, "decode", pre.prompt_len, pre.variant, root=root)
             except AmoebaError:
@@ -202,6 +428,7 @@ class LatencyObjective:
                 log.info("no decode rows at context %d; using decode at context %d", pre.prompt_len, dec.prompt_len)
             self.parts += [(pre, 1), (dec, self.gen_len)]
         self.prompt_len = self.parts[0][0].prompt_len
+        self.variant: str | None = getattr(self.parts[0][0], "variant", None)
         self._cache: dict[tuple[int, float], ShapeLatency] = {}
 
     def __call__(self, shape: SubnetShape) -> ShapeLatency:
@@ -222,6 +449,11 @@ class LatencyObjective:
             raise AmoebaError(f"{self.device}/{self.flow}/{self.model} gives a non-positive {self.phase} latency "
                               f"({ms:.4g} ms, {source}) for d{depth}-w{width:.3f}: the shape is outside what the "
                               "table's predictor can extrapolate; profile widths/depths that cover it")
-        out = ShapeLatency(float(ms), source, measured, predicted)
+        def bound(name: str) -> float | None:
+            vals = [getattr(e, name, None) for e, _ in ests]
+            return sum(v * k for v, (_, k) in zip(vals, ests)) if all(v is not None for v in vals) else None
+
+        extrapolated = any(bool(getattr(e, "extrapolated", False)) for e, _ in ests)
+        out = ShapeLatency(float(ms), source, measured, predicted, bound("lo_ms"), bound("hi_ms"), extrapolated)
         self._cache[key] = out
         return out

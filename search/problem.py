@@ -31,6 +31,12 @@ class Evaluation:
     latency_ms: float
     latency_source: str
     ppl: float | None = None
+    accuracy_lo: float | None = None  # 90% interval of the accuracy (bootstrap over windows)
+    accuracy_hi: float | None = None
+    windows: int | None = None  # the fidelity it was scored at
+    latency_lo: float | None = None  # latency interval and extrapolation flag, when the profiler gives them
+    latency_hi: float | None = None
+    extrapolated: bool | None = None
 
     @property
     def key(self) -> str:
@@ -38,13 +44,31 @@ class Evaluation:
 
 
 class SearchProblem:
-    """Space + accuracy + latency (+ budget). ``history`` lists distinct evaluated shapes in order."""
+    """Space + accuracy + latency (+ budget). ``history`` lists distinct full-budget evaluations in order.
+
+    Cost is counted in evaluated tokens, whether a score was computed or read from the cache (so a
+    benchmark can replay methods against one exhaustive pass): ``tokens`` is the running total and
+    ``events`` lists ``(tokens so far, Evaluation or None)`` per scoring step (None: a screen at
+    a lower fidelity, which adds cost but no decided point). With a multi-fidelity accuracy
+    (:class:`search.objectives.MultiFidelityAccuracy`), :meth:`screen` scores a shape at a lower
+    rung; promoting it later costs only the windows it has not seen.
+    """
 
     def __init__(self, space: SearchSpace, accuracy: Callable[[SubnetShape], AccuracyRecord | float],
                  latency: Callable[[SubnetShape], ShapeLatency], budget_ms: float | None = None) -> None:
         self.space, self.accuracy_fn, self.latency_fn, self.budget_ms = space, accuracy, latency, budget_ms
         self.history: list[Evaluation] = []
         self._seen: dict[str, Evaluation] = {}
+        self.tokens = 0
+        self.events: list[tuple[int, Evaluation | None]] = []
+        self.rung_of: dict[str, int] = {}  # multi-fidelity: highest rung scored per shape key
+        self.screens: dict[str, AccuracyRecord] = {}  # multi-fidelity: latest record per shape key
+
+    @property
+    def fidelity(self) -> Any:
+        """The multi-fidelity accuracy, or None for a single-fidelity problem."""
+        fn = self.accuracy_fn
+        return fn if hasattr(fn, "rungs") and hasattr(fn, "score") else None
 
     # -- objectives -----------------------------------------------------------------
     def latency(self, shape: SubnetShape) -> ShapeLatency:
@@ -54,18 +78,54 @@ class SearchProblem:
         return self.budget_ms is None or self.latency(shape).ms <= self.budget_ms
 
     def evaluate(self, shape: SubnetShape) -> Evaluation:
+        """The shape at the full evaluation budget (counted once per shape)."""
         hit = self._seen.get(shape.key)
         if hit is not None:
             return hit
-        acc = self.accuracy_fn(shape)
-        lat = self.latency(shape)
-        if isinstance(acc, (int, float)):
-            ev = Evaluation(shape, float(acc), lat.ms, lat.source)
+        mf = self.fidelity
+        if mf is not None:
+            top = len(mf.rungs) - 1
+            cost = mf.cost(self.rung_of.get(shape.key), top)
+            acc = mf.score(shape, top)
+            self.rung_of[shape.key] = top
+            self.screens[shape.key] = acc
         else:
-            ev = Evaluation(shape, float(acc.top1_acc), lat.ms, lat.source, acc.ppl)
+            acc = self.accuracy_fn(shape)
+            cost = 0 if isinstance(acc, (int, float)) else int(acc.tokens or 0)
+        ev = self._evaluation(shape, acc)
         self._seen[shape.key] = ev
         self.history.append(ev)
+        self.tokens += cost
+        self.events.append((self.tokens, ev))
         return ev
+
+    def screen(self, shape: SubnetShape, rung: int) -> AccuracyRecord:
+        """Score ``shape`` at fidelity rung ``rung`` (multi-fidelity only); the top rung is :meth:`evaluate`."""
+        mf = self.fidelity
+        if mf is None:
+            raise TypeError("screen() needs a multi-fidelity accuracy")
+        rung %= len(mf.rungs)
+        if rung == len(mf.rungs) - 1:
+            self.evaluate(shape)
+            return self.screens[shape.key]
+        have = self.rung_of.get(shape.key)
+        if have is not None and have >= rung:
+            return self.screens[shape.key]
+        rec = mf.score(shape, rung)
+        self.tokens += mf.cost(have, rung)
+        self.rung_of[shape.key] = rung
+        self.screens[shape.key] = rec
+        self.events.append((self.tokens, None))
+        return rec
+
+    def _evaluation(self, shape: SubnetShape, acc: AccuracyRecord | float) -> Evaluation:
+        lat = self.latency(shape)
+        extra = {"latency_lo": getattr(lat, "lo_ms", None), "latency_hi": getattr(lat, "hi_ms", None),
+                 "extrapolated": getattr(lat, "extrapolated", None)}
+        if isinstance(acc, (int, float)):
+            return Evaluation(shape, float(acc), lat.ms, lat.source, **extra)
+        return Evaluation(shape, float(acc.top1_acc), lat.ms, lat.source, acc.ppl, acc.top1_lo, acc.top1_hi,
+                          acc.windows, **extra)
 
     # -- Optuna encoding ------------------------------------------------------------
     def distributions(self) -> dict[str, Any]:
@@ -83,16 +143,50 @@ class SearchProblem:
     def user_attrs(self, ev: Evaluation) -> dict[str, Any]:
         attrs: dict[str, Any] = {"shape": ev.shape.key, "depth": ev.shape.depth, "width": ev.shape.width,
                                  "latency_source": ev.latency_source, "ppl": ev.ppl}
+        for k in ("accuracy_lo", "accuracy_hi", "windows", "latency_lo", "latency_hi", "extrapolated"):
+            if getattr(ev, k) is not None:
+                attrs[k] = getattr(ev, k)
+        fid = self.fidelity_attrs(ev.shape)
+        if fid:
+            attrs["fidelities"] = fid
         return attrs
+
+    def fidelity_attrs(self, shape: SubnetShape) -> list[dict[str, Any]]:
+        """Every rung's score of ``shape`` with its interval (multi-fidelity only; read from the table)."""
+        mf = self.fidelity
+        if mf is None:
+            return []
+        out = []
+        for r, n in enumerate(mf.rungs[: self.rung_of.get(shape.key, -1) + 1]):
+            rec = mf.cached(shape, r)
+            if rec is not None:
+                out.append({"windows": n, "tokens": rec.tokens, "top1": rec.top1_acc, "top1_lo": rec.top1_lo,
+                            "top1_hi": rec.top1_hi, "ppl": rec.ppl})
+        return out
 
     def constraints(self, ev: Evaluation) -> dict[str, float] | None:
         return None if self.budget_ms is None else {"latency_budget": ev.latency_ms - self.budget_ms}
 
     def record(self, study: Any, ev: Evaluation) -> None:
-        """Add an evaluation made outside ``study.optimize`` (hierarchical search) as a finished trial."""
+        """Add an evaluation made outside ``study.optimize`` (hierarchical search) as a finished trial;
+        its lower-fidelity scores are the trial's intermediate values (step = windows)."""
         import optuna
 
+        inter = {f["windows"]: f["top1"] for f in self.fidelity_attrs(ev.shape)[:-1]}
         study.add_trial(optuna.trial.create_trial(params=self.params_of(ev.shape), distributions=self.distributions(),
                                                   values=[ev.accuracy, ev.latency_ms], user_attrs=self.user_attrs(ev),
-                                                  constraints=self.constraints(ev)))
+                                                  constraints=self.constraints(ev), intermediate_values=inter or None))
+
+    def record_screened(self, study: Any, shape: SubnetShape) -> None:
+        """A shape scored only at lower fidelities: a PRUNED trial (no objective values) whose
+        intermediate values and user attributes keep every rung's score and interval."""
+        import optuna
+
+        fid = self.fidelity_attrs(shape)
+        lat = self.latency(shape)
+        attrs = {"shape": shape.key, "depth": shape.depth, "width": shape.width, "latency_ms": lat.ms,
+                 "latency_source": lat.source, "fidelities": fid, "screened_only": True}
+        study.add_trial(optuna.trial.create_trial(params=self.params_of(shape), distributions=self.distributions(),
+                                                  state=optuna.trial.TrialState.PRUNED, user_attrs=attrs,
+                                                  intermediate_values={f["windows"]: f["top1"] for f in fid} or None))
 
