@@ -1,13 +1,24 @@
-"""How reproducible is a latency row? The same grid timed in independent runs, compared.
+"""Do latency rows reproduce? The demo grid timed in independent runs by the paired protocol.
 
 The predictor cannot be more accurate than the measurements it is checked against. This script
-times one grid of the smollm2-135m geometry through each flow of ``--flows`` in ``--runs``
-independent runs (each into a fresh temporary profiles root, so nothing is reused; the flows'
-artifact caches, e.g. GGUF files, ONNX exports and the TVM tuning database, are shared) and
-reports, per flow, how far a row's median moves between runs: the noise floor under the
-predictor's ±5% target (benchmarks/predictor_accuracy.py).
+times the demo grid of the smollm2-135m geometry (depths 6/12/18/24/30 x widths 1/0.875/0.75/0.625,
+decode, prompt 128, 2 threads, the protocol's default rounds) through each flow of ``--flows`` in
+``--runs`` independent runs (each into a fresh temporary profiles root, so nothing is reused; the
+flows' artifact caches, e.g. GGUF files, ONNX exports and the TVM tuning database, are shared)
+and reports per flow, over every pair of runs:
 
-    python benchmarks/reproducibility.py [--flows "pytorch;llamacpp:quant=q8_0"] [--runs 2] [--gap 60]
+- ``within_5pct_ratio``: share of rows whose ratio-derived milliseconds (``ratio * reference
+  level``, each run with its own level) agree within ±5%;
+- ``within_5pct_abs``: the same for the rows' raw medians (``p50_ms``), what a table without
+  pairing would hold;
+- ``within_5pct_ratio_only``: the ratios alone (what two runs agree on when the level is common),
+- and per run the reference level with the spread of its block medians (p10/p90: how much the
+  host drifted during that run) and the load average before and after (the host's noise).
+
+Flows whose runtime is not installed are reported as such. TVM tuned needs MetaSchedule tuning
+first (minutes per width, once per tuning database): ``--tvm-tuned`` adds it.
+
+    python benchmarks/reproducibility.py [--flows "pytorch;llamacpp:quant=q4_0"] [--runs 2] [--tvm-tuned]
 """
 
 from __future__ import annotations
@@ -33,90 +44,160 @@ from profiler.plan import make_plan, run_profile  # noqa: E402
 from profiler.table import LatencyTable  # noqa: E402
 
 MODEL = "smollm2-135m"
-FLOWS = "pytorch;onnxruntime;llamacpp:quant=f16;llamacpp:quant=q8_0;llamacpp:quant=q4_0;tvm:trials=32"
+FLOWS = "pytorch;llamacpp:quant=f16;llamacpp:quant=q4_0;onnxruntime"
+TVM_TUNED = "tvm:trials=32"
 
 
-def one_run(specs: list[str], depths: tuple[int, ...], widths: tuple[float, ...], threads: int,
-            base: Path, mcfg: MeasureConfig) -> dict[str, dict[str, float]]:
-    root = spec_only_root(base, "amoeba-repro-")
+def loadavg() -> str | None:
     try:
-        out: dict[str, dict[str, float]] = {}
-        for spec in specs:
-            name, opts = parse_flow_spec(spec)
-            if name == "tvm":  # keep using the tuned database instead of tuning again
-                opts.setdefault("tuning_dir", str(base / "cpu-host" / "tvm_tuning" / f"t{opts.get('trials', 0)}"))
-            plan = make_plan("cpu-host", name, MODEL, depths, widths, ("decode",), 128, "float32", threads,
-                             measure_cfg=mcfg, options=opts)
-            r = run_profile(plan, root)
-            variant = r.rows[0]["variant"] if r.rows else None
-            rows = LatencyTable("cpu-host", name, MODEL, root).rows(phase="decode", variant=variant)
-            out[spec] = {f"d{int(d)}-w{float(w):.3f}": float(ms)
-                         for d, w, ms in zip(rows.depth, rows.width, rows.p50_ms)}
-            print(f"  {spec}: {r.written} rows in {r.seconds:.0f} s")
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return None
+
+
+def one_run(spec: str, depths: tuple[int, ...], widths: tuple[float, ...], threads: int, base: Path,
+            mcfg: MeasureConfig) -> dict:
+    """Profile one flow into a fresh root; its rows (ratio-derived and raw ms) and reference level."""
+    root = spec_only_root(base, "amoeba-repro-")
+    name, opts = parse_flow_spec(spec)
+    if name == "tvm":  # keep using the tuned database instead of tuning again
+        opts.setdefault("tuning_dir", str(base / "cpu-host" / "tvm_tuning" / f"t{opts.get('trials', 0)}"))
+    try:
+        load0 = loadavg()
+        plan = make_plan("cpu-host", name, MODEL, depths, widths, ("decode",), 128, "float32", threads,
+                         measure_cfg=mcfg, options=opts)
+        r = run_profile(plan, root)
+        table = LatencyTable("cpu-host", name, MODEL, root)
+        variant = r.rows[0]["variant"]
+        rows = table.corrected(table.rows(phase="decode", variant=variant, source="measured"))
+        [level] = table.reference_levels().values()
+        out = {
+            "seconds": round(r.seconds, 1),
+            "loadavg_before": load0,
+            "loadavg_after": loadavg(),
+            "reference": level.reference,
+            "level_ms": round(level.level_ms, 4),
+            "level_blocks_p10_ms": round(level.p10_ms, 4),
+            "level_blocks_p90_ms": round(level.p90_ms, 4),
+            "level_drift": round(level.drift, 4),
+            "n_blocks": level.n_blocks,
+            "median_util": round(float(rows["util"].median()), 3),
+            "rows": {
+                f"d{int(x.depth)}-w{float(x.width):.3f}": {
+                    "ms": round(float(x.ms), 4), "p50_ms": round(float(x.p50_ms), 4),
+                    "ratio": round(float(x.ratio), 5), "ratio_lo": round(float(x.ratio_lo), 5),
+                    "ratio_hi": round(float(x.ratio_hi), 5), "n": int(x.n), "util": round(float(x.util), 3),
+                }
+                for x in rows.itertuples()
+            },
+        }
+        print(f"  {spec}: {r.written} rows in {r.seconds:.0f} s, reference {level.reference} level "
+              f"{level.level_ms:.2f} ms (blocks p10-p90 {level.p10_ms:.2f}-{level.p90_ms:.2f}), "
+              f"load {out['loadavg_after']}")
         return out
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _share(runs: list[dict], field: str) -> tuple[float, list[float]]:
+    diffs: list[float] = []
+    for a, b in itertools.combinations(runs, 2):
+        for k in sorted(set(a["rows"]) & set(b["rows"])):
+            diffs.append(abs(b["rows"][k][field] / a["rows"][k][field] - 1))
+    return float((np.asarray(diffs) <= 0.05).mean()), diffs
+
+
+def compare(spec: str, runs: list[dict]) -> dict:
+    ratio_share, ratio_d = _share(runs, "ms")
+    abs_share, abs_d = _share(runs, "p50_ms")
+    only_share, _ = _share(runs, "ratio")
+    overlap = []
+    for a, b in itertools.combinations(runs, 2):
+        for k in sorted(set(a["rows"]) & set(b["rows"])):
+            x, y = a["rows"][k], b["rows"][k]
+            overlap.append(x["ratio_lo"] <= y["ratio_hi"] and y["ratio_lo"] <= x["ratio_hi"])
+    half = [(r["ratio_hi"] - r["ratio_lo"]) / (2 * r["ratio"]) for run in runs for r in run["rows"].values()]
+    return {
+        "flow": spec,
+        "status": "measured",
+        "rows": len(runs[0]["rows"]),
+        "pairs": len(ratio_d),
+        "within_5pct_ratio": round(ratio_share, 3),
+        "within_5pct_abs": round(abs_share, 3),
+        "within_5pct_ratio_only": round(only_share, 3),
+        "median_abs_change_ratio": round(float(np.median(ratio_d)), 4),
+        "max_abs_change_ratio": round(float(np.max(ratio_d)), 4),
+        "median_abs_change_abs": round(float(np.median(abs_d)), 4),
+        "max_abs_change_abs": round(float(np.max(abs_d)), 4),
+        "ratio_intervals_overlap": round(float(np.mean(overlap)), 3),
+        "ratio_interval_half_width_median": round(float(np.median(half)), 4),
+        "level_change": [round(b["level_ms"] / a["level_ms"] - 1, 4) for a, b in itertools.combinations(runs, 2)],
+        "runs": runs,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--flows", default=FLOWS, help="';'-separated flow[:key=value,...]")
+    ap.add_argument("--tvm-tuned", action="store_true", help=f"also {TVM_TUNED} (tunes first: minutes per width)")
     ap.add_argument("--depths", default="6,12,18,24,30")
     ap.add_argument("--widths", default="1,0.875,0.75,0.625")
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--gap", type=float, default=0.0, help="seconds to wait between runs")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--min-seconds", type=float, default=None, help="timed seconds per row at least (protocol default)")
     ap.add_argument("--root", type=Path, default=None, help="where cpu-host/device.yaml (and TVM tuning) live")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "reproducibility.json")
     args = ap.parse_args()
     if args.runs < 2:
         raise SystemExit("error: --runs must be >= 2")
     base = profiles_root(args.root)
-    if not (base / "cpu-host" / "device.yaml").is_file():
-        raise SystemExit(f"error: no {base}/cpu-host/device.yaml; run `amoeba profile` once first")
-    specs = []
-    for spec in split_flow_specs(args.flows):
+    flows = args.flows + (f";{TVM_TUNED}" if args.tvm_tuned else "")
+    specs, results = [], []
+    for spec in split_flow_specs(flows):
         try:
             flow_class(parse_flow_spec(spec)[0]).check_available()
             specs.append(spec)
         except AmoebaError as e:
-            print(f"{spec}: skipped ({e})")
+            print(f"{spec}: not installed ({e})")
+            results.append({"flow": spec, "status": f"not installed: {e}"})
     depths = tuple(int(d) for d in args.depths.split(","))
     widths = tuple(float(w) for w in args.widths.split(","))
-    mcfg = MeasureConfig() if args.min_seconds is None else MeasureConfig(min_seconds=args.min_seconds)
+    mcfg = MeasureConfig()
     t0 = time.perf_counter()
-    runs = []
-    for i in range(args.runs):
-        if i and args.gap:
-            time.sleep(args.gap)
-        print(f"run {i + 1}/{args.runs}")
-        runs.append(one_run(specs, depths, widths, args.threads, base, mcfg))
-    results = []
-    for spec in specs:
-        diffs = []
-        for a, b in itertools.combinations(runs, 2):
-            keys = sorted(set(a[spec]) & set(b[spec]))
-            diffs += [abs(b[spec][k] / a[spec][k] - 1) for k in keys]
-        d = np.asarray(diffs)
-        results.append({"flow": spec, "rows": len(runs[0][spec]), "pairs": len(d),
-                        "median_abs_change": round(float(np.median(d)), 4),
-                        "p90_abs_change": round(float(np.quantile(d, 0.9)), 4),
-                        "max_abs_change": round(float(d.max()), 4),
-                        "within_5pct": round(float((d <= 0.05).mean()), 3),
-                        "runs_ms": [r[spec] for r in runs]})
-    print(f"\n{'flow':22} {'rows':>4} {'within ±5%':>10} {'median':>7} {'p90':>6} {'max':>6}   (|run j / run i - 1|)")
-    for r in results:
-        print(f"{r['flow']:22} {r['rows']:4d} {100 * r['within_5pct']:9.0f}% {100 * r['median_abs_change']:6.1f}% "
-              f"{100 * r['p90_abs_change']:5.1f}% {100 * r['max_abs_change']:5.1f}%")
-    out = {"model": MODEL, "phase": "decode", "prompt_len": 128, "threads": args.threads, "depths": list(depths),
-           "min_seconds": mcfg.min_seconds, "rounds": mcfg.rounds,
-           "widths": list(widths), "runs": args.runs, "gap_s": args.gap,
-           "seconds": round(time.perf_counter() - t0, 1), "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
-    print(f"-> {args.out}")
+    skipped = results
 
+    def write(done: list[dict], complete: bool) -> None:
+        out = {"model": MODEL, "phase": "decode", "prompt_len": 128, "threads": args.threads,
+               "depths": list(depths), "widths": list(widths), "runs": args.runs, "gap_s": args.gap,
+               "protocol": "paired-v1", "complete": complete,
+               "measure": {"rounds": mcfg.rounds, "min_repeats": mcfg.min_repeats, "max_repeats": mcfg.max_repeats,
+                           "min_seconds": mcfg.min_seconds, "max_seconds": mcfg.max_seconds, "rel_ci": mcfg.rel_ci},
+               "tvm_tuned": args.tvm_tuned, "seconds": round(time.perf_counter() - t0, 1),
+               "results": done + skipped}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2))
+
+    done: list[dict] = []
+    for spec in specs:  # a flow's runs one after the other (--gap apart), its result written at once
+        runs = []
+        for i in range(args.runs):
+            if i and args.gap:
+                time.sleep(args.gap)
+            print(f"{spec}: run {i + 1}/{args.runs}")
+            runs.append(one_run(spec, depths, widths, args.threads, base, mcfg))
+        done.append(compare(spec, runs))
+        write(done, False)
+    write(done, True)
+    print(f"\n{'flow':22} {'rows':>4} {'ratio ±5%':>9} {'abs ±5%':>8} {'ratio-only':>10} {'level Δ':>8} "
+          f"{'drift/run (p90-p10)/level':>26}")
+    for r in done + skipped:
+        if r["status"] != "measured":
+            print(f"{r['flow']:22} {r['status']}")
+            continue
+        drift = ", ".join(f"{100 * x['level_drift']:.1f}%" for x in r["runs"])
+        print(f"{r['flow']:22} {r['rows']:4d} {100 * r['within_5pct_ratio']:8.0f}% {100 * r['within_5pct_abs']:7.0f}% "
+              f"{100 * r['within_5pct_ratio_only']:9.0f}% {100 * r['level_change'][0]:+7.1f}% {drift:>26}")
+    print(f"-> {args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out}")
 
 if __name__ == "__main__":
     main()

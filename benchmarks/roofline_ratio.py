@@ -90,7 +90,8 @@ def main() -> None:
                 assert rl is not None
                 rows = m.table.rows(phase="decode", variant=variant, prompt_len=m.prompt_len, source="measured")
                 rows = rows[rows["width"].round(3) == w]
-                contended = int((rows["discarded"] >= rows["n"]).sum())
+                # legacy rows: every sample set aside by the old filter; paired rows: median util < 0.85
+                contended = int(((rows["discarded"] >= rows["n"]) | (rows["util"] < 0.85)).sum())
                 results.append(
                     {
                         "flow": info.flow,
