@@ -1,8 +1,9 @@
 """Few-shot latency tables: how well does a line transferred from K measurements match its full profile?
 
-Lines: every flow/variant installed here (PyTorch float32, llama.cpp f16/q8_0/q4_0, ONNX Runtime
-float32) at 1 and 2 threads on cpu-host, each profiled on the demo grid (depths 6/12/18/24/30 x
-widths 1/0.875/0.75/0.625, decode, prompt 128, smollm2-135m; rows already present are reused).
+Lines: every flow/variant installed here (PyTorch float32 and bfloat16, llama.cpp f16/q8_0/q4_0, ONNX
+Runtime float32) at 1 and 2 threads on cpu-host, each profiled on the demo grid (depths 6/12/18/24/30 x
+widths 1/0.875/0.75/0.625, decode, prompt 128, smollm2-135m; rows already present are reused) by its
+own `amoeba profile` process, so a runtime that crashes loses only its lines (reported in the JSON).
 Then, leaving one line out at a time, the line is transferred (:mod:`profiler.transfer`) from all
 the others with K = 1, 3, 5 of its own measurements, at the shapes the model chooses, and scored on
 its *other* shapes (the transferred ones only: the K measured shapes are not counted). Beside it:
@@ -49,7 +50,9 @@ MODEL = "smollm2-135m"
 DEPTHS = (6, 12, 18, 24, 30)
 WIDTHS = (1.0, 0.875, 0.75, 0.625)
 PHASE, PROMPT = "decode", 128
-CONFIGS = ("pytorch", "llamacpp:quant=f16", "llamacpp:quant=q8_0", "llamacpp:quant=q4_0", "onnxruntime")
+# flow[:key=value,...][@dtype]; the ones most likely to run first (a crashing runtime is reported, not fatal)
+CONFIGS = ("pytorch", "pytorch@bfloat16", "llamacpp:quant=f16", "onnxruntime", "llamacpp:quant=q8_0",
+           "llamacpp:quant=q4_0")
 THREADS = (1, 2)
 KS = (1, 3, 5)
 REFERENCE = (max(DEPTHS), 1.0)  # the paired protocol's reference: the full-size model
@@ -57,31 +60,43 @@ OUT = REPO / "benchmarks" / "results" / "few_shot.json"
 
 
 def profile_lines(root: Path, configs: list[str]) -> list[dict]:
+    """Profile every (config, threads) line of the demo grid, each in its own `amoeba profile` process:
+    a runtime that crashes (llama.cpp's quantised kernels die of SIGILL on some VMs) loses its line only."""
+    import subprocess
+
     from profiler.flows import parse_flow_spec
-    from profiler.plan import make_plan, run_profile
 
     log = []
     for t in THREADS:
         for spec in configs:
-            flow, opts = parse_flow_spec(spec)
+            flow_spec, _, dtype = spec.partition("@")
+            flow, opts = parse_flow_spec(flow_spec)
+            cmd = [sys.executable, "-m", "amoeba", "profile", "--device", "cpu-host", "--flow", flow, "--model", MODEL,
+                   "--depths", ",".join(map(str, DEPTHS)), "--widths", ",".join(f"{w:g}" for w in WIDTHS),
+                   "--phases", PHASE, "--prompt-len", str(PROMPT), "--dtype", dtype or "float32", "--threads", str(t),
+                   "--root", str(root.resolve())]
+            for k, v in opts.items():
+                cmd += ["--option", f"{k}={v}"]
             t0 = time.perf_counter()
-            try:
-                plan = make_plan("cpu-host", flow, MODEL, DEPTHS, WIDTHS, (PHASE,), PROMPT, "float32", t,
-                                 options=opts)
-                r = run_profile(plan, root)
-            except Exception as e:  # noqa: BLE001 - a flow not installed here is reported, not fatal
-                print(f"{spec} t{t}: not profiled: {str(e).splitlines()[0]}", flush=True)
-                log.append({"config": spec, "threads": t, "error": str(e).splitlines()[0]})
+            r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+            dt = round(time.perf_counter() - t0, 1)
+            if r.returncode != 0:
+                why = (r.stderr.strip().splitlines() or [""])[-1][:200]
+                if r.returncode < 0:
+                    why = f"crashed with signal {-r.returncode} ({why})" if why else f"crashed with signal {-r.returncode}"
+                print(f"{spec} t{t}: not profiled: {why} ({dt:.0f} s)", flush=True)
+                log.append({"config": spec, "threads": t, "error": why, "seconds": dt})
                 continue
-            dt = time.perf_counter() - t0
-            print(f"{spec} t{t}: {r.written} rows measured, {r.skipped} reused ({dt:.0f} s)", flush=True)
-            log.append({"config": spec, "threads": t, "measured": r.written, "reused": r.skipped,
-                        "seconds": round(dt, 1)})
+            done = next((ln for ln in r.stdout.splitlines() if "rows measured" in ln), "").strip()
+            print(f"{spec} t{t}: {done} ({dt:.0f} s)", flush=True)
+            log.append({"config": spec, "threads": t, "result": done.split(" -> ")[0], "seconds": dt})
     return log
 
 
-def collect(root: Path) -> tuple[list[Line], dict[str, float]]:
-    """The complete demo-grid lines of cpu-host, and each line's median row spread (p90/p10)."""
+def collect(root: Path) -> tuple[list[Line], dict[str, dict]]:
+    """The complete demo-grid lines of cpu-host, and each line's noise: median row spread (p90/p10 of
+    its samples), median half-width of its rows' 90% intervals (the paired ratio's, in ms) and the
+    median CPU use per thread (contention: 1 = the runtime's threads had their cores)."""
     from profiler.table import LatencyTable
     from profiler.transfer import line_rows
 
@@ -94,7 +109,11 @@ def collect(root: Path) -> tuple[list[Line], dict[str, float]]:
         lines.append(Line(ln.key, {s: v for s, v in ln.ms.items() if s in grid}))
         rows = line_rows(LatencyTable("cpu-host", ln.key.flow, MODEL, root), ln.key)
         rows = rows[[(int(d), round(float(w), 3)) in grid for d, w in zip(rows["depth"], rows["width"])]]
-        spread[ln.key.label] = round(float((rows["p90_ms"] / rows["p10_ms"]).median()), 3)
+        spread[ln.key.label] = {
+            "row_p90_over_p10_median": round(float((rows["p90_ms"] / rows["p10_ms"]).median()), 3),
+            "row_ci90_halfwidth_median": round(float(((rows["ms_hi"] - rows["ms_lo"]) / (2 * rows["ms"])).median()), 4),
+            "util_median": round(float(rows["util"].median()), 3) if "util" in rows else None,
+        }
     return lines, spread
 
 
@@ -211,7 +230,7 @@ def main() -> None:
     if args.analyse_only:
         saved = json.loads(args.out.read_text())
         lines = [Line(LineKey(**m["key"]), {_parse(s): v for s, v in m["ms"].items()}) for m in saved["matrix"]]
-        spread = saved.get("row_spread_p90_over_p10", {})
+        spread = saved.get("line_noise", {})
         host = saved["host"]
         prof_log = saved.get("profiling", [])
     else:
@@ -237,9 +256,10 @@ def main() -> None:
         "goal": "median k3_within_10pct >= 0.90 and Spearman >= 0.95",
         "scored_on": "the shapes of each held-out line that were not measured for it (transferred/predicted only)",
         "host": host,
-        "noise": "row spread p90/p10 of each line's samples (median over its rows); rows were timed in separate "
-                 "runs per line on a shared 2-core VM, so the matrix also holds the host's drift between runs",
-        "row_spread_p90_over_p10": spread,
+        "noise": "per line: median over its rows of the samples' p90/p10, of the half-width of the row's 90% "
+                 "interval (paired ratio x reference level) and of the CPU use per thread; a transferred value "
+                 "cannot be scored more precisely than the measurement it is compared with",
+        "line_noise": spread,
         "k3_within_10pct_median": res["k3_within_10pct_median"],
         "summary": res["summary"],
         "per_line": res["per_line"],
