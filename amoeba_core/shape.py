@@ -89,6 +89,27 @@ class WidthAxes(NamedTuple):
         return self.attn < 1.0 or self.mlp < 1.0
 
 
+WidthKey = float | WidthAxes  # a one-ratio width, or WidthAxes(attn, mlp) of a separate-width shape
+
+
+def width_key(width: float | WidthAxes, attn_width: float | None = None) -> float | WidthAxes:
+    """Hashable key of a width point (latency table rows, predictor fits, search axes): the
+    rounded ratio of a one-ratio shape, ``WidthAxes(attn, mlp)`` of a separate one. ``attn_width``
+    ``None`` or NaN (a table row of the one-ratio form) means one ratio."""
+    if isinstance(width, tuple):
+        return WidthAxes(normalize_width(width[0]), normalize_width(width[1]))
+    if attn_width is None or (isinstance(attn_width, float) and math.isnan(attn_width)):
+        return normalize_width(width)
+    return WidthAxes(normalize_width(attn_width), normalize_width(width))
+
+
+def split_key(key: float | WidthAxes) -> tuple[float, float | None]:
+    """(width, attn_width) of a width key: the MLP width and attention width, or (ratio, None)."""
+    if isinstance(key, tuple):
+        return normalize_width(key[1]), normalize_width(key[0])
+    return normalize_width(key), None
+
+
 def as_axes(width: float | WidthAxes | tuple[float, float]) -> WidthAxes:
     """A one-ratio width ``w`` as ``(w, w)``; a pair as given (both normalised)."""
     if isinstance(width, tuple):
@@ -193,8 +214,11 @@ class SubnetShape:
             )
 
 
-def grid_key(depth: int, width: float, attn_width: float | None = None) -> str:
-    """``d24-w0.750``, or ``d24-a0.667-m0.750`` when an attention width is given (``width`` = MLP)."""
+def grid_key(depth: int, width: float | WidthAxes, attn_width: float | None = None) -> str:
+    """``d24-w0.750``, or ``d24-a0.667-m0.750`` when an attention width is given (``width`` = MLP;
+    ``width`` may also be a :func:`width_key`)."""
+    if isinstance(width, tuple):
+        width, attn_width = split_key(width)
     if attn_width is None:
         return f"d{int(depth)}-w{normalize_width(width):.3f}"
     return f"d{int(depth)}-a{normalize_width(attn_width):.3f}-m{normalize_width(width):.3f}"
@@ -440,10 +464,12 @@ class ModelGeometry:
         shape.check_fits(self.n_layers)
         return self.scaled_dims(shape.depth, shape.width, shape.attn_width)
 
-    def scaled_dims(self, depth: int, width: float, attn_width: float | None = None) -> ModelGeometry:
+    def scaled_dims(self, depth: int, width: float | WidthAxes, attn_width: float | None = None) -> ModelGeometry:
         """Physical sizes of the first ``depth`` layers at ``width`` (one ratio), or at MLP width
         ``width`` and attention width ``attn_width`` (an exact fraction of heads, see
-        :meth:`attn_widths`)."""
+        :meth:`attn_widths`). ``width`` may also be a :func:`width_key` (``WidthAxes`` = separate)."""
+        if isinstance(width, tuple):
+            width, attn_width = split_key(width)
         if not 1 <= depth <= self.n_layers:
             raise AmoebaError(f"depth {depth} outside 1..{self.n_layers} for {self.name}")
         if attn_width is None:

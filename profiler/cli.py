@@ -65,6 +65,10 @@ def profile(
     model: str = typer.Option(..., help="Geometry preset, HF folder or GGUF file."),
     depths: Optional[str] = typer.Option(None, help="Comma-separated depths (default: 1..n_layers)."),
     widths: str = typer.Option("1,0.875,0.75,0.625", help="Comma-separated width ratios in (0, 1]."),
+    attn_widths: Optional[str] = typer.Option(
+        None, help="Comma-separated attention widths (fractions of heads the KV-group structure allows, e.g. "
+        "1,0.667,0.333 for SmolLM2): time every attention x MLP width pair (d24-a0.667-m0.750), --widths being "
+        "the MLP widths."),
     phases: str = typer.Option("prefill,decode", help="prefill, decode or both."),
     prompt_len: int = typer.Option(128, help="Prompt tokens (prefill) / cached context (decode)."),
     batch: int = typer.Option(1, help="Batch size."),
@@ -130,6 +134,7 @@ def profile(
         flow_device,
         _options(option),
         redo_contended,
+        attn_widths=parse_widths(attn_widths) if attn_widths else (),
     )
     console = _console()
     with Progress(
@@ -177,7 +182,7 @@ def predict(
 
     ref = parse_shape(shape)
     m = LatencyModel.open(device, flow, model, phase, prompt_len, variant, root)
-    est = m.estimate(ref.depth, ref.width)
+    est = m.estimate(ref.depth, ref.width, ref.attn_width)
 
     def f(x: float | None) -> str:
         return "-" if x is None else f"{x:.3f}"
@@ -210,7 +215,7 @@ def predict(
                 f"{100 * chk['median_abs_error']:.1f}%, max {100 * chk['max_abs_error']:.1f}%, "
                 f"within 5%: {100 * chk['within_5pct']:.0f}%"
             )
-        if m.predictor.is_extrapolated(ref.depth, ref.width):
+        if m.predictor.is_extrapolated(ref.depth, ref.width, ref.attn_width):
             console.print("[yellow]shape outside the measured depths/widths: the prediction is extrapolated[/yellow]")
 
 
@@ -226,6 +231,8 @@ def table_show(
     """Print a latency table (header and rows)."""
     from rich.table import Table
 
+    from profiler.table import row_width_key, shape_key
+
     tab = _existing(device, flow, model, root)
     df = tab.rows(phase=phase).sort_values(["variant", "phase", "source", "width", "depth"], ascending=[1, 1, 1, 0, 1])
     t = Table(title=f"{tab.path} ({len(tab.df)} rows)")
@@ -236,7 +243,7 @@ def table_show(
             x.variant,
             x.phase,
             str(x.prompt_len),
-            f"d{x.depth}-w{x.width:.3f}",
+            shape_key(x.depth, row_width_key(x.width, x.attn_width)),
             f"{x.p50_ms:.3f}",
             f"{x.p10_ms:.3f}",
             f"{x.p90_ms:.3f}",

@@ -42,13 +42,13 @@ from pathlib import Path
 import pandas as pd
 
 from amoeba_core.errors import AmoebaError
-from amoeba_core.shape import ModelGeometry, normalize_width
+from amoeba_core.shape import ModelGeometry, WidthAxes, grid_key, width_key
 from profiler.device import DeviceSpec, load_device, profiles_root
 from profiler.device import list_devices as _list_devices
 from profiler.measure import LEGACY
 from profiler.predict import LatencyPredictor
 from profiler.roofline import Roofline, dtype_bytes, peak_dtype_for, roofline
-from profiler.table import LatencyTable
+from profiler.table import LatencyTable, row_width_key
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class LatencyModel:
         self._per_layer: dict[tuple[int, float], tuple[float, float | None, float | None]] = {}
         self._transferred: dict[tuple[int, float], tuple[float, float | None, float | None]] = {}
         self._transfer_rel: tuple[float, float] | None = None  # median lo/ms, hi/ms of transferred rows
-        self._measured_depths: dict[float, tuple[int, int]] = {}
+        self._measured_depths: dict[float | WidthAxes, tuple[int, int]] = {}  # by width key
         self.predictor: LatencyPredictor | None = None
         self.threads = threads
         if table is not None:
@@ -133,16 +133,19 @@ class LatencyModel:
             rows = rows[rows["threads"] == threads] if threads is not None else rows
             # one row per (shape, source): the paired protocol's over a legacy one, then the newest
             rows = rows.assign(_paired=rows["protocol"] != LEGACY).sort_values(["_paired", "created"])
-            rows = rows.drop_duplicates(["depth", "width", "source"], keep="last").drop(columns="_paired")
+            rows = rows.drop_duplicates(["depth", "width", "attn_width", "source"], keep="last").drop(columns="_paired")
             rows = table.corrected(rows)
             for src, store in (("measured", self._measured), ("per-layer", self._per_layer),
                                ("transferred", self._transferred)):
                 sub = rows[rows["source"] == src]
-                for d, w, ms, lo, hi in zip(sub["depth"], sub["width"], sub["ms"], sub["ms_lo"], sub["ms_hi"]):
-                    store[(int(d), round(float(w), 3))] = (float(ms), _num(lo), _num(hi))
+                for d, w, a, ms, lo, hi in zip(sub["depth"], sub["width"], sub["attn_width"], sub["ms"], sub["ms_lo"],
+                                               sub["ms_hi"]):
+                    store[(int(d), row_width_key(w, a))] = (float(ms), _num(lo), _num(hi))
             measured = rows[rows["source"] == "measured"]
-            for w, grp in measured.groupby(measured["width"].round(3)):
-                self._measured_depths[float(w)] = (int(grp["depth"].min()), int(grp["depth"].max()))
+            for d, w, a in zip(measured["depth"], measured["width"], measured["attn_width"]):
+                k = row_width_key(w, a)
+                lo_d, hi_d = self._measured_depths.get(k, (int(d), int(d)))
+                self._measured_depths[k] = (min(lo_d, int(d)), max(hi_d, int(d)))
             if self._transferred:  # a few-shot line: the predictor also learns from its transferred rows
                 measured = _with_transferred(self, rows)
             try:
@@ -222,19 +225,20 @@ class LatencyModel:
             raise AmoebaError(f"no {phase} rows with prompt_len {prompt_len} in {table.path}; known: {known_p}")
         return cls(spec, flow, model, geometry, phase, int(prompt_len), variant, table, threads)
 
-    def roofline_at(self, depth: int, width: float) -> Roofline | None:
+    def roofline_at(self, depth: int, width: float | WidthAxes) -> Roofline | None:
         """The roofline of a shape at this table's weight type (None when the type is unknown)."""
         if self._wbytes is None or self.weight_dtype is None:
             return None
         g = self.geometry.scaled_dims(depth, width)
         return roofline(g, self.device, self.phase, self.prompt_len, self._wbytes, peak_dtype_for(self.weight_dtype))
 
-    def roofline_ms(self, depth: int, width: float) -> float | None:
+    def roofline_ms(self, depth: int, width: float | WidthAxes) -> float | None:
         rl = self.roofline_at(depth, width)
         return None if rl is None else rl.floor_ms
 
-    def estimate(self, depth: int, width: float) -> LatencyEstimate:
-        w = normalize_width(width)
+    def estimate(self, depth: int, width: float | WidthAxes, attn_width: float | None = None) -> LatencyEstimate:
+        """Latency of (depth, width); ``width`` may be a width key, or the MLP width with ``attn_width``."""
+        w = width_key(width, attn_width)
         key = (int(depth), w)
         hit = self._cache.get(key)
         if hit is not None:
@@ -266,7 +270,7 @@ class LatencyModel:
             est = LatencyEstimate(floor, "roofline", None, None, floor)
         else:
             raise AmoebaError(
-                f"no measurement or predictor for d{depth}-w{w:.3f} on {self.device.name}/{self.flow}/"
+                f"no measurement or predictor for {grid_key(depth, w)} on {self.device.name}/{self.flow}/"
                 f"{self.model} ({self.phase}, prompt_len {self.prompt_len})"
             )
         self._cache[key] = est
@@ -280,15 +284,15 @@ def _with_transferred(m: LatencyModel, rows: pd.DataFrame) -> pd.DataFrame:
     import numpy as np
 
     t = rows[rows["source"] == "transferred"]
-    for d, w, p10, p90 in zip(t["depth"], t["width"], t["p10_ms"], t["p90_ms"]):
-        key = (int(d), round(float(w), 3))
+    for d, w, a, p10, p90 in zip(t["depth"], t["width"], t["attn_width"], t["p10_ms"], t["p90_ms"]):
+        key = (int(d), row_width_key(w, a))
         ms, lo, hi = m._transferred[key]
         m._transferred[key] = (ms, lo if lo is not None else float(p10), hi if hi is not None else float(p90))
     vals = list(m._transferred.values())
     m._transfer_rel = (float(np.median([lo / ms for ms, lo, _ in vals])), float(np.median([hi / ms for ms, _, hi in vals])))
     measured = rows[rows["source"] == "measured"]
-    have = set(zip(measured["depth"], measured["width"].round(3)))
-    extra = t[[(int(d), round(float(w), 3)) not in have for d, w in zip(t["depth"], t["width"])]]
+    have = {(int(d), row_width_key(w, a)) for d, w, a in zip(measured["depth"], measured["width"], measured["attn_width"])}
+    extra = t[[(int(d), row_width_key(w, a)) not in have for d, w, a in zip(t["depth"], t["width"], t["attn_width"])]]
     return pd.concat([measured, extra], ignore_index=True)
 
 
@@ -333,12 +337,13 @@ def latency_ms(
     flow: str,
     model: str,
     depth: int,
-    width: float,
+    width: float | WidthAxes,
     phase: str = "decode",
     prompt_len: int | None = None,
     variant: str | None = None,
     root: Path | None = None,
     threads: int | None = None,
+    attn_width: float | None = None,
 ) -> LatencyEstimate:
     """Latency of one step of shape (depth, width); see the module docstring for the order of sources."""
     base = profiles_root(root)
@@ -348,4 +353,4 @@ def latency_ms(
     path = base / device / f"{flow}-{model}.parquet"
     stamp = path.stat().st_mtime_ns if path.exists() else 0.0
     m = _cached_model(device, flow, model, phase, prompt_len, variant, str(base.resolve()), stamp, threads)
-    return m.estimate(depth, width)
+    return m.estimate(depth, width, attn_width)

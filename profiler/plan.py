@@ -14,6 +14,11 @@ whole run, so a block's shapes and the reference must fit ``BLOCK_BYTES`` togeth
 weight estimate, :func:`_blocks`); a shape too big for that is timed in a block of its own (the
 reference and it: two models), and a plan where even those two exceed the memory available is
 refused before anything is timed (:func:`_check_memory`).
+
+Separate attention/MLP widths: with ``attn_widths`` the plan's width points are every
+(attention width, MLP width) pair, ``d24-a0.667-m0.750`` (:func:`amoeba_core.shape.width_key`), and
+their rows carry ``attn_width``; without it, the one-ratio widths as before. Random-weight models
+get their sizes from ``geometry.scaled_dims(depth, key)`` either way.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from amoeba_core.errors import AmoebaError
-from amoeba_core.shape import ModelGeometry
+from amoeba_core.shape import ModelGeometry, WidthAxes, width_key
 from profiler.device import DeviceSpec, ensure_device
 from profiler.flows import PHASES, FlowConfig, Workload, flow_class, make_flow
 from profiler.measure import PROTOCOL, LatencyStats, MeasureConfig, PairedStats, environment, measure_paired
@@ -57,6 +62,7 @@ class ProfilePlan:
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     redo_contended: bool = False  # re-time present rows whose util diagnostic is below measure.min_util
     reference_shape: tuple[int, float] | None = None  # (depth, width); default: see `reference`
+    attn_widths: tuple[float, ...] = ()  # given: time every (attention width, MLP width) pair instead
 
     def __post_init__(self) -> None:
         n = self.geometry.n_layers
@@ -64,7 +70,11 @@ class ProfilePlan:
             if not 1 <= d <= n:
                 raise AmoebaError(f"depth {d} outside 1..{n} for model {self.model}")
         for w in self.widths:
-            self.geometry.check_width(w)  # zero heads/channels: refused before any table is touched
+            self.geometry.check_width(w, "mlp" if self.attn_widths else "both")  # refused before any table is touched
+        for a in self.attn_widths:
+            self.geometry.check_width(a, "attn")  # a whole number of heads the KV-group structure allows
+        if self.attn_widths and self.per_layer:
+            raise AmoebaError("--attn-widths is not supported with --per-layer yet; use --sparse or a full grid")
         for p in self.phases:
             if p not in PHASES:
                 raise AmoebaError(f"unknown phase {p!r}; known: {', '.join(PHASES)}")
@@ -99,9 +109,17 @@ class ProfilePlan:
             return sparse_depths(self.depths)
         return tuple(sorted(set(self.depths)))
 
-    def points(self) -> list[tuple[float, int, str]]:
-        """(width, depth, phase) to time, deepest first per width (the flow reuses weights)."""
-        return [(w, d, p) for w in self.widths for d in sorted(self.measured_depths, reverse=True) for p in self.phases]
+    @property
+    def width_points(self) -> list[float | WidthAxes]:
+        """The plan's width keys: one-ratio widths, or every (attention, MLP) pair with ``attn_widths``."""
+        if not self.attn_widths:
+            return [width_key(w) for w in self.widths]
+        return [width_key(m, a) for a in self.attn_widths for m in self.widths]
+
+    def points(self) -> list[tuple[float | WidthAxes, int, str]]:
+        """(width key, depth, phase) to time, deepest first per width (the flow reuses weights)."""
+        return [(w, d, p) for w in self.width_points for d in sorted(self.measured_depths, reverse=True)
+                for p in self.phases]
 
 
 @dataclass
@@ -150,7 +168,7 @@ def run_profile(plan: ProfilePlan, root: Path | str | None = None, progress: Pro
     nbytes = functools.partial(_weight_bytes, plan.geometry)
     rounds = plan.measure.rounds
 
-    def key(d: int, w: float, phase: str) -> dict:
+    def key(d: int, w: float | WidthAxes, phase: str) -> dict:
         return row_key(variant, d, w, phase, plan.batch, plan.prompt_len, "measured", threads, PROTOCOL)
 
     # what to time, per phase: the plan's shapes (the reference apart) and the reference's own row
@@ -160,7 +178,7 @@ def run_profile(plan: ProfilePlan, root: Path | str | None = None, progress: Pro
         todo: list[_Point] = []
         ref_pt: _Point | None = None
         shapes = [(d, w) for w, d, p in plan.points() if p == phase]
-        if (ref_d, round(ref_w, 3)) not in {(d, round(w, 3)) for d, w in shapes}:
+        if (ref_d, width_key(ref_w)) not in set(shapes):
             shapes.append((ref_d, ref_w))  # the reference's row is written even when off the grid
         for d, w in shapes:
             k = key(d, w, phase)
@@ -171,10 +189,10 @@ def run_profile(plan: ProfilePlan, root: Path | str | None = None, progress: Pro
                 result.skipped += 1
                 done += rounds
                 if progress:
-                    progress(f"d{d}-w{w:.3f} {phase} (present)", done, total)
+                    progress(f"{shape_key(d, w)} {phase} (present)", done, total)
                 continue
             pt = _Point(w, d, phase, k, redo)
-            if (d, round(w, 3)) == (ref_d, round(ref_w, 3)):
+            if (d, w) == (ref_d, width_key(ref_w)):
                 ref_pt = pt
             else:
                 todo.append(pt)
@@ -206,7 +224,7 @@ def run_profile(plan: ProfilePlan, root: Path | str | None = None, progress: Pro
                         nonlocal done
                         done += n_prog
                         if progress:
-                            names = ", ".join(f"d{pt.d}-w{pt.w:.3f}" for pt in block) or ref_name
+                            names = ", ".join(shape_key(pt.d, pt.w) for pt in block) or ref_name
                             progress(f"{phase} round {r + 1}/{rounds} [{names}] vs {ref_name}", done, total)
 
                     res = measure_paired(fns, ref_fn, plan.measure, cpu_threads, on_round)
@@ -237,14 +255,14 @@ BLOCK_BYTES = 6 * 1024**3  # ... and at most this many weight bytes (fp32 estima
 
 @dataclass
 class _Point:
-    w: float
+    w: float | WidthAxes  # width key (WidthAxes: separate attention/MLP widths)
     d: int
     phase: str
     key: dict
     redo: bool
 
 
-def _weight_bytes(geometry: ModelGeometry, depth: int, width: float) -> int:
+def _weight_bytes(geometry: ModelGeometry, depth: int, width: float | WidthAxes) -> int:
     """Weight bytes of a shape at fp32 (an upper bound for the flows' dtypes)."""
     return 4 * geometry.scaled_dims(depth, width).n_params()
 
@@ -356,7 +374,8 @@ def _compose(plan: ProfilePlan, table: LatencyTable, variant: str) -> int:
         rows = table.rows(phase=phase, variant=variant, prompt_len=plan.prompt_len, batch=plan.batch, source="measured")
         rows = rows[(rows["threads"] == threads) & (rows["protocol"] == PROTOCOL)]
         for w in plan.widths:
-            sub = rows[(rows["width"].round(3) == round(w, 3)) & rows["depth"].isin(plan.measured_depths)]
+            sub = rows[(rows["width"].round(3) == round(w, 3)) & rows["attn_width"].isna()
+                       & rows["depth"].isin(plan.measured_depths)]
             if sub["depth"].nunique() < 2:
                 continue
             paired = sub["ratio"].notna().all() and (sub["reference"] == ref_name).all()
@@ -410,6 +429,7 @@ def make_plan(
     options: dict | None = None,
     redo_contended: bool = False,
     reference: tuple[int, float] | None = None,
+    attn_widths: tuple[float, ...] = (),
 ) -> ProfilePlan:
     """Validate everything a profile needs before anything is written."""
     geometry = ModelGeometry.resolve(model)
@@ -432,4 +452,5 @@ def make_plan(
         measure=measure_cfg or MeasureConfig(),
         redo_contended=redo_contended,
         reference_shape=reference,
+        attn_widths=tuple(attn_widths),
     )

@@ -32,6 +32,12 @@ Interval of every estimate (:meth:`LatencyPredictor.estimate`, 90%): ``[ms / (1 
 - ``e`` (extrapolated estimates only, flagged): the distance outside the measured depths or
   layer sizes relative to their span, widening the interval in proportion.
 
+Separate attention/MLP widths: rows with an ``attn_width`` (``d24-a0.667-m0.750``) get their own
+depth line, keyed by :func:`amoeba_core.shape.width_key`; across width points the coordinate is the
+same parameter count of one scaled layer (attention and MLP parts both counted), so a one-ratio
+width and a separate pair that are the same network (SmolLM2 ``w0.750`` and ``a0.667-m0.750``)
+share a coordinate. Every ``width`` argument below also takes such a key, or ``attn_width=``.
+
 The predictor reports its own error: :meth:`LatencyPredictor.holdout_errors` on measured rows
 it was not fitted on, and :meth:`LatencyPredictor.self_check` by leaving out one depth at a time.
 """
@@ -46,7 +52,7 @@ import numpy as np
 import pandas as pd
 
 from amoeba_core.errors import AmoebaError
-from amoeba_core.shape import ModelGeometry, normalize_width
+from amoeba_core.shape import ModelGeometry, WidthAxes, grid_key, width_key
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +67,25 @@ def fit_line(depths: Iterable[int], ms: Iterable[float]) -> tuple[float, float]:
     return float(t0), float(slope)
 
 
+def _rows_keys(rows: pd.DataFrame) -> pd.Series:
+    """Width key of every row (``attn_width`` absent or NaN: one ratio)."""
+    attn = rows["attn_width"] if "attn_width" in rows.columns else pd.Series(np.nan, index=rows.index)
+    return pd.Series([width_key(float(w), None if pd.isna(a) else float(a)) for w, a in zip(rows["width"], attn)],
+                     index=rows.index, dtype=object)
+
+
+def _sort_key(k: float | WidthAxes) -> tuple[float, float]:
+    return (k[1], k[0]) if isinstance(k, tuple) else (k, -1.0)
+
+
+def _label(k: float | WidthAxes) -> str:
+    """``0.750`` for a one-ratio width (as before), ``a0.667-m0.750`` for a separate pair."""
+    return grid_key(1, k)[3:] if isinstance(k, tuple) else f"{k:.3f}"
+
+
 @dataclass(frozen=True)
 class WidthFit:
-    width: float
+    width: float | WidthAxes  # width key
     fixed_ms: float
     per_layer_ms: float
     depths: tuple[int, ...]
@@ -98,10 +120,10 @@ def _rel_half_widths(rows: pd.DataFrame) -> pd.Series:
 class LatencyPredictor:
     """Fitted on rows of one (phase, variant, prompt_len, batch): columns depth, width, p50_ms."""
 
-    def __init__(self, fits: dict[float, WidthFit], geometry: ModelGeometry | None = None) -> None:
+    def __init__(self, fits: dict[float | WidthAxes, WidthFit], geometry: ModelGeometry | None = None) -> None:
         if not fits:
             raise AmoebaError("no width has two measured depths: nothing to fit the predictor on")
-        self.fits = dict(sorted(fits.items()))
+        self.fits = dict(sorted(fits.items(), key=lambda kv: _sort_key(kv[0])))
         self.geometry = geometry
         self._x = np.array([self._coord(w) for w in self.fits])
         self._fixed = np.array([f.fixed_ms for f in self.fits.values()])
@@ -119,8 +141,8 @@ class LatencyPredictor:
         ``ms`` (drift-corrected, with ``ms_lo``/``ms_hi``) or ``p50_ms``."""
         col = _value_column(rows)
         rows = rows.assign(_h=_rel_half_widths(rows))
-        fits: dict[float, WidthFit] = {}
-        for w, grp in rows.groupby(rows["width"].round(3)):
+        fits: dict[float | WidthAxes, WidthFit] = {}
+        for w, grp in rows.groupby(_rows_keys(rows), sort=False):
             g = grp.groupby("depth")[col].median()
             if len(g) < 2:
                 log.debug("width %s has one depth only; not used by the predictor", w)
@@ -129,7 +151,7 @@ class LatencyPredictor:
             fitted = t0 + np.asarray(g.index, dtype=float) * slope
             resid = tuple(float(x) for x in (g.values - fitted) / fitted)
             h = grp["_h"].dropna()
-            fits[float(w)] = WidthFit(float(w), t0, slope, tuple(int(x) for x in g.index), resid,
+            fits[w] = WidthFit(w, t0, slope, tuple(int(x) for x in g.index), resid,
                                       float(h.median()) if len(h) else 0.0)
         return cls(fits, geometry)
 
@@ -151,18 +173,20 @@ class LatencyPredictor:
                 errs.append((fx + d * sl) / own - 1.0)
         return float(np.sqrt(np.mean(np.square(errs)))) if errs else 0.0
 
-    def _coord(self, width: float) -> float:
+    def _coord(self, width: float | WidthAxes) -> float:
         if self.geometry is None:
+            if isinstance(width, tuple):
+                raise AmoebaError("predicting separate attention/MLP widths needs the model geometry")
             return float(width)
         return float(self.geometry.scaled_dims(1, width).layer_params())
 
-    def extrapolated(self, width: float) -> bool:
-        x = self._coord(normalize_width(width))
+    def extrapolated(self, width: float | WidthAxes, attn_width: float | None = None) -> bool:
+        x = self._coord(width_key(width, attn_width))
         return bool(x < self._x.min() - 1e-9 or x > self._x.max() + 1e-9)
 
-    def coefficients(self, width: float) -> tuple[float, float]:
-        """(fixed_ms, per_layer_ms) at ``width``."""
-        w = normalize_width(width)
+    def coefficients(self, width: float | WidthAxes, attn_width: float | None = None) -> tuple[float, float]:
+        """(fixed_ms, per_layer_ms) at ``width`` (a one-ratio width, a width key, or MLP width + ``attn_width``)."""
+        w = width_key(width, attn_width)
         if w in self.fits:
             f = self.fits[w]
             return f.fixed_ms, f.per_layer_ms
@@ -182,30 +206,30 @@ class LatencyPredictor:
         t = (x - xs_u[i]) / (xs_u[j] - xs_u[i])
         return float(fx[i] + t * (fx[j] - fx[i])), float(sl[i] + t * (sl[j] - sl[i]))
 
-    def predict(self, depth: int, width: float) -> float:
+    def predict(self, depth: int, width: float | WidthAxes, attn_width: float | None = None) -> float:
         if depth < 1:
             raise AmoebaError(f"depth must be >= 1, got {depth}")
-        fixed, slope = self.coefficients(width)
+        fixed, slope = self.coefficients(width, attn_width)
         return fixed + depth * slope
 
-    def is_extrapolated(self, depth: int, width: float) -> bool:
+    def is_extrapolated(self, depth: int, width: float | WidthAxes, attn_width: float | None = None) -> bool:
         """Outside the measured depths or widths (layer sizes)."""
         lo, hi = self.depth_range
-        return self.extrapolated(width) or not lo <= depth <= hi
+        return self.extrapolated(width, attn_width) or not lo <= depth <= hi
 
-    def _outside(self, depth: int, width: float) -> float:
+    def _outside(self, depth: int, width: float | WidthAxes) -> float:
         """Distance outside the measured depths / layer sizes, relative to their span."""
         lo, hi = self.depth_range
         e_d = max(lo - depth, depth - hi, 0) / max(hi - lo, 1)
-        x = self._coord(normalize_width(width))
+        x = self._coord(width_key(width))
         span = float(self._x.max() - self._x.min())
         e_w = max(self._x.min() - x, x - self._x.max(), 0.0) / span if span > 0 else 0.0
         return float(max(e_d, e_w))
 
-    def estimate(self, depth: int, width: float) -> Prediction:
+    def estimate(self, depth: int, width: float | WidthAxes, attn_width: float | None = None) -> Prediction:
         """The prediction with its 90% interval (module docstring) and the extrapolation flag."""
-        ms = self.predict(depth, width)
-        w = normalize_width(width)
+        w = width_key(width, attn_width)
+        ms = self.predict(depth, w)
         if w in self.fits:
             h_meas, h_width = self.fits[w].meas_rel, 0.0
         else:
@@ -219,8 +243,9 @@ class LatencyPredictor:
     def holdout_errors(self, rows: pd.DataFrame) -> pd.DataFrame:
         """Relative error (predicted / measured - 1) on each of ``rows``."""
         col = _value_column(rows)
-        out = rows[["depth", "width", "p50_ms"] + (["ms"] if col == "ms" else [])].copy()
-        est = [self.estimate(int(d), float(w)) for d, w in zip(out["depth"], out["width"])]
+        out = rows[["depth", "width", "p50_ms"] + (["ms"] if col == "ms" else [])
+                   + (["attn_width"] if "attn_width" in rows.columns else [])].copy()
+        est = [self.estimate(int(d), k) for d, k in zip(out["depth"], _rows_keys(out))]
         out["predicted_ms"] = [e.ms for e in est]
         out["predicted_lo_ms"] = [e.lo_ms for e in est]
         out["predicted_hi_ms"] = [e.hi_ms for e in est]
@@ -233,7 +258,7 @@ class LatencyPredictor:
         """Leave-one-depth-out error on widths with >= 3 measured depths."""
         errs: list[float] = []
         col = _value_column(rows)
-        for _, grp in rows.groupby(rows["width"].round(3)):
+        for _, grp in rows.groupby(_rows_keys(rows), sort=False):
             g = grp.groupby("depth")[col].median()
             if len(g) < 3:
                 continue
@@ -258,7 +283,7 @@ class LatencyPredictor:
             "s_fit": self.s_fit,
             "h_width": self.h_width,
             "widths": {
-                f"{w:.3f}": {"fixed_ms": f.fixed_ms, "per_layer_ms": f.per_layer_ms, "depths": list(f.depths)}
+                _label(w): {"fixed_ms": f.fixed_ms, "per_layer_ms": f.per_layer_ms, "depths": list(f.depths)}
                 for w, f in self.fits.items()
             },
         }

@@ -31,6 +31,11 @@ the reference's absolute level over all blocks) and spread (``p10_ms``/``p90_ms`
 medians: the host's drift while the table was measured). :meth:`LatencyTable.corrected` turns
 ratios into milliseconds, ``ms = ratio * level_ms``; legacy rows keep their raw median with the
 order-statistic 90% interval of their samples.
+
+Separate attention/MLP widths: a row of a ``d24-a0.667-m0.750`` shape has ``width`` = the MLP
+width and ``attn_width`` = the attention width; one-ratio rows (and every row of older files)
+have ``attn_width`` NaN, meaning today's policy from ``width``. ``attn_width`` is part of the key,
+NaN matching NaN, so old tables read unchanged and the two forms never overwrite each other.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ import pandas as pd
 import yaml
 
 from amoeba_core.errors import AmoebaError
+from amoeba_core.shape import WidthAxes, grid_key, split_key, width_key
 from amoeba_core.filelock import file_lock, read_snapshot
 from profiler.device import profiles_root
 from profiler.measure import LEGACY, LatencyStats, median_ci_ms
@@ -58,7 +64,8 @@ from profiler.measure import LEGACY, LatencyStats, median_ci_ms
 log = logging.getLogger(__name__)
 
 SOURCES: tuple[str, ...] = ("measured", "per-layer", "predicted", "roofline", "transferred")  # append new sources here
-KEY_COLUMNS = ["variant", "depth", "width", "phase", "batch", "prompt_len", "source", "threads", "protocol"]
+KEY_COLUMNS = ["variant", "depth", "width", "phase", "batch", "prompt_len", "source", "threads", "protocol",
+               "attn_width"]
 COLUMNS: dict[str, str] = {
     "device": "string",
     "flow": "string",
@@ -85,6 +92,7 @@ COLUMNS: dict[str, str] = {
     "reference": "string",
     "util": "float64",
     "versions": "string",
+    "attn_width": "float64",  # NaN: one width ratio (today's policy); else the attention width, ``width`` = MLP
 }
 
 
@@ -99,6 +107,7 @@ OPTIONAL: dict[str, object] = {
     "reference": "",
     "util": math.nan,
     "versions": "",
+    "attn_width": math.nan,
 }
 
 
@@ -125,6 +134,7 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
         if t != "object":
             df[c] = df[c].astype(t)
     df["width"] = df["width"].round(3)
+    df["attn_width"] = df["attn_width"].round(3)
     return df[list(COLUMNS)].reset_index(drop=True)
 
 
@@ -375,7 +385,11 @@ def _match(df: pd.DataFrame, key: dict[str, Any]) -> pd.Series:
     m = pd.Series(True, index=df.index)
     for c in KEY_COLUMNS:
         v = key.get(c, OPTIONAL.get(c))
-        m &= (df[c].round(3) == round(float(v), 3)) if c == "width" else (df[c] == v)
+        if c == "attn_width":  # NaN (one ratio) matches NaN
+            v = math.nan if v is None else float(v)
+            m &= df[c].isna() if math.isnan(v) else (df[c].round(3) == round(v, 3))
+        else:
+            m &= (df[c].round(3) == round(float(v), 3)) if c == "width" else (df[c] == v)
     return m
 
 
@@ -386,15 +400,19 @@ def _has(df: pd.DataFrame, key: dict[str, Any]) -> bool:
 def row_key(
     variant: str,
     depth: int,
-    width: float,
+    width: float | WidthAxes,
     phase: str,
     batch: int,
     prompt_len: int,
     source: str = "measured",
     threads: int = 0,
     protocol: str = LEGACY,
+    attn_width: float | None = None,
 ) -> dict[str, Any]:
+    """The key of a row; ``width`` may be a :func:`amoeba_core.shape.width_key` (separate widths)."""
+    width, attn_width = split_key(width_key(width, attn_width))
     return {
+        "attn_width": math.nan if attn_width is None else attn_width,
         "threads": int(threads),
         "protocol": protocol,
         "variant": variant,
@@ -407,9 +425,14 @@ def row_key(
     }
 
 
-def shape_key(depth: int, width: float) -> str:
-    """How a row names the reference shape it was paired with."""
-    return f"d{int(depth)}-w{float(width):.3f}"
+def shape_key(depth: int, width: float | WidthAxes) -> str:
+    """How a row names the reference shape it was paired with (``d30-w1.000``, ``d30-a0.667-m1.000``)."""
+    return grid_key(depth, width)
+
+
+def row_width_key(width: float, attn_width: float | None) -> float | WidthAxes:
+    """The width key of a row's ``width``/``attn_width`` (NaN attention width: one ratio)."""
+    return width_key(float(width), None if attn_width is None or pd.isna(attn_width) else float(attn_width))
 
 
 def level_key(variant: str, phase: str, prompt_len: int, batch: int, threads: int, reference: str) -> str:
