@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -259,6 +260,7 @@ def create_app(run_dir: Path | str, root: Path | None = None, token: str | None 
                   description=f"Accuracy-latency fronts and best-shape queries for {served.model}.")
     app.state.served = served
     app.state.public_paths = set()  # paths that answer without the token (none by default)
+    app.add_middleware(QueryFastPath, served=served)  # inside the gate: the token is checked first
     app.add_middleware(TokenGate, token=token, public=app.state.public_paths)
 
     @app.exception_handler(AmoebaError)
@@ -318,15 +320,7 @@ def create_app(run_dir: Path | str, root: Path | None = None, token: str | None 
     async def query(device: str = Query(..., max_length=200), flow: str = Query(..., max_length=200),
                     budget_ms: float = Query(..., gt=0, allow_inf_nan=False, description="Latency budget in ms"),
                     phase: Phase = "decode", variant: Optional[str] = Query(None, max_length=200)) -> Response:
-        def make(s: Snapshot) -> bytes:
-            a = s.index.best(device, flow, budget_ms, phase, variant)
-            head = {"feasible": a.feasible, "device": a.device, "flow": a.flow, "phase": a.phase,
-                    "budget_ms": a.budget_ms, "message": a.message, "export_command": a.export_command,
-                    "variant": a.variant, "variants": list(a.variants), "variant_note": a.variant_note}
-            shape = s.point_json(a.shape) if a.shape is not None else "null"
-            return (json.dumps(head)[:-1] + f',"shape":{shape},"fastest":{s.point_json(a.fastest)}}}').encode()
-
-        return await answer(make)
+        return await answer(lambda s: query_body(s, device, flow, budget_ms, phase, variant))
 
     @app.post("/profiles", response_model=PushOut)
     def push_profile(p: ProfileIn) -> PushOut:
@@ -346,6 +340,65 @@ def create_app(run_dir: Path | str, root: Path | None = None, token: str | None 
 
     mount_web(app, served)  # the page for people at / (search/web.py); `served` follows every refresh
     return app
+
+
+def query_body(s: Snapshot, device: str, flow: str, budget_ms: float, phase: str, variant: str | None) -> bytes:
+    """The /query answer as JSON (the answered points' JSON is cached in the snapshot)."""
+    a = s.index.best(device, flow, budget_ms, phase, variant)
+    head = {"feasible": a.feasible, "device": a.device, "flow": a.flow, "phase": a.phase,
+            "budget_ms": a.budget_ms, "message": a.message, "export_command": a.export_command,
+            "variant": a.variant, "variants": list(a.variants), "variant_note": a.variant_note}
+    shape = s.point_json(a.shape) if a.shape is not None else "null"
+    return (json.dumps(head)[:-1] + f',"shape":{shape},"fastest":{s.point_json(a.fastest)}}}').encode()
+
+
+_NUMBER = re.compile(r"^[+]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_QUERY_KEYS = {"device", "flow", "budget_ms", "phase", "variant"}
+
+
+class QueryFastPath:
+    """ASGI middleware: a well-formed ``GET /query`` that the current snapshot answers is answered here,
+    without FastAPI's routing and validation (the hot path of a busy service). Anything else (a
+    parameter missing, repeated, malformed or unknown, an unknown device) goes on to the FastAPI
+    route, which stays the one place that words errors."""
+
+    def __init__(self, app: Any, served: Served) -> None:
+        self.app, self.served = app, served
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/query" and scope["method"] == "GET":
+            body = self._answer(scope["query_string"])
+            if body is not None:
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+    def _answer(self, qs: bytes) -> bytes | None:
+        from urllib.parse import parse_qsl
+
+        try:
+            pairs = parse_qsl(qs.decode("latin-1"), keep_blank_values=True, strict_parsing=True, encoding="utf-8",
+                              errors="strict")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        p = dict(pairs)
+        if len(p) != len(pairs) or not {"device", "flow", "budget_ms"} <= p.keys() <= _QUERY_KEYS:
+            return None
+        phase, variant = p.get("phase", "decode"), p.get("variant")
+        if phase not in ("decode", "prefill", "e2e") or any(len(v) > 200 for v in p.values()) \
+                or not _NUMBER.match(p["budget_ms"]):
+            return None
+        budget = float(p["budget_ms"])
+        if not (math.isfinite(budget) and budget > 0):
+            return None
+        self.served.check()
+        try:
+            return query_body(self.served.snap, p["device"], p["flow"], budget, phase, variant)
+        except AmoebaError:
+            return None
 
 
 def _push_out(rep: Any, served: Served, ok: bool) -> PushOut:

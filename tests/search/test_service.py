@@ -36,8 +36,8 @@ def _serve(run_dir: Path, profiles: Path, token: str | None, db: str | None = No
 
 
 @pytest.fixture(scope="module")
-def url(run_dir: Path, profiles: Path) -> Iterator[str]:
-    yield from _serve(run_dir, profiles, None)
+def url(measured_run: Path, profiles: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from _serve(measured_run, profiles, None, f"sqlite:///{tmp_path_factory.mktemp('svc') / 'service.db'}")
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +63,11 @@ def test_endpoints(client: httpx.Client) -> None:
     named = client.get("/query", params={"device": "cpu-host", "flow": "pytorch", "budget_ms": slow,
                                          "variant": "float32"}).json()
     assert named["shape"] == q["shape"] and named["variant"] == "float32"
+    # the fast path (a well-formed /query) and the FastAPI route (here: an extra parameter) answer alike
+    for b in (slow, slow / 3, 1e-6):
+        params = {"device": "cpu-host", "flow": "pytorch", "budget_ms": b, "phase": "prefill"}
+        fast, routed = client.get("/query", params=params), client.get("/query", params={**params, "x": "1"})
+        assert fast.status_code == routed.status_code == 200 and fast.content == routed.content
     q = client.get("/query", params={"device": "cpu-host", "flow": "pytorch", "budget_ms": 1e-6}).json()
     assert not q["feasible"] and q["fastest"] == front[0] and "fastest" in q["message"]
     assert client.get("/openapi.json").json()["paths"].keys() >= {"/devices", "/query", "/fronts/{device}/{flow}"}
@@ -106,8 +111,8 @@ def test_fuzz_never_5xx(client: httpx.Client, path: str, device: str, flow: str,
         assert r.json()["detail"]
 
 
-def test_bearer_token(run_dir: Path, profiles: Path, tmp_path: Path) -> None:
-    for base in _serve(run_dir, profiles, TOKEN, f"sqlite:///{tmp_path / 'service.db'}"):
+def test_bearer_token(measured_run: Path, profiles: Path, tmp_path: Path) -> None:
+    for base in _serve(measured_run, profiles, TOKEN, f"sqlite:///{tmp_path / 'service.db'}"):
         for path in ("/devices", "/docs", "/redoc", "/openapi.json", "/fronts/cpu-host/pytorch"):
             assert httpx.get(f"{base}{path}").status_code == 401, path
             assert httpx.get(f"{base}{path}", headers={"Authorization": "Bearer nope"}).status_code == 401, path
@@ -128,7 +133,7 @@ def test_errors_do_not_echo_long_input(client: httpx.Client) -> None:
     assert r.status_code == 422 and len(r.content) < 2000
 
 
-def test_truncated_accuracy_table_is_a_one_line_error(run_dir: Path, profiles: Path, tmp_path: Path) -> None:
+def test_truncated_accuracy_table_is_a_one_line_error(measured_run: Path, profiles: Path, tmp_path: Path) -> None:
     import shutil
     import subprocess
     import sys
@@ -136,7 +141,7 @@ def test_truncated_accuracy_table_is_a_one_line_error(run_dir: Path, profiles: P
     import os
 
     bad = tmp_path / "run"
-    shutil.copytree(run_dir, bad, ignore=shutil.ignore_patterns("*.db", ".*"))
+    shutil.copytree(measured_run, bad, ignore=shutil.ignore_patterns("*.db", ".*"))
     data = (bad / "accuracy.parquet").read_bytes()
     (bad / "accuracy.parquet").write_bytes(data[: len(data) // 2])
     for args in (["query", "--device", "cpu-host", "--flow", "pytorch", "--budget", "5ms"], ["plot"],
