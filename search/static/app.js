@@ -98,6 +98,8 @@ function selection() {
 // a shape's key is "<grid>-<layer hash>", the grid being d24-w0.750 or, with its own attention width, d24-a0.667-m0.750
 const grid = (p) => p.key.slice(0, p.key.lastIndexOf("-"));
 const sig = (x, n = 4) => Number(Number(x).toPrecision(n));
+// a budget just fitting latency x: 6 significant digits, rounded up
+const sigUp = (x) => { const r = sig(x, 6); return r >= x ? r : sig(x + Math.pow(10, Math.floor(Math.log10(x)) - 5), 6); };
 const fmtMs = (x) => (x >= 100 ? x.toFixed(1) : x >= 10 ? x.toFixed(2) : x.toPrecision(3));
 
 function pair(lo, hi) {
@@ -203,14 +205,17 @@ function drawChart(answer) {
     const ai = accInterval(p), li = latInterval(p);
     if (ai) el("line", { class: "err", stroke: col, x1: cx, x2: cx, y1: fy(ai[0]), y2: fy(ai[1]) }, svg);
     if (li) el("line", { class: "err", stroke: col, x1: clipx(li[0]), x2: clipx(li[1]), y1: cy, y2: cy }, svg);
-    const c = el("circle", { cx, cy, r: 5, fill: col, stroke: "#fff", "stroke-width": 1 }, svg);
+    const c = el("circle", { class: "pick", cx, cy, r: 5, fill: col, stroke: "#fff", "stroke-width": 1 }, svg);
+    c.addEventListener("click", () => setBudget(sigUp(p.latency_ms), false));  // this shape's latency as the budget
     el("title", {}, c, `${grid(p)}: top-1 ${p.accuracy.toFixed(4)}${ai ? ` [${ai[0].toFixed(4)}, ${ai[1].toFixed(4)}]` : ""}, ` +
        `${fmtMs(p.latency_ms)} ms${li ? ` [${fmtMs(li[0])}, ${fmtMs(li[1])}]` : ""} (${sourceOf(p)})`);
   }
   if (state.budget != null) {
     const bx = Math.min(Math.max(fx(state.budget), M.l), W - M.r);
     el("line", { class: "budget", x1: bx, x2: bx, y1: M.t, y2: H - M.b }, svg);
-    el("text", { x: bx + 4, y: M.t + 12, fill: "#b42318" }, svg, `budget ${state.budget} ms`);
+    const left = bx > W - M.r - 130;  // the label stays inside the plot
+    el("text", { x: left ? bx - 4 : bx + 4, y: M.t + 12, fill: "#b42318", "text-anchor": left ? "end" : "start" }, svg,
+       `budget ${state.budget} ms`);
   }
   if (answer && answer.shape) {
     el("circle", { class: "chosen", cx: fx(answer.shape.latency_ms), cy: fy(answer.shape.accuracy), r: 9 }, svg);
@@ -234,6 +239,7 @@ function drawTable(answer) {
   body.replaceChildren();
   for (const p of state.front) {
     const tr = body.insertRow();
+    tr.addEventListener("click", () => setBudget(sigUp(p.latency_ms), false));
     if (answer && answer.shape && answer.shape.key === p.key) tr.className = "chosen";
     const ai = accInterval(p), li = latInterval(p);
     const cells = [grid(p), p.depth, Number(p.width).toFixed(3),
@@ -252,7 +258,7 @@ const sliderToMs = (v) => sig(state.lo * Math.pow(state.hi / state.lo, v / 1000)
 const msToSlider = (ms) => Math.round(1000 * Math.log(ms / state.lo) / Math.log(state.hi / state.lo));
 
 function setBudget(ms, fromSlider) {
-  state.budget = sig(ms);
+  state.budget = sig(ms, 6);
   if (!fromSlider) $("budget").value = String(Math.min(1000, Math.max(0, msToSlider(state.budget))));
   $("budget-ms").value = String(state.budget);
   $("budget-phase").textContent = selection().phase === "decode" ? "per token" : "";

@@ -185,6 +185,14 @@ def test_slider_shows_the_same_shape_as_query(url: str, api: httpx.Client, brows
         seen.append(p["key"])
     assert len(set(seen)) == 3, f"three budgets should pick three shapes: {seen}"
 
+    # clicking a front shape in the table sets the budget to its latency: that shape is the answer
+    for i in (2, 0):
+        browser.find_elements("css selector", "#front-table tbody tr")[i].click()
+        budget = _wait(browser, lambda b: float(b.find_element("id", "budget-ms").get_attribute("value")) >= lats[i]
+                       and float(b.find_element("id", "budget-ms").get_attribute("value")) < lats[i + 1]
+                       and float(b.find_element("id", "budget-ms").get_attribute("value")), f"front shape {i}'s budget")
+        assert _answer(browser, budget)["key"] == front[i]["key"]
+
     # the keyboard moves the slider too (the browser's own input events)
     from selenium.webdriver.common.keys import Keys
 
@@ -220,7 +228,7 @@ def test_slider_shows_the_same_shape_as_query(url: str, api: httpx.Client, brows
     box = browser.find_element("id", "budget-ms")
     box.clear()
     box.send_keys(f"{lats[0] / 10:.6g}\n")
-    shown = _answer(browser, float(f"{lats[0] / 10:.4g}"))
+    shown = _answer(browser, float(f"{lats[0] / 10:.6g}"))
     assert shown["feasible"] == "false" and shown["shape"] == "none fits" and "fastest" in shown["lat"]
 
     # offline: every resource came from this server, and the console has no error
