@@ -11,7 +11,10 @@ two *sources* (data version :data:`DATA_VERSION`):
   and data-attribute blocks and ``__special__`` methods pydoc repeats in every class (their
   docs are the same slot-wrapper sentences everywhere), and memory addresses in reprs
   (about 1.2 M characters on CPython 3.11). The text changes with the Python version that
-  renders it; :func:`data_record` gives a fingerprint of the exact text used.
+  renders it; :func:`data_record` gives a fingerprint of the exact text used. Rendering runs in
+  a fresh ``python -I -S`` process (other libraries patch the standard library when imported:
+  torch replaces ``inspect.getfile``, transformers adds methods to ``logging.Logger``, which
+  pydoc would then document) and is cached on disk (``$AMOEBA_CACHE``, a few MB).
 
 Each source's documents are shuffled with a fixed seed and split *by document* into
 
@@ -38,14 +41,16 @@ runs lm-eval-harness tasks.
 from __future__ import annotations
 
 import hashlib
-import importlib
+import json
 import logging
 import random
-import re
+import subprocess
 import sys
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from amoeba_core._pydoc_text import STDLIB_MODULES, module_text  # noqa: F401 - part of this module's API
 from amoeba_core.errors import AmoebaError
 
 if TYPE_CHECKING:
@@ -59,76 +64,28 @@ DATA_VERSION = 2
 SPLITS: dict[str, float] = {"calib": 0.10, "val": 0.10, "test": 0.15, "train": 0.65}
 SOURCES: tuple[str, ...] = ("topics", "stdlib")
 
-# Portable standard-library modules (no platform-specific ones such as os, socket, signal),
-# present on Python 3.10 and later; part of DATA_VERSION.
-STDLIB_MODULES: tuple[str, ...] = (
-    "abc", "argparse", "ast", "base64", "bdb", "binascii", "bisect", "bz2", "calendar", "cmd", "code", "codecs",
-    "codeop", "collections", "colorsys", "configparser", "contextlib", "copy", "copyreg", "csv", "dataclasses",
-    "datetime", "decimal", "difflib", "dis", "doctest", "email.message", "email.utils", "enum", "filecmp",
-    "fileinput", "fnmatch", "fractions", "ftplib", "functools", "gettext", "glob", "graphlib", "gzip", "hashlib",
-    "heapq", "hmac", "html", "html.parser", "http.client", "http.cookies", "http.server", "imaplib", "inspect", "io",
-    "ipaddress", "itertools", "json", "keyword", "linecache", "logging", "logging.handlers", "lzma", "mailbox",
-    "math", "mimetypes", "numbers", "operator", "optparse", "pathlib", "pickle", "pickletools", "pkgutil",
-    "plistlib", "poplib", "pprint", "pstats", "queue", "quopri", "random", "re", "reprlib", "sched", "secrets",
-    "shelve", "shlex", "shutil", "smtplib", "statistics", "string", "stringprep", "struct", "symtable", "tabnanny",
-    "tarfile", "tempfile", "textwrap", "threading", "timeit", "token", "tokenize", "trace", "traceback", "types",
-    "typing", "unittest", "urllib.parse", "urllib.request", "uuid", "warnings", "wave", "weakref",
-    "xml.dom.minidom", "xml.etree.ElementTree", "zipfile", "zipimport", "zlib",
-)
-
-_KEEP_SECTIONS = {"DESCRIPTION", "CLASSES", "FUNCTIONS"}
-_KEEP_CLASS_BLOCKS = ("Methods defined here:", "Class methods defined here:", "Static methods defined here:")
-_GUTTER = re.compile(r"^( *)\|  ?")
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-_BOILERPLATE = {"Initialize self.  See help(type(self)) for accurate signature."}
+_RENDERER = Path(__file__).with_name("_pydoc_text.py")
 
 
-def _is_block_header(text: str) -> bool:
-    return text.endswith(":") and (" defined here" in text or " inherited from " in text
-                                   or text == "Method resolution order:")
+def _stdlib_texts() -> dict[str, Any]:
+    """:mod:`amoeba_core._pydoc_text` run as a script in a fresh ``python -I -S`` (standard library only, nothing patched),
+    cached per Python build and version of this file."""
+    from amoeba_core.cache import cached, release
 
+    key = hashlib.sha1(sys.version.encode() + _RENDERER.read_bytes()).hexdigest()[:12]
+    name = f"stdlib-docs-v{DATA_VERSION}-py{sys.version_info.major}.{sys.version_info.minor}-{key}.json"
 
-def module_text(name: str) -> str:
-    """One module's documentation as prose (see the module docstring for what is removed)."""
-    import pydoc
+    def render(tmp: Path) -> None:
+        r = subprocess.run([sys.executable, "-I", "-S", str(_RENDERER), str(tmp)], capture_output=True, text=True,
+                           check=False)
+        if r.returncode != 0:
+            raise AmoebaError(f"rendering the standard library's documentation failed: {r.stderr.strip()[-500:]}")
 
-    raw = pydoc.render_doc(importlib.import_module(name), renderer=pydoc.plaintext)
-    lines = raw.splitlines()[1:]  # "Python Library Documentation: module X"
-    out: list[str] = []
-    section: str | None = None
-    block: str | None = None  # the current class block ("Methods defined here:", ...)
-    dunder = False  # inside a __special__ method's entry (slot-wrapper boilerplate)
-    for line in lines:
-        if line and not line[0].isspace():  # a section header: NAME, DESCRIPTION, CLASSES, ...
-            section, block = line.strip(), None
-            if section in _KEEP_SECTIONS:
-                out.append(section.capitalize())
-            continue
-        if section == "NAME":
-            out.append(line.strip())
-            continue
-        if section not in _KEEP_SECTIONS:
-            continue
-        m = _GUTTER.match(line)
-        if m is None:
-            block = None
-            out.append(line.rstrip())
-            continue
-        content = line[m.end():]
-        stripped = content.strip()
-        if stripped and set(stripped) == {"-"}:
-            block = "separator"
-            continue
-        if not content.startswith(" ") and _is_block_header(stripped):
-            block, dunder = stripped, False
-            continue
-        if content and not content.startswith(" "):
-            dunder = content.startswith("__")
-        if dunder or (block is not None and block not in _KEEP_CLASS_BLOCKS) or stripped in _BOILERPLATE:
-            continue
-        out.append((m.group(1)[:-1] + "    " + content).rstrip())
-    text = _ADDRESS.sub("", "\n".join(out))
-    return re.sub(r"\n{3,}", "\n\n", text).strip()
+    path = cached(name, render)
+    try:
+        return json.loads(path.read_text())
+    finally:
+        release(path)
 
 
 @cache
@@ -138,16 +95,10 @@ def _source_documents(source: str) -> tuple[tuple[str, str], ...]:
 
         return tuple((f"topics:{k}", v.strip()) for k, v in sorted(topics.items()) if v.strip())
     if source == "stdlib":
-        docs = []
-        for name in STDLIB_MODULES:
-            try:
-                text = module_text(name)
-            except ImportError as e:  # a Python built without one of them (e.g. no zlib)
-                log.warning("stdlib text: cannot import %s (%s); left out", name, e)
-                continue
-            if text:
-                docs.append((f"stdlib:{name}", text))
-        return tuple(sorted(docs))
+        rendered = _stdlib_texts()
+        for name, err in rendered["missing"].items():
+            log.warning("stdlib text: cannot import %s (%s); left out", name, err)
+        return tuple(sorted((f"stdlib:{k}", v) for k, v in rendered["docs"].items() if v))
     raise AmoebaError(f"unknown text source {source!r}; known: {', '.join(SOURCES)}")
 
 

@@ -8,7 +8,12 @@ Rows: depths {30, 27, 24, 21, 18, 15}; columns: widths {1, 0.875, 0.75, 0.625}. 
 * ``dp_magnitude`` the DP layers + uniform weight-magnitude width ranking (no data).
 
 All four are scored side by side in one run on the same test windows (perplexity, stride =
-window length, see amoeba_core.evaluate), and top-1 next-token accuracy is recorded too.
+window length, see amoeba_core.evaluate), and top-1 next-token accuracy is recorded too. Each
+number carries a 90% bootstrap interval (``ppl_ci90``, ``top1_ci90``: resampling documents when
+the windows span at least 8 of them, else windows), and each cell compares ``dp`` with every
+other method on the same windows by a paired-difference interval (``paired``: ``dp`` minus the
+other; "not significant" when the interval contains 0). The summary counts cells where DP is
+significantly better / worse / not distinguishable.
 The strategy comes from ``--strategy`` (default runs/smollm2/strategy.yaml, then
 benchmarks/results/smollm2_strategy.yaml); if none matches the model, selection is run here.
 
@@ -28,10 +33,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from amoeba_core.data import split_docs, token_windows  # noqa: E402
+from amoeba_core.data import data_record, split_docs, token_windows, window_docs  # noqa: E402
 from amoeba_core.depth import block_influence, block_influence_layers, drop_last  # noqa: E402
 from amoeba_core.errors import AmoebaError  # noqa: E402
-from amoeba_core.evaluate import Evaluator  # noqa: E402
+from amoeba_core.evaluate import Evaluator, ShapeScore, compare  # noqa: E402
 from amoeba_core.model import load_model  # noqa: E402
 from amoeba_core.select import select_strategy  # noqa: E402
 from amoeba_core.shape import SubnetShape  # noqa: E402
@@ -41,6 +46,10 @@ from amoeba_core.width import apply_metric  # noqa: E402
 DEPTHS = (30, 27, 24, 21, 18, 15)
 WIDTHS = (1.0, 0.875, 0.75, 0.625)
 METHODS = ("dp", "drop_last", "shortgpt", "dp_magnitude")
+
+
+def _ci(lo: float | None, hi: float | None, digits: int = 4) -> list[float] | None:
+    return None if lo is None or hi is None else [round(lo, digits), round(hi, digits)]
 
 
 def find_strategy(loaded: object, path: str | None, min_depth: int) -> tuple[Strategy, str]:
@@ -59,7 +68,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--strategy", default=None)
-    ap.add_argument("--windows", type=int, default=2, help="test windows of --seq-len tokens")
+    ap.add_argument("--windows", type=int, default=2, help="test windows of --seq-len tokens (0: the whole split)")
+    ap.add_argument("--split", default="test", help="test, or one source's part: test-topics, test-stdlib")
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--bi-windows", type=int, default=4, help="calibration windows for ShortGPT block influence")
     ap.add_argument("--threads", type=int, default=0)
@@ -74,7 +84,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     depths, widths = (DEPTHS, WIDTHS) if not args.quick else ((30, 24, 15), (1.0, 0.75))
-    windows = 1 if args.quick else args.windows
+    windows = 1 if args.quick else (args.windows or None)
     t0 = time.perf_counter()
     loaded = load_model(args.model)
     n = loaded.geometry.n_layers
@@ -100,10 +110,12 @@ def main() -> None:
     layer_sets["dp_magnitude"] = layer_sets["dp"]
     magnitude = apply_metric(strategy, loaded, None, "magnitude")
     cache = REPO / "runs/stage1-bench/scores.jsonl"
-    ids = token_windows(loaded.tokenizer, split_docs("test"), args.seq_len, windows)
+    ids, owner = window_docs(loaded.tokenizer, split_docs(args.split), args.seq_len, windows)
     evs = {
-        "chosen": Evaluator(loaded, strategy, split="test", windows=ids, seq_len=args.seq_len, cache=cache),
-        "magnitude": Evaluator(loaded, magnitude, split="test", windows=ids, seq_len=args.seq_len, cache=cache),
+        "chosen": Evaluator(loaded, strategy, split=args.split, windows=ids, window_doc=owner, seq_len=args.seq_len,
+                            cache=cache),
+        "magnitude": Evaluator(loaded, magnitude, split=args.split, windows=ids, window_doc=owner,
+                               seq_len=args.seq_len, cache=cache),
     }
     rows = []
     for d in depths:
@@ -114,18 +126,28 @@ def main() -> None:
                     sc = evs["chosen"].score(SubnetShape(layer_sets[m][d], w))
                     print(f"d{d} w{w:.3f} {m}: ppl {sc.ppl:.2f}", flush=True)
                 continue
+            scores: dict[str, ShapeScore] = {}
             for m in METHODS:
                 if m == "dp_magnitude" and w == 1.0:
-                    row[m] = row["dp"]
+                    row[m], scores[m] = row["dp"], scores["dp"]
                     continue
                 shape = SubnetShape(layer_sets[m][d], w)
                 s = evs["magnitude" if m == "dp_magnitude" else "chosen"].score(shape)
-                row[m] = {"ppl": round(s.ppl, 4), "top1_acc": round(s.top1_acc, 4), "layers": list(shape.layers)}
+                scores[m] = s
+                row[m] = {"ppl": round(s.ppl, 4), "ppl_ci90": _ci(s.ppl_lo, s.ppl_hi), "top1_acc": round(s.top1_acc, 4),
+                          "top1_ci90": _ci(s.top1_lo, s.top1_hi, 4), "layers": list(shape.layers)}
+            row["paired"] = {}
+            for m in METHODS[1:]:
+                if m == "dp_magnitude" and w == 1.0:
+                    continue
+                pd = compare(scores["dp"], scores[m], "ppl")
+                row["paired"][f"dp - {m}"] = {"ppl_diff": round(pd.diff.value, 4), "ci90": _ci(pd.diff.lo, pd.diff.hi),
+                                              "verdict": pd.verdict(lower_is_better=True, names=("dp", m))}
             ppl = {m: row[m]["ppl"] for m in METHODS}  # type: ignore[index]
             row["best"] = min(ppl, key=ppl.get)  # type: ignore[arg-type]
             rows.append(row)
-            print(f"d{d:>2} w{w:.3f}  " + "  ".join(f"{m} {ppl[m]:>10.2f}" for m in METHODS) + f"  best={row['best']}",
-                  flush=True)
+            print(f"d{d:>2} w{w:.3f}  " + "  ".join(f"{m} {ppl[m]:>10.2f}" for m in METHODS) + f"  best={row['best']}  "
+                  + "; ".join(f"{k}: {v['verdict']}" for k, v in row["paired"].items()), flush=True)
     if args.baselines_only:
         return
     dp_best_depth = sum(
@@ -134,6 +156,10 @@ def main() -> None:
     width_rows = [r for r in rows if r["width"] < 1.0]
     chosen_best_width = sum(1 for r in width_rows if r["dp"]["ppl"] <= r["dp_magnitude"]["ppl"])  # type: ignore[index]
     geo = lambda m: math.exp(sum(math.log(r[m]["ppl"]) for r in rows) / len(rows))  # type: ignore[index]  # noqa: E731
+    verdicts = {f"dp - {m}": {"dp better": 0, f"{m} better": 0, "not significant": 0} for m in METHODS[1:]}
+    for r in rows:
+        for k, v in r["paired"].items():  # type: ignore[union-attr]
+            verdicts[k][v["verdict"]] += 1
     result = {
         "benchmark": "stage1",
         "model": loaded.source,
@@ -142,8 +168,11 @@ def main() -> None:
         "depth_metric": strategy.metric,
         "width_metric": strategy.width_metric,
         "strategy_stats": strategy.stats,
-        "split": "test",
+        "split": args.split,
+        "data": data_record(seq_len=args.seq_len, windows=int(ids.shape[0])),
         "test_tokens_scored": int(ids.shape[0] * (ids.shape[1] - 1)),
+        "test_documents": len(set(owner)),
+        "interval": "90% bootstrap (amoeba_core.stats), resampling documents (>= 8 of them) or windows",
         "seq_len": args.seq_len,
         "stride": args.seq_len,
         "shortgpt_block_influence": [round(x, 5) for x in influence],
@@ -155,6 +184,7 @@ def main() -> None:
             "chosen_width_beats_magnitude_cells": chosen_best_width,
             "width_cells": len(width_rows),
             "geomean_ppl": {m: round(geo(m), 3) for m in METHODS},
+            "paired_verdicts": verdicts,
         },
         "quick": args.quick,
         "seconds": round(time.perf_counter() - t0, 1),
@@ -166,7 +196,7 @@ def main() -> None:
     s = result["summary"]
     print(f"DP best depth method in {s['dp_best_depth_method_cells']}/{s['cells']} cells; chosen width "
           f"({strategy.width_metric}) beats magnitude in {s['chosen_width_beats_magnitude_cells']}/{s['width_cells']}; "
-          f"geomean ppl {s['geomean_ppl']}; wrote {out} in {result['seconds']} s")
+          f"geomean ppl {s['geomean_ppl']}; paired (90%): {s['paired_verdicts']}; wrote {out} in {result['seconds']} s")
 
 
 if __name__ == "__main__":
