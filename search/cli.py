@@ -79,6 +79,13 @@ def search(
     seq_len: int = typer.Option(256, help="Evaluation window length (tokens)."),
     max_windows: int = typer.Option(8, help="Evaluation windows per shape."),
     study: Optional[str] = typer.Option(None, "--study", help="Study name (default: derived from the settings)."),
+    rungs: Optional[str] = typer.Option(None, help="Multi-fidelity: windows per rung, cheapest first, e.g. 4,32 (the "
+                                                   "last is --max-windows): shapes are screened cheaply; only those whose "
+                                                   "accuracy interval reaches the front are scored at the full budget."),
+    variant: Optional[str] = typer.Option(None, help="Latency-table variant (weight type/build, e.g. q4_0); default: "
+                                                     "the table's first, named in the output."),
+    objective: str = typer.Option("top1", help="top1 (held-out next-token accuracy) or task:NAME (an lm-eval task, "
+                                               "as `amoeba eval --task NAME`)."),
     root: Optional[Path] = _ROOT,
 ) -> None:
     """Search the accuracy-latency front of a strategy on one device/flow; stores every evaluation."""
@@ -101,11 +108,12 @@ def search(
 
     space = SearchSpace.from_strategy(strategy, model=model, widths=_widths(widths),
                                       depths=parse_ints(depths) if depths else None)
-    latency = LatencyObjective(device, flow, space.model, phase, prompt_len, gen_len, root)
+    latency = LatencyObjective(device, flow, space.model, phase, prompt_len, gen_len, root, variant=variant)
     table = AccuracyTable(run / "accuracy.parquet")
-    accuracy = AccuracyObjective.from_stage1(strategy, table, source, split, seq_len, max_windows, adapters)
+    accuracy = _accuracy_objective(objective, rungs, strategy, table, source, split, seq_len, max_windows, adapters)
     space = dataclasses.replace(space, fingerprint=accuracy.fingerprint)
-    write_meta(run, space)
+    write_meta(run, space, {"adapters": str(adapters) if adapters else None, "objective": objective,
+                            "variant": latency.variant, "rungs": list(getattr(accuracy, "rungs", ()) or ()) or None})
     problem = SearchProblem(space, accuracy, latency, budget_ms)
     store = open_storage(storage, run)
     name = study or study_name(space.model, method, device, flow, phase, budget_ms)
@@ -120,18 +128,77 @@ def search(
     console = Console()
     evs = problem.history
     front = pareto_indices([e.latency_ms for e in evs], [e.accuracy for e in evs])
-    t = Table(title=f"front of {len(evs)} evaluated shapes ({space.size} in the space), {device}/{flow} {phase}")
-    for c in ("shape", "latency ms", "source", "top-1 acc", "ppl"):
+    where = f"{device}/{flow} [{latency.variant}]" if latency.variant else f"{device}/{flow}"
+    t = Table(title=f"front of {len(evs)} evaluated shapes ({space.size} in the space), {where} {phase}")
+    for c in ("shape", "latency ms [90%]", "source", "top-1 acc [90%]", "ppl"):
         t.add_column(c)
     for i in front:
         e = evs[i]
-        t.add_row(e.shape.grid_key, f"{e.latency_ms:.3f}", e.latency_source, f"{e.accuracy:.4f}",
-                  "" if e.ppl is None else f"{e.ppl:.2f}")
+        t.add_row(e.shape.grid_key, _ci(e.latency_ms, e.latency_lo, e.latency_hi, 3),
+                  e.latency_source + (", extrapolated" if e.extrapolated else ""),
+                  _ci(e.accuracy, e.accuracy_lo, e.accuracy_hi, 4), "" if e.ppl is None else f"{e.ppl:.2f}")
     console.print(t)
+    note = _variant_note(latency, variant)
+    if note:
+        console.print(note, highlight=False)
+    if problem.fidelity is not None and len(problem.fidelity.rungs) > 1:
+        console.print(f"multi-fidelity: {len(problem.rung_of)} shapes screened (rungs {list(problem.fidelity.rungs)} "
+                      f"windows x {seq_len} tokens), {len(evs)} scored at the full budget; {problem.tokens} tokens "
+                      f"evaluated", highlight=False)
     console.print(f"new accuracy evaluations: {accuracy.n_evaluated}; study {name!r} in {storage_url(storage, run)}",
                   highlight=False)
     console.print(f"next: amoeba query --run {run} --device {device} --flow {flow} --budget <ms> --phase {phase}",
                   highlight=False)
+
+
+def _ci(value: float, lo: Optional[float], hi: Optional[float], digits: int) -> str:
+    if lo is None or hi is None:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def _variant_note(latency: object, asked: Optional[str]) -> Optional[str]:
+    """Which variant was taken when the table has several and none was asked for."""
+    parts = getattr(latency, "parts", None) or []
+    table = getattr(parts[0][0], "table", None) if parts else None
+    taken = getattr(latency, "variant", None)
+    variants = list(getattr(table, "variants", None) or []) if table is not None else []
+    if asked is not None or taken is None or len(variants) < 2:
+        return None
+    others = ", ".join(v for v in variants if v != taken)
+    return f"latency variant {taken} taken (the table's first of {len(variants)}); others: {others} (--variant)"
+
+
+def _accuracy_objective(objective: str, rungs: Optional[str], strategy: Path, table: object, source: Optional[str],
+                        split: str, seq_len: int, max_windows: int, adapters: Optional[Path]) -> object:
+    """top1 (single or multi-fidelity) or an lm-eval task as the accuracy of a shape."""
+    from search.objectives import AccuracyObjective, MultiFidelityAccuracy
+
+    if objective.startswith("task:"):
+        if rungs:
+            raise AmoebaError("--rungs applies to --objective top1 (windows of held-out text), not to a task")
+        return _task_objective(objective[5:], strategy, table, source, adapters)
+    if objective != "top1":
+        raise AmoebaError(f"--objective must be top1 or task:NAME, got {objective!r}")
+    if rungs:
+        from amoeba_core.shape import parse_ints
+
+        r = parse_ints(rungs)
+        if max(r) != max_windows:
+            raise AmoebaError(f"--rungs must end at the full budget --max-windows {max_windows}, got {rungs}")
+        return MultiFidelityAccuracy.from_stage1(strategy, table, source, split, seq_len, max_windows, r,  # type: ignore[arg-type]
+                                                 adapters)
+    return AccuracyObjective.from_stage1(strategy, table, source, split, seq_len, max_windows, adapters)  # type: ignore[arg-type]
+
+
+def _task_objective(task: str, strategy: Path, table: object, source: Optional[str], adapters: Optional[Path]) -> object:
+    try:
+        from amoeba_core import tasks
+    except ImportError:
+        raise AmoebaError("--objective task:NAME needs amoeba_core.tasks (lm-eval backend), not installed here") from None
+    from search.objectives import AccuracyObjective
+
+    return AccuracyObjective.from_task(tasks, task, strategy, table, source, adapters)  # type: ignore[attr-defined]
 
 
 def query(
@@ -180,14 +247,20 @@ def plot(
     phase: str = _PHASE,
     budget: Optional[str] = typer.Option(None, help="Draw a budget line, e.g. 40ms."),
     device: Optional[list[str]] = typer.Option(None, help="Only these devices (repeatable)."),
+    variant: Optional[str] = typer.Option(None, help="Latency-table variant to draw (default: the table's first, "
+                                                     "named in the title with the others)."),
+    compare: Optional[list[Path]] = typer.Option(None, "--compare", help="Another run whose front is drawn on the "
+                                                                         "same axes, e.g. the Stage 2 search "
+                                                                         "(`amoeba search --adapters`); repeatable."),
     root: Optional[Path] = _ROOT,
 ) -> None:
-    """One accuracy-latency PNG per device/flow: front, evaluated shapes, uniform-shrink baselines."""
+    """One accuracy-latency PNG per device/flow: front (90% intervals), evaluated shapes, uniform-shrink baselines."""
     from rich.console import Console
 
     from search.plot import plot_fronts
 
-    paths = plot_fronts(run, out, phase, parse_budget(budget) if budget else None, device or None, root)
+    paths = plot_fronts(run, out, phase, parse_budget(budget) if budget else None, device or None, root, variant,
+                        compare or ())
     if not paths:
         raise AmoebaError(f"no latency table matches the model of {run}; see `amoeba devices`")
     for p in paths:

@@ -35,9 +35,11 @@ accuracy interval still reaches the current front, i.e. no shape at most as slow
 paired difference whose interval excludes 0 (:func:`amoeba_core.stats.paired_diff` on the
 windows both have scored; ``prune_level`` 98% by default, stricter than the 90% reported
 everywhere, because a shape is tested against several faster ones). Promotions go in order of optimistic gain (hypervolume its interval's
-upper end would add to the front of full-budget shapes); while exploring, only shapes on the front
-of current estimates are promoted, the rest whose interval reaches the front wait until the
-exploration ends. Optuna's pruners do not support
+upper end would add to the front of full-budget shapes). By default the exploration only screens;
+promotion starts when it ends, first for shapes on the front of current estimates, then for the
+rest whose interval still reaches the front (``promote_early``: raise front shapes while
+exploring; on the SmolLM2 benchmark screening first reached 99% of the front for fewer tokens).
+Optuna's pruners do not support
 multi-objective studies, so this lives here. Full-budget shapes are finished trials (lower rungs as
 intermediate values, step = windows); shapes that never reached the full budget are PRUNED trials
 carrying their rung scores and intervals.
@@ -63,7 +65,7 @@ PRUNE_LEVEL = 0.98
 
 def run_hierarchical(problem: SearchProblem, max_evaluations: int | None = None, tol: float = 1e-3,
                      depth_tol: float = 5e-3, storage: Any = None, study_name: str | None = None,
-                     ref_accuracy: float = 0.0, prune_level: float = PRUNE_LEVEL) -> Any:
+                     ref_accuracy: float = 0.0, prune_level: float = PRUNE_LEVEL, promote_early: bool = False) -> Any:
     """Run the scheme above; returns the Optuna study holding one trial per evaluated shape."""
     import optuna
 
@@ -73,7 +75,9 @@ def run_hierarchical(problem: SearchProblem, max_evaluations: int | None = None,
     study.set_user_attr("method", "hierarchical")
     if problem.budget_ms is not None:
         study.set_user_attr("budget_ms", problem.budget_ms)
-    HierarchicalSearch(problem, study, max_evaluations, tol, depth_tol, ref_accuracy, prune_level).run()
+    search = HierarchicalSearch(problem, study, max_evaluations, tol, depth_tol, ref_accuracy, prune_level)
+    search.eager = promote_early
+    search.run()
     return study
 
 
@@ -101,6 +105,7 @@ class HierarchicalSearch:
         self.recs: dict[tuple[int, int], Any] = {}  # multi-fidelity: latest record per shape
         self._paired: dict[tuple[Any, ...], bool] = {}
         self._exploring = False
+        self.eager = False  # promote_early: raise front shapes while exploring (default: screen first)
 
     # -- bookkeeping -------------------------------------------------------------------
     def _shape(self, k: tuple[int, int]) -> Any:
@@ -111,7 +116,7 @@ class HierarchicalSearch:
             return
         if self.top > 0:
             self._raise((i, j), 0)
-            if self._exploring:  # not during the coarse pass: its shapes are compared with each other first
+            if self._exploring and self.eager:  # not during the coarse pass: its shapes are compared with each other first
                 self._promote()
             return
         shape = self._shape((i, j))
@@ -269,6 +274,7 @@ class HierarchicalSearch:
     def run(self) -> None:
         self._explore()
         if self.top > 0:
+            self._promote()
             self._promote(final=True)
             for k in self.recs:
                 if self._rung(k) < self.top:
@@ -290,7 +296,7 @@ class HierarchicalSearch:
                 return
             self._eval(i, self.widest[i])
         self._exploring = True
-        if self.top > 0:
+        if self.top > 0 and self.eager:
             self._promote()
         while self._step(self._depth_candidates(), self.depth_tol):
             pass
