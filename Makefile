@@ -17,16 +17,25 @@ ALL := $(VENV)/.installed-all
 LLAMACPP ?= 1
 # Apache TVM (MLC-LLM's compiler) for the tvm flow: about 300 MB of wheels. TVM=0 skips it.
 TVM ?= 1
+# llama.cpp is built portable (AVX2/FMA/F16C, no -march=native): a native build on these VMs
+# used instructions the CPU advertises but the hypervisor traps (SIGILL in the q8_0/q4_0 kernels),
+# and a wheel built natively on one CPU dies on an older one. The wheel is kept per spec and flags
+# in $(WHEELS), so a fresh clone on the same machine does not compile it again.
+LLAMACPP_SPEC ?= llama-cpp-python==0.3.36
+LLAMA_CMAKE ?= -DGGML_NATIVE=OFF
+WHEELS ?= $(HOME)/.cache/amoeba-wheels
+LLAMA_WHEELS := $(WHEELS)/llama-$(shell printf '%s|%s' '$(LLAMACPP_SPEC)' '$(LLAMA_CMAKE)' | sha1sum | cut -c1-12)
 comma := ,
 EXTRAS := dev,onnx,fleet,eval$(if $(filter 1,$(LLAMACPP)),$(comma)llamacpp)$(if $(filter 1,$(TVM)),$(comma)tvm)
 RUN ?= runs/smollm2
 
-# $(call pip,label,args): one quiet, timed pip step
-define pip
+# $(call step,label,command): one quiet, timed step (its output in $(LOG), the tail on failure)
+define step
 	@printf '  %-58s' '$(1)'; t=$$(date +%s); \
-	if $(BIN)/python -m pip install -q $(2) >>$(LOG) 2>&1; then echo "$$(( $$(date +%s) - t )) s"; \
+	if ( $(2) ) >>$(LOG) 2>&1; then echo "$$(( $$(date +%s) - t )) s"; \
 	else echo "failed (last lines of $(LOG)):"; tail -25 $(LOG); exit 1; fi
 endef
+pip = $(call step,$(1),$(BIN)/python -m pip install -q $(2))
 
 .PHONY: install install-all demo test bench clean
 
@@ -44,7 +53,12 @@ $(CORE): pyproject.toml Makefile
 	@touch $(CORE)
 
 $(ALL): $(CORE)
-	@echo "installing the extras [$(EXTRAS)] (llama.cpp compiles once: about 4-5 min on 2 cores)"
+	@echo "installing the extras [$(EXTRAS)]"
+ifeq ($(LLAMACPP),1)
+	@mkdir -p $(LLAMA_WHEELS)
+	$(call step,llama.cpp wheel (portable; compiled once per machine),test -n "$$(ls $(LLAMA_WHEELS)/*.whl 2>/dev/null)" || CMAKE_ARGS="$(LLAMA_CMAKE)" $(BIN)/python -m pip wheel -q --no-deps --no-cache-dir "$(LLAMACPP_SPEC)" -w $(LLAMA_WHEELS))
+	$(call pip,llama-cpp-python from that wheel,--force-reinstall --no-deps $(LLAMA_WHEELS)/llama_cpp_python-*.whl)
+endif
 	$(call pip,extras: $(EXTRAS),-e ".[$(EXTRAS)]")
 	@touch $(ALL)
 
