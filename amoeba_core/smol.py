@@ -149,7 +149,8 @@ def shape_code(shape: SubnetShape, n_layers: int, widths: tuple[float, ...],
 class SMoLLinear(nn.Module):
     """A frozen ``nn.Linear`` plus ``E`` rank-``r`` LoRA experts chosen by a shape gate."""
 
-    def __init__(self, base: nn.Linear, cfg: SMoLConfig, generator: torch.Generator) -> None:
+    def __init__(self, base: nn.Linear, cfg: SMoLConfig, generator: torch.Generator,
+                 extra_generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.base = base
         for p in self.base.parameters():
@@ -164,7 +165,14 @@ class SMoLLinear(nn.Module):
             self.gate = nn.Linear(cfg.code_dim, e, bias=True, device=dev, dtype=dt)
             self.noise = nn.Linear(cfg.code_dim, e, bias=True, device=dev, dtype=dt)
             with torch.no_grad():
-                self.gate.weight.copy_(torch.randn(e, cfg.code_dim, generator=generator) / cfg.code_dim**0.5)
+                # the version-1 part is drawn exactly as before (same stream, same scale); the
+                # attention column of version 2 from its own stream, so it shifts no other draw
+                v1 = cfg.n_layers + len(cfg.widths) + 1
+                w = torch.randn(e, v1, generator=generator) / v1**0.5
+                if cfg.code_dim > v1:
+                    g2 = extra_generator or torch.Generator().manual_seed(cfg.init_seed + 1)
+                    w = torch.cat([w, torch.randn(e, cfg.code_dim - v1, generator=g2) / v1**0.5], 1)
+                self.gate.weight.copy_(w)
                 self.gate.bias.zero_()
                 self.noise.weight.zero_()
                 self.noise.bias.zero_()
@@ -216,11 +224,12 @@ def install_smol(model: LlamaForCausalLM, cfg: SMoLConfig) -> list[SMoLLinear]:
     for p in model.parameters():
         p.requires_grad_(False)
     gen = torch.Generator().manual_seed(cfg.init_seed)
+    gen_attn = torch.Generator().manual_seed(cfg.init_seed + 1)  # version 2's attention column of every gate
     mods: list[SMoLLinear] = []
     for layer in model.model.layers:
         for name in cfg.targets:
             parent = layer.self_attn if name in ATTN else layer.mlp
-            wrapped = SMoLLinear(getattr(parent, name), cfg, gen)
+            wrapped = SMoLLinear(getattr(parent, name), cfg, gen, gen_attn)
             wrapped.train(model.training)  # noisy gate only while the model trains
             setattr(parent, name, wrapped)
             mods.append(wrapped)
