@@ -41,6 +41,8 @@ from profiler.plan import make_plan, run_profile  # noqa: E402
 from profiler.predict import LatencyPredictor  # noqa: E402
 from profiler.table import LatencyTable  # noqa: E402
 
+from benchmarks.reproducibility import run_isolated  # noqa: E402
+
 MODEL = "smollm2-135m"
 FLOWS = "pytorch;llamacpp:quant=f16;llamacpp:quant=q4_0;onnxruntime"
 FIT_DEPTHS = (6, 18, 30)
@@ -115,7 +117,7 @@ def one_flow(spec: str, base: Path, depths: tuple[int, ...], widths: tuple[float
               f"(n={ev['offgrid_n']}), ±10% {100 * ev['offgrid_within_10pct']:.0f}%, median error "
               f"{100 * ev['offgrid_median_abs_error']:.1f}%, "
               f"in interval {100 * ev['offgrid_in_predicted_interval']:.0f}%; "
-              f"reference drift {100 * level.drift:.1f}%, load {loadavg()}")
+              f"reference drift {100 * level.drift:.1f}%, load {loadavg()}", flush=True)
         return {"flow": spec, "variant": variant, "status": "measured", "seconds": round(r.seconds, 1),
                 "loadavg_before": load0, "loadavg_after": loadavg(), "reference": level.reference,
                 "level_ms": round(level.level_ms, 4), "level_blocks_p10_ms": round(level.p10_ms, 4),
@@ -136,6 +138,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "predictor_accuracy.json")
+    ap.add_argument("--merge", action="store_true", help="keep the results of flows not run now from --out")
     args = ap.parse_args()
     base = profiles_root(args.root)
     if args.quick:
@@ -148,6 +151,9 @@ def main() -> None:
         mcfg = MeasureConfig()
     t0 = time.perf_counter()
     results: list[dict] = []
+    if args.merge and args.out.is_file():  # keep the other flows' results of an earlier invocation
+        now = set(split_flow_specs(args.flows))
+        results = [r for r in json.loads(args.out.read_text())["results"] if r.get("flow") not in now]
 
     def write(complete: bool) -> None:
         out = {"quick": args.quick, "model": MODEL, "phase": "decode", "prompt_len": args.prompt_len,
@@ -166,7 +172,12 @@ def main() -> None:
             print(f"{spec}: not installed ({e})")
             results.append({"flow": spec, "status": f"not installed: {e}"})
             continue
-        results.append(one_flow(spec, base, depths, widths, fit, args.threads, args.prompt_len, mcfg))
+        try:
+            results.append(run_isolated(one_flow, spec, base, depths, widths, fit, args.threads, args.prompt_len,
+                                        mcfg))
+        except RuntimeError as e:
+            print(f"{spec}: failed: {e}", flush=True)
+            results.append({"flow": spec, "status": f"failed on this host: {e}"})
         write(False)
     write(True)
     print(f"-> {args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out}")

@@ -30,6 +30,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -53,6 +54,38 @@ def loadavg() -> str | None:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return None
+
+
+def _child(q: Any, fn: Callable, args: tuple) -> None:
+    try:
+        q.put(("ok", fn(*args)))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent
+        q.put(("error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+
+
+def run_isolated(fn: Callable, *args: Any) -> Any:
+    """``fn(*args)`` in a fresh process: a runtime that kills its process (llama.cpp built for
+    instructions this CPU lacks dies of SIGILL) becomes a reported error, not the end of the run."""
+    import multiprocessing as mp
+    import queue
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(q, fn, args))
+    p.start()
+    while True:
+        try:
+            status, value = q.get(timeout=5)
+            break
+        except queue.Empty:
+            if not p.is_alive():
+                p.join()
+                code = p.exitcode or 0
+                raise RuntimeError(f"the process died ({'signal ' + str(-code) if code < 0 else 'exit ' + str(code)})")
+    p.join()
+    if status == "error":
+        raise RuntimeError(value)
+    return value
 
 
 def one_run(spec: str, depths: tuple[int, ...], widths: tuple[float, ...], threads: int, base: Path,
@@ -93,7 +126,7 @@ def one_run(spec: str, depths: tuple[int, ...], widths: tuple[float, ...], threa
         }
         print(f"  {spec}: {r.written} rows in {r.seconds:.0f} s, reference {level.reference} level "
               f"{level.level_ms:.2f} ms (blocks p10-p90 {level.p10_ms:.2f}-{level.p90_ms:.2f}), "
-              f"load {out['loadavg_after']}")
+              f"load {out['loadavg_after']}", flush=True)
         return out
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -147,6 +180,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--root", type=Path, default=None, help="where cpu-host/device.yaml (and TVM tuning) live")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "reproducibility.json")
+    ap.add_argument("--merge", action="store_true", help="keep the results of flows not run now from --out")
     args = ap.parse_args()
     if args.runs < 2:
         raise SystemExit("error: --runs must be >= 2")
@@ -178,14 +212,21 @@ def main() -> None:
         args.out.write_text(json.dumps(out, indent=2))
 
     done: list[dict] = []
+    if args.merge and args.out.is_file():  # keep the other flows' results of an earlier invocation
+        done = [r for r in json.loads(args.out.read_text())["results"] if r["flow"] not in specs + [
+            x["flow"] for x in skipped]]
     for spec in specs:  # a flow's runs one after the other (--gap apart), its result written at once
         runs = []
-        for i in range(args.runs):
-            if i and args.gap:
-                time.sleep(args.gap)
-            print(f"{spec}: run {i + 1}/{args.runs}")
-            runs.append(one_run(spec, depths, widths, args.threads, base, mcfg))
-        done.append(compare(spec, runs))
+        try:
+            for i in range(args.runs):
+                if i and args.gap:
+                    time.sleep(args.gap)
+                print(f"{spec}: run {i + 1}/{args.runs}", flush=True)
+                runs.append(run_isolated(one_run, spec, depths, widths, args.threads, base, mcfg))
+            done.append(compare(spec, runs))
+        except RuntimeError as e:
+            print(f"{spec}: failed: {e}", flush=True)
+            done.append({"flow": spec, "status": f"failed on this host: {e}"})
         write(done, False)
     write(done, True)
     print(f"\n{'flow':22} {'rows':>4} {'ratio ±5%':>9} {'abs ±5%':>8} {'ratio-only':>10} {'level Δ':>8} "
