@@ -38,6 +38,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -245,8 +246,8 @@ class LatencyModel:
             return hit
         if not 1 <= depth <= self.geometry.n_layers:
             raise AmoebaError(f"depth {depth} outside 1..{self.geometry.n_layers} for {self.model}")
-        measured = self._measured.get(key)
-        per_layer = self._per_layer.get(key)
+        measured = self._measured.get(key) or self._twin(self._measured, int(depth), w)
+        per_layer = self._per_layer.get(key) or self._twin(self._per_layer, int(depth), w)
         pred = self.predictor.estimate(depth, w) if self.predictor is not None else None
         predicted = pred.ms if pred is not None else None
         floor = self.roofline_ms(depth, w)
@@ -275,6 +276,21 @@ class LatencyModel:
             )
         self._cache[key] = est
         return est
+
+    def _twin(self, store: dict[tuple[int, Any], tuple[float, float | None, float | None]], depth: int,
+              w: float | WidthAxes) -> tuple[float, float | None, float | None] | None:
+        """A row of ``store`` at ``depth`` of the other width form that cuts the very same network as ``w``
+        (SmolLM2 ``w0.750`` and ``a0.667-m0.750``: 6 heads in 3 groups, 1152 channels): its timing is this
+        shape's. (Two one-ratio widths that round to one network keep their separate rows/predictions, as before.)"""
+        def sig(k: float | WidthAxes) -> tuple[int, int, int]:
+            g = self.geometry.scaled_dims(1, k)
+            return g.n_heads, g.n_kv_heads, g.intermediate
+
+        want = sig(w)
+        for (d, k), v in store.items():  # across the two forms only: one-ratio rows keep their own answers
+            if d == depth and k != w and (isinstance(k, tuple) or isinstance(w, tuple)) and sig(k) == want:
+                return v
+        return None
 
 
 def _with_transferred(m: LatencyModel, rows: pd.DataFrame) -> pd.DataFrame:

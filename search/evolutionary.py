@@ -50,7 +50,7 @@ def run_optuna(problem: SearchProblem, method: str = "nsga2", n_trials: int = 10
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         shape = problem.shape_of({"depth_i": trial.suggest_int("depth_i", 0, len(problem.space.depths) - 1),
-                                  "width_i": trial.suggest_int("width_i", 0, len(problem.space.widths) - 1)})
+                                  "width_i": trial.suggest_int("width_i", 0, len(problem.space.width_axis) - 1)})
         ev = problem.evaluate(shape)
         for k, v in problem.user_attrs(ev).items():
             trial.set_user_attr(k, v)

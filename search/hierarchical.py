@@ -87,9 +87,9 @@ class HierarchicalSearch:
         self.p, self.study, self.tol, self.depth_tol, self.ref_acc = problem, study, tol, depth_tol, ref_accuracy
         self.prune_level = prune_level
         space = problem.space
-        self.D, self.W = len(space.depths), len(space.widths)
+        self.D, self.W = len(space.depths), len(space.width_axis)
         self.max_evals = max_evaluations if max_evaluations is not None else self.D * self.W
-        self.lat = np.array([[problem.latency(space.shape(d, w)).ms for w in space.widths] for d in space.depths])
+        self.lat = np.array([[problem.latency(space.shape(d, w)).ms for w in space.width_axis] for d in space.depths])
         budget = problem.budget_ms
         self.ok = self.lat <= budget if budget is not None else np.ones_like(self.lat, dtype=bool)
         self.acc: dict[tuple[int, int], float] = {}
@@ -109,7 +109,7 @@ class HierarchicalSearch:
 
     # -- bookkeeping -------------------------------------------------------------------
     def _shape(self, k: tuple[int, int]) -> Any:
-        return self.p.space.shape(self.p.space.depths[k[0]], self.p.space.widths[k[1]])
+        return self.p.space.shape(self.p.space.depths[k[0]], self.p.space.width_axis[k[1]])
 
     def _eval(self, i: int, j: int) -> None:
         if (i, j) in self.acc:

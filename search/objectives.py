@@ -37,7 +37,7 @@ import pandas as pd
 
 from amoeba_core.errors import AmoebaError
 from amoeba_core.filelock import file_lock, read_snapshot
-from amoeba_core.shape import SubnetShape
+from amoeba_core.shape import SubnetShape, WidthAxes, grid_key, width_key
 
 log = logging.getLogger(__name__)
 
@@ -432,10 +432,12 @@ class LatencyObjective:
         self._cache: dict[tuple[int, float], ShapeLatency] = {}
 
     def __call__(self, shape: SubnetShape) -> ShapeLatency:
-        return self.at(shape.depth, shape.width)
+        return self.at(shape.depth, width_key(shape.width, shape.attn_width))
 
-    def at(self, depth: int, width: float) -> ShapeLatency:
-        key = (int(depth), float(width))
+    def at(self, depth: int, width: float | WidthAxes) -> ShapeLatency:
+        """Latency of (depth, width); ``width`` may be a width key (``WidthAxes``: separate attention/MLP)."""
+        width = width_key(width)
+        key = (int(depth), width)
         hit = self._cache.get(key)
         if hit is not None:
             return hit
@@ -447,7 +449,7 @@ class LatencyObjective:
             else None
         if not ms > 0:
             raise AmoebaError(f"{self.device}/{self.flow}/{self.model} gives a non-positive {self.phase} latency "
-                              f"({ms:.4g} ms, {source}) for d{depth}-w{width:.3f}: the shape is outside what the "
+                              f"({ms:.4g} ms, {source}) for {grid_key(depth, width)}: the shape is outside what the "
                               "table's predictor can extrapolate; profile widths/depths that cover it")
         def bound(name: str) -> float | None:
             vals = [getattr(e, name, None) for e, _ in ests]

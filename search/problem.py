@@ -132,17 +132,19 @@ class SearchProblem:
         from optuna.distributions import IntDistribution
 
         return {"depth_i": IntDistribution(0, len(self.space.depths) - 1),
-                "width_i": IntDistribution(0, len(self.space.widths) - 1)}
+                "width_i": IntDistribution(0, len(self.space.width_axis) - 1)}
 
     def shape_of(self, params: dict[str, Any]) -> SubnetShape:
-        return self.space.shape(self.space.depths[int(params["depth_i"])], self.space.widths[int(params["width_i"])])
+        return self.space.shape(self.space.depths[int(params["depth_i"])], self.space.width_axis[int(params["width_i"])])
 
     def params_of(self, shape: SubnetShape) -> dict[str, int]:
-        return {"depth_i": self.space.depths.index(shape.depth), "width_i": self.space.widths.index(shape.width)}
+        return {"depth_i": self.space.depths.index(shape.depth), "width_i": self.space.width_index(shape)}
 
     def user_attrs(self, ev: Evaluation) -> dict[str, Any]:
         attrs: dict[str, Any] = {"shape": ev.shape.key, "depth": ev.shape.depth, "width": ev.shape.width,
                                  "latency_source": ev.latency_source, "ppl": ev.ppl}
+        if ev.shape.attn_width is not None:
+            attrs["attn_width"] = ev.shape.attn_width
         for k in ("accuracy_lo", "accuracy_hi", "windows", "latency_lo", "latency_hi", "extrapolated"):
             if getattr(ev, k) is not None:
                 attrs[k] = getattr(ev, k)

@@ -28,6 +28,7 @@ import numpy as np
 import yaml
 
 from amoeba_core.errors import AmoebaError
+from amoeba_core.shape import WidthAxes, parse_shape
 from search.objectives import PHASES, AccuracyRecord, AccuracyTable, LatencyObjective, ShapeLatency
 from search.pareto import pareto_indices
 from search.space import SearchSpace
@@ -177,7 +178,7 @@ class QueryIndex:
                 self._check(device, flow, phase)
                 lat = self.latency_objective(device, flow, phase, variant)
                 m = lat.parts[0][0]
-                ix = _Index([_point(r, lat.at(r.depth, r.width)) for r in self.records], m.variant, _variants(m))
+                ix = _Index([_point(r, lat.at(r.depth, _record_width(r))) for r in self.records], m.variant, _variants(m))
                 self._indexes[key] = ix
                 self._indexes.setdefault((device, flow, phase, m.variant), ix)
             return self._indexes[key]
@@ -259,7 +260,12 @@ def _variants(m: object) -> tuple[str, ...]:
 
 
 def _grid(p: Point) -> str:
-    return f"d{p.depth}-w{p.width:.3f}"
+    return parse_shape(p.key).grid_key  # d24-w0.750 or d24-a0.667-m0.750
+
+
+def _record_width(r: AccuracyRecord) -> float | WidthAxes:
+    """The width key of a record (its ``width`` is the MLP width of a separate shape: the key says which)."""
+    return parse_shape(r.key).axes if parse_shape(r.key).attn_width is not None else r.width
 
 
 def _point(r: AccuracyRecord, lat: ShapeLatency) -> Point:

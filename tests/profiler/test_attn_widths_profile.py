@@ -34,9 +34,10 @@ def test_plan_times_every_attention_mlp_pair_with_its_own_sizes(root: Path) -> N
     # a depth not timed: predicted from the pair's own depth line
     assert m.estimate(3, 0.5, 0.5).source == "predicted"
     assert set(m.predictor.to_dict()["widths"]) == {"a1.000-m1.000", "a1.000-m0.500", "a0.500-m1.000", "a0.500-m0.500"}
-    # one-ratio w0.5 is the same network as a0.5-m0.5 on tiny (2 of 4 heads, 64 channels): same coordinate
-    assert m.estimate(4, 0.5).source == "predicted"
-    assert m.estimate(4, 0.5).ms == pytest.approx(m.predictor.predict(4, 0.5, 0.5))
+    # one-ratio w0.5 is the same network as a0.5-m0.5 on tiny (2 of 4 heads, 64 channels): its row answers
+    assert m.estimate(4, 0.5).source == "measured" and m.estimate(4, 0.5).ms == m.estimate(4, 0.5, 0.5).ms
+    assert m.predictor.predict(3, 0.5) == pytest.approx(m.predictor.predict(3, 0.5, 0.5))  # same coordinate
+    assert m.estimate(4, 0.75).source == "predicted"  # 4 heads, 96 channels: no twin was timed
     # re-running skips every row (the key includes attn_width)
     assert run_profile(plan, root).written == 0
 

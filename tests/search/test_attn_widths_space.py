@@ -1,0 +1,54 @@
+"""Search space with attention width as its own axis (depth x attention width x MLP width)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from amoeba_core.errors import AmoebaError
+from amoeba_core.shape import SubnetShape, WidthAxes
+from search.evolutionary import run_optuna
+from search.hierarchical import run_hierarchical
+from search.objectives import AccuracyObjective, AccuracyTable, LatencyObjective
+from search.problem import SearchProblem
+from search.query import _grid, _point, _record_width
+from search.space import SearchSpace
+
+
+def test_space_with_attention_axis(strategy_path: Path) -> None:
+    one = SearchSpace.from_strategy(strategy_path, widths=(1.0, 0.5))
+    sep = SearchSpace.from_strategy(strategy_path, widths=(1.0, 0.5), attn_widths=(1.0, 0.5))
+    assert one.width_axis == (0.5, 1.0) and one.size == 8 and "attn_widths" not in one.to_dict()
+    assert sep.width_axis == (WidthAxes(0.5, 0.5), WidthAxes(1.0, 0.5), WidthAxes(0.5, 1.0), WidthAxes(1.0, 1.0))
+    assert sep.size == 16 and len({s.key for s in sep.shapes()}) == 16
+    assert sep.shape(3, WidthAxes(0.5, 1.0)) == SubnetShape((0, 1, 2), 1.0, 0.5) == sep.shape(3, 1.0, 0.5)
+    assert SearchSpace.from_dict(sep.to_dict()).shapes() == sep.shapes()
+    with pytest.raises(AmoebaError, match="attention width 0.75"):
+        SearchSpace.from_strategy(strategy_path, widths=(1.0,), attn_widths=(0.75,))
+
+
+def test_search_over_attention_and_mlp_widths(strategy_path: Path, profiles: Path, tmp_path: Path) -> None:
+    from search.problem import SearchProblem as P  # noqa: F401  (same class; keeps the import list short)
+
+    sep = SearchSpace.from_strategy(strategy_path, widths=(1.0, 0.5), attn_widths=(1.0, 0.5))
+    lat = LatencyObjective("cpu-host", "pytorch", "tiny", root=profiles)
+    # a0.5-m0.5 is the table's measured w0.5 network (2 of 4 heads, 64 channels): same coordinate
+    assert lat.at(4, WidthAxes(0.5, 0.5)).ms == pytest.approx(lat.at(4, 0.5).ms)
+    assert lat(sep.shape(4, 1.0, 0.5)).ms != lat(sep.shape(4, 0.5, 1.0)).ms  # other networks, other latencies
+    acc = AccuracyObjective.from_stage1(strategy_path, AccuracyTable(tmp_path / "a.parquet"), max_windows=2, seq_len=32)
+    p = SearchProblem(sep, acc, lat)
+    study = run_optuna(p, "nsga2", n_trials=8, seed=1, population_size=4)
+    assert len(study.trials) == 8
+    for t in study.trials:
+        shape = p.shape_of(t.params)
+        assert t.user_attrs["shape"] == shape.key and p.params_of(shape) == t.params
+        assert t.user_attrs.get("attn_width") == shape.attn_width
+    p2 = SearchProblem(sep, acc, lat)
+    run_hierarchical(p2, max_evaluations=6)
+    assert p2.history and all(e.shape.attn_width is not None for e in p2.history)
+    # records of separate shapes are looked up with their attention width, and print as such
+    rec = acc(sep.shape(3, 1.0, 0.5))
+    assert _record_width(rec) == WidthAxes(0.5, 1.0)
+    pt = _point(rec, lat.at(3, _record_width(rec)))
+    assert _grid(pt) == "d3-a0.500-m1.000"
