@@ -5,7 +5,16 @@ distillation; SMoL + distillation + loss-magnitude balancing (the full recipe); 
 shapes, a LoRA fine-tuned on that shape alone for the same number of steps (the paper's †).
 Every variant starts from the same base weights, sees the same training batches (``train``
 split) and the same number of optimizer steps; the step count is derived from the wall-time
-budget (``--minutes``) after timing one sandwich step, and is written to the JSON.
+budget (``--minutes``) after timing one sandwich step, or fixed by ``--steps``, and is written
+to the JSON.
+
+Accuracy you can trust: every perplexity is scored on ``--eval-windows`` windows spread evenly
+over the whole ``test`` split (data version 2: pydoc topics + standard-library docs), with the
+per-window NLL sums kept, so each number carries a 90% bootstrap interval (``ci90``, resampling
+documents) and each ablation step (shared LoRA vs none, SMoL vs shared LoRA, + distillation,
++ balancing, per-shape LoRA vs the full recipe) a *paired* interval on the same windows, with a
+verdict ("not significant" when the interval contains 0). The mean over the six shapes gets
+the same treatment (one bootstrap resample applies to every shape's windows).
 
     python benchmarks/stage2_ablation.py            # SmolLM2, about --minutes 40 on 2 cores
     python benchmarks/stage2_ablation.py --quick    # tiny random model, seconds (CI)
@@ -24,12 +33,16 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from amoeba_core.data import text_splits, token_windows
-from amoeba_core.finetune import FinetuneConfig, finetune, perplexity
+from amoeba_core.data import data_record, split_docs, text_splits, token_windows, window_docs
+from amoeba_core.evaluate import ShapeScore, compare
+from amoeba_core.finetune import FinetuneConfig, finetune
 from amoeba_core.model import LoadedModel, load_model
 from amoeba_core.shape import SubnetShape
+from amoeba_core.smol import adapted_subnet
+from amoeba_core.stats import Interval, PairedDiff, bootstrap
 from amoeba_core.strategy import LayerRanking, Strategy
 
 RESULTS = Path(__file__).parent / "results"
@@ -91,6 +104,69 @@ def eval_shapes(strategy: Strategy, min_depth: int, widths: tuple[float, ...]) -
     return {"full": full, "middle-1": mids[0], "middle-2": mids[1], "middle-3": mids[2], "smallest": small, "off-grid": off}
 
 
+def spread_windows(loaded: LoadedModel, n: int, seq_len: int) -> tuple[torch.Tensor, list[int]]:
+    """``n`` windows evenly spread over the whole test split (many documents, not the first few)."""
+    ids, owner = window_docs(loaded.tokenizer, split_docs("test"), seq_len)
+    idx = np.unique(np.linspace(0, len(ids) - 1, min(n, len(ids))).round().astype(int))
+    return ids[idx], [owner[i] for i in idx]
+
+
+def score(model: torch.nn.Module, shape: SubnetShape, strategy: Strategy, windows: torch.Tensor, owner: list[int],
+          batch: int = 4) -> ShapeScore:
+    """Per-window NLL sums and right tokens of ``shape`` (adapters used if installed) -> score with ci90."""
+    import torch.nn.functional as F
+
+    model.eval()
+    nll: list[float] = []
+    right: list[int] = []
+    t0 = time.perf_counter()
+    with torch.no_grad(), adapted_subnet(model, shape, strategy) as m:
+        for i in range(0, len(windows), batch):
+            ids = windows[i : i + batch]
+            logits = m(input_ids=ids).logits[:, :-1].float()
+            tgt = ids[:, 1:]
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="none")
+            nll += loss.view(tgt.shape).double().sum(1).tolist()
+            right += (logits.argmax(-1) == tgt).sum(1).tolist()
+    n_tok = [int(windows.shape[1] - 1)] * len(nll)
+    return ShapeScore.from_units(shape.key, "test", nll, right, n_tok, time.perf_counter() - t0, owner)
+
+
+def _mean_ppl_units(*variants: list[ShapeScore]) -> tuple[list[np.ndarray], int]:
+    """One row per resampling unit: [tokens, NLL sum of shape 1..k of variant 1, ... of variant m]."""
+    cols = [variants[0][0].units()[3]]
+    for scores in variants:
+        cols += [s.units()[1] for s in scores]
+    rows = np.array(cols, dtype=float).T
+    return [r for r in rows], len(variants[0])
+
+
+def _mean_ppl(flat: np.ndarray, k: int, m: int) -> np.ndarray:
+    rows = flat.reshape(-1, 1 + k * m)
+    tok = rows[:, 0].sum()
+    return np.exp(rows[:, 1:].sum(0) / tok).reshape(m, k).mean(1)
+
+
+def mean_ppl_ci(scores: list[ShapeScore]) -> Interval:
+    """Arithmetic mean of the shapes' perplexities, 90% bootstrap over the shared units."""
+    units, k = _mean_ppl_units(scores)
+    return bootstrap(units, lambda x: float(_mean_ppl(x, k, 1)[0]))
+
+
+def mean_ppl_diff(a: list[ShapeScore], b: list[ShapeScore]) -> PairedDiff:
+    """Paired 90% interval of mean-ppl(a) - mean-ppl(b): one resample of units for both."""
+    units, k = _mean_ppl_units(a, b)
+    d = bootstrap(units, lambda x: float(np.subtract(*_mean_ppl(x, k, 2))))
+    va, vb = (float(v) for v in _mean_ppl(np.concatenate(units), k, 2))
+    return PairedDiff(d, va, vb)
+
+
+def _paired(d: PairedDiff, names: tuple[str, str]) -> dict[str, Any]:
+    return {"a": names[0], "b": names[1], "a_ppl": round(d.a, 4), "b_ppl": round(d.b, 4),
+            "diff": round(d.diff.value, 4), "ci90": [round(d.diff.lo, 4), round(d.diff.hi, 4)],
+            "verdict": d.verdict(lower_is_better=True, names=names)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -98,6 +174,9 @@ def main() -> None:
     ap.add_argument("--strategy", default=str(RESULTS / "smollm2_strategy.yaml"))
     ap.add_argument("--out", default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=0, help="optimizer steps per variant (0: from --minutes)")
+    ap.add_argument("--eval-windows", type=int, default=48, help="test windows, spread over the split")
+    ap.add_argument("--eval-len", type=int, default=128, help="tokens per test window")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -118,11 +197,11 @@ def main() -> None:
         else:
             strategy, strategy_src = weight_strategy(loaded, widths), "heuristic fallback (no Stage-1 strategy file): drop-middle depth, activation x weight-norm width, 2x128 calib tokens"
         base = FinetuneConfig(steps=1, k=3, seq_len=64, batch=1, lr=1e-3, warmup=1, rank=8, experts=4, top_k=2, min_depth=24)
-        n_eval, eval_len = 2, 128
+        n_eval, eval_len = args.eval_windows, args.eval_len
     base = replace(base, checkpoint_every=10**6)
     shapes = eval_shapes(strategy, base.min_depth or 1, widths)
     grid_space = [s for s in strategy.shapes(list(widths)) if s.depth >= (base.min_depth or 1)]
-    test = token_windows(loaded.tokenizer, text_splits()["test"], eval_len, max_windows=n_eval)
+    test, owner = spread_windows(loaded, n_eval, eval_len)
     pristine = copy.deepcopy(loaded.model)
     fresh = lambda: LoadedModel(copy.deepcopy(pristine), loaded.tokenizer, loaded.geometry, loaded.fingerprint, loaded.source)  # noqa: E731
 
@@ -130,9 +209,15 @@ def main() -> None:
         return replace(cfg, train_shapes=cfg.train_shapes or [s.grid_key for s in grid_space])
 
     rows: dict[str, dict[str, float]] = {}
+    scored: dict[str, dict[str, ShapeScore]] = {}
     timing: dict[str, float] = {}
+
+    def perplexities(name: str, model: torch.nn.Module, which: dict[str, SubnetShape]) -> None:
+        scored[name] = {n: score(model, s, strategy, test, owner) for n, s in which.items()}
+        rows[name] = {n: sc.ppl for n, sc in scored[name].items()}
+
     t0 = time.perf_counter()
-    rows["no fine-tuning"] = {n: perplexity(loaded.model, s, strategy, test) for n, s in shapes.items()}
+    perplexities("no fine-tuning", loaded.model, shapes)
     eval_s = (time.perf_counter() - t0) / len(shapes)
     log.info("no fine-tuning: %s (%.1f s per shape)", rows["no fine-tuning"], eval_s)
 
@@ -150,6 +235,8 @@ def main() -> None:
         step_s = time.perf_counter() - t0
     if args.quick:
         steps = base.steps
+    elif args.steps > 0:
+        steps = args.steps
     else:
         left = args.minutes * 60 - (time.perf_counter() - t_begin) - eval_s * (6 * len(variants) + 2) - 60
         per_step = step_s * (len(variants) + len(single) / base.k)
@@ -163,20 +250,36 @@ def main() -> None:
             model = finetune(fresh(), strategy, cfg, d)
             timing[name] = time.perf_counter() - t0
             logs = [json.loads(x) for x in (Path(d) / "train_log.jsonl").read_text().splitlines()]
-        rows[name] = {n: perplexity(model, s, strategy, test) for n, s in shapes.items()}
+        perplexities(name, model, shapes)
         runs[name] = {"steps": len(logs), "train_seconds": round(timing[name], 1), "last_losses": logs[-1]["losses"]}
         log.info("%s: %s (%d steps, %.0f s)", name, rows[name], len(logs), timing[name])
         del model
-    per_shape: dict[str, float] = {}
+    scored["per-shape LoRA (†)"] = {}
     for n, s in single.items():
         cfg = replace(base, smol=False, distill=False, balance=False, k=1, train_shapes=[s.grid_key], steps=steps)
         with tempfile.TemporaryDirectory() as d:
             t0 = time.perf_counter()
             model = finetune(fresh(), strategy, cfg, d)
             runs[f"per-shape LoRA {n}"] = {"steps": steps, "train_seconds": round(time.perf_counter() - t0, 1)}
-        per_shape[n] = perplexity(model, s, strategy, test)
+        scored["per-shape LoRA (†)"][n] = score(model, s, strategy, test, owner)
         del model
+    per_shape = {n: sc.ppl for n, sc in scored["per-shape LoRA (†)"].items()}
     rows["per-shape LoRA (†)"] = per_shape
+
+    names6 = list(shapes)
+    order = ["no fine-tuning", *variants]
+    ci90 = {k: {n: [round(sc.ppl_lo, 4), round(sc.ppl_hi, 4)] for n, sc in v.items()} for k, v in scored.items()}
+    mean_ci = {k: mean_ppl_ci([scored[k][n] for n in names6]) for k in order}
+    paired: list[dict[str, Any]] = []
+    for a, b in zip(order[1:], order[:-1]):  # each ablation step against the row before it
+        paired.append({"shape": "mean of 6", **_paired(mean_ppl_diff([scored[a][n] for n in names6],
+                                                                     [scored[b][n] for n in names6]), (a, b))})
+        for n in names6:
+            paired.append({"shape": n, **_paired(compare(scored[a][n], scored[b][n]), (a, b))})
+    for n in single:
+        paired.append({"shape": n, **_paired(compare(scored["SMoL + distillation + balancing"][n],
+                                                     scored["per-shape LoRA (†)"][n]),
+                                             ("SMoL + distillation + balancing", "per-shape LoRA (†)"))})
 
     def mean(r: dict[str, float]) -> float:
         return sum(r.values()) / len(r)
@@ -188,18 +291,28 @@ def main() -> None:
             + ", ".join(f"{n} {100 * g:+.1f}%" for n, g in gap.items())
             + f". Paper ordering (full recipe best on average, within 3% of per-shape) "
             + ("holds." if best == full_name and all(g <= 0.03 for g in gap.values()) else "does NOT hold in this run."))
+    note += " Paired 90% intervals, mean of 6 shapes: " + "; ".join(
+        f"{p['a']} vs {p['b']}: {p['diff']:+.2f} [{p['ci90'][0]:+.2f}, {p['ci90'][1]:+.2f}] ({p['verdict']})"
+        for p in paired if p["shape"] == "mean of 6") + "."
     result = {
         "benchmark": "stage2_ablation",
         "quick": args.quick,
         "where": f"CPU ({platform.machine()}, torch threads {args.threads}, shared machine)",
         "model": loaded.source,
         "strategy": strategy_src,
-        "metric": f"test-split perplexity, {n_eval} windows x {eval_len} tokens (same tokens for every row)",
+        "metric": (f"test-split perplexity, {len(test)} windows x {eval_len} tokens spread over the split "
+                   f"({len(set(owner))} documents; same tokens for every row)"),
+        "data": data_record(eval_windows=len(test), eval_len=eval_len),
+        "interval": ("90% bootstrap (amoeba_core.stats): resampling documents (>= 8) or windows; paired rows "
+                     "resample the same units for both sides; 'not significant' when the interval contains 0"),
         "shapes": {n: s.key for n, s in shapes.items()},
         "config": asdict(base) | {"steps": steps},
         "sandwich_step_seconds": round(step_s, 1),
         "perplexity": rows,
+        "ci90": ci90,
         "mean_perplexity": {k: mean(v) for k, v in rows.items() if k != "per-shape LoRA (†)"},
+        "mean_perplexity_ci90": {k: [round(v.lo, 4), round(v.hi, 4)] for k, v in mean_ci.items()},
+        "paired": paired,
         "runs": runs,
         "note": note,
         "wall_seconds": round(time.perf_counter() - t_begin, 1),
@@ -213,6 +326,10 @@ def main() -> None:
         print(f"{k:34s}" + "".join(f"{r[n]:11.2f}" if n in r else f"{'-':>11s}" for n in names)
               + (f"{mean(r):10.2f}" if len(r) == len(names) else ""))
     print("steps per variant:", {k: v["steps"] for k, v in runs.items()})
+    for p in paired:
+        if p["shape"] == "mean of 6" or p["b"].startswith("per-shape"):
+            print(f"{p['a']} - {p['b']} ({p['shape']}): {p['diff']:+.2f} ppl, 90% [{p['ci90'][0]:+.2f}, "
+                  f"{p['ci90'][1]:+.2f}]: {p['verdict']}")
     print(note)
     print(f"wrote {out} ({result['wall_seconds']} s)")
 

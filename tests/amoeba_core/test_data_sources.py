@@ -76,3 +76,20 @@ def test_data_record() -> None:
     assert r["data_version"] == DATA_VERSION and r["calib_windows"] == 4 and len(r["data_fingerprint"]) == 12
     assert data_record()["data_fingerprint"] == r["data_fingerprint"]
     assert data_record(seed=1)["data_fingerprint"] != r["data_fingerprint"]
+
+
+@pytest.mark.slow
+def test_smollm2_token_budget() -> None:
+    """The issue's floor: at least 32K test and 16K val tokens with the SmolLM2 tokenizer."""
+    from transformers import AutoTokenizer
+
+    from amoeba_core.data import token_counts
+    from amoeba_core.model import smollm2_gguf_path
+
+    try:
+        path = smollm2_gguf_path()
+    except AmoebaError as e:
+        pytest.skip(str(e))
+    counts = token_counts(AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name))
+    assert counts["test"]["tokens"] >= 32_000 and counts["val"]["tokens"] >= 16_000
+    assert counts["test-stdlib"]["tokens"] + counts["test-topics"]["tokens"] == counts["test"]["tokens"]
