@@ -175,7 +175,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=0, help="optimizer steps per variant (0: from --minutes)")
-    ap.add_argument("--eval-windows", type=int, default=48, help="test windows, spread over the split")
+    ap.add_argument("--eval-windows", type=int, default=16, help="test windows, spread over the split")
     ap.add_argument("--eval-len", type=int, default=128, help="tokens per test window")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
