@@ -16,7 +16,8 @@ Bad input gets a 4xx with a reason: 422 for malformed parameters or a rejected p
 unknown device, flow or variant (the reason lists the known ones), 401 for a missing or wrong
 bearer token, 413 for a body over 64 MB. Errors never echo more than a clipped piece of the
 request. With a token set, every route needs it (``Authorization: Bearer <token>``), the OpenAPI
-pages ``/docs``, ``/redoc`` and ``/openapi.json`` included. ``amoeba serve`` binds 127.0.0.1 by
+pages ``/docs``, ``/redoc`` and ``/openapi.json`` included; only the web page's own files (``/``,
+``/static/*``: no data, the page asks for the token) load without it. ``amoeba serve`` binds 127.0.0.1 by
 default and refuses another address without a token.
 """
 
@@ -54,6 +55,7 @@ Phase = Literal["decode", "prefill", "e2e"]
 MAX_BODY = 64 << 20
 MAX_DETAIL = 1000
 SNAP_PREFIX = "amoeba-serve-"
+PAGE_PATHS = ("/", "/static/")  # answer without the token (a trailing / is a prefix)
 
 
 class ShapeOut(BaseModel):
@@ -339,6 +341,9 @@ def create_app(run_dir: Path | str, root: Path | None = None, token: str | None 
     from search.web import mount_web
 
     mount_web(app, served)  # the page for people at / (search/web.py); `served` follows every refresh
+    # The page's own HTML/JS/CSS hold no data (it asks for the token, then calls the JSON routes with it),
+    # so a browser can load it; every data route and the OpenAPI pages still need the token.
+    app.state.public_paths.update(PAGE_PATHS)
     return app
 
 
@@ -442,12 +447,15 @@ class TokenGate:
             headers = dict(scope["headers"])
             if int(headers.get(b"content-length", b"0") or 0) > MAX_BODY:
                 return await _reply(send, 413, {"detail": f"body over {MAX_BODY >> 20} MB"})
-            path = scope.get("path", "")
-            if self.expect is not None and path not in self.public \
+            if self.expect is not None and not self._public(scope.get("path", "")) \
                     and not hmac.compare_digest(headers.get(b"authorization", b""), self.expect):
                 return await _reply(send, 401, {"detail": "missing or wrong bearer token"},
                                     [(b"www-authenticate", b"Bearer")])
         await self.app(scope, receive, send)
+
+
+    def _public(self, path: str) -> bool:
+        return any(path == p or (p.endswith("/") and p != "/" and path.startswith(p)) for p in self.public)
 
 
 async def _reply(send: Any, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]] | None = None) -> None:

@@ -118,6 +118,9 @@ def test_bearer_token(measured_run: Path, profiles: Path, tmp_path: Path) -> Non
             assert httpx.get(f"{base}{path}", headers={"Authorization": "Bearer nope"}).status_code == 401, path
             assert httpx.get(f"{base}{path}", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200, path
         assert httpx.post(f"{base}/profiles", json={}).status_code == 401
+        assert httpx.get(f"{base}/static/../devices").status_code == 401  # no way around the gate by path
+        page = httpx.get(f"{base}/")  # the page's shell loads (it asks for the token) and holds no data
+        assert page.status_code == 200 and "cpu-host" not in page.text
 
 
 def test_errors_do_not_echo_long_input(client: httpx.Client) -> None:
