@@ -86,6 +86,9 @@ def search(
                                                      "the table's first, named in the output."),
     objective: str = typer.Option("top1", help="top1 (held-out next-token accuracy) or task:NAME (an lm-eval task, "
                                                "as `amoeba eval --task NAME`)."),
+    task_path: Optional[Path] = typer.Option(None, "--task-path", help="Folder of local lm-eval task YAMLs "
+                                                                      "(include_path; runs offline)."),
+    task_limit: Optional[int] = typer.Option(None, "--task-limit", help="Items per task (lm-eval --limit)."),
     root: Optional[Path] = _ROOT,
 ) -> None:
     """Search the accuracy-latency front of a strategy on one device/flow; stores every evaluation."""
@@ -110,7 +113,8 @@ def search(
                                       depths=parse_ints(depths) if depths else None)
     latency = LatencyObjective(device, flow, space.model, phase, prompt_len, gen_len, root, variant=variant)
     table = AccuracyTable(run / "accuracy.parquet")
-    accuracy = _accuracy_objective(objective, rungs, strategy, table, source, split, seq_len, max_windows, adapters)
+    accuracy = _accuracy_objective(objective, rungs, strategy, table, source, split, seq_len, max_windows, adapters,
+                                   task_path, task_limit)
     space = dataclasses.replace(space, fingerprint=accuracy.fingerprint)
     write_meta(run, space, {"adapters": str(adapters) if adapters else None, "objective": objective,
                             "variant": latency.variant, "rungs": list(getattr(accuracy, "rungs", ()) or ()) or None})
@@ -170,14 +174,15 @@ def _variant_note(latency: object, asked: Optional[str]) -> Optional[str]:
 
 
 def _accuracy_objective(objective: str, rungs: Optional[str], strategy: Path, table: object, source: Optional[str],
-                        split: str, seq_len: int, max_windows: int, adapters: Optional[Path]) -> object:
+                        split: str, seq_len: int, max_windows: int, adapters: Optional[Path],
+                        task_path: Optional[Path] = None, task_limit: Optional[int] = None) -> object:
     """top1 (single or multi-fidelity) or an lm-eval task as the accuracy of a shape."""
     from search.objectives import AccuracyObjective, MultiFidelityAccuracy
 
     if objective.startswith("task:"):
         if rungs:
             raise AmoebaError("--rungs applies to --objective top1 (windows of held-out text), not to a task")
-        return _task_objective(objective[5:], strategy, table, source, adapters)
+        return _task_objective(objective[5:], strategy, table, source, adapters, task_path, task_limit)
     if objective != "top1":
         raise AmoebaError(f"--objective must be top1 or task:NAME, got {objective!r}")
     if rungs:
@@ -191,14 +196,39 @@ def _accuracy_objective(objective: str, rungs: Optional[str], strategy: Path, ta
     return AccuracyObjective.from_stage1(strategy, table, source, split, seq_len, max_windows, adapters)  # type: ignore[arg-type]
 
 
-def _task_objective(task: str, strategy: Path, table: object, source: Optional[str], adapters: Optional[Path]) -> object:
+def _task_objective(task: str, strategy: Path, table: object, source: Optional[str], adapters: Optional[Path],
+                    task_path: Optional[Path] = None, task_limit: Optional[int] = None) -> object:
+    """Accuracy of a shape = lm-eval task ``task`` on its physical subnet (:func:`amoeba_core.tasks.task_accuracy`),
+    with lm-eval's number and our 90% bootstrap over items; cached per shape like top-1."""
+    import os
+    from types import SimpleNamespace
+
     try:
         from amoeba_core import tasks
     except ImportError:
-        raise AmoebaError("--objective task:NAME needs amoeba_core.tasks (lm-eval backend), not installed here") from None
+        raise AmoebaError("--objective task:NAME needs amoeba_core.tasks (the lm-eval backend)") from None
+    from amoeba_core.model import load_model
+    from amoeba_core.strategy import Strategy
     from search.objectives import AccuracyObjective
 
-    return AccuracyObjective.from_task(tasks, task, strategy, table, source, adapters)  # type: ignore[attr-defined]
+    if not task.strip():
+        raise AmoebaError("--objective task:NAME needs a task name, e.g. task:arc_easy")
+    st = Strategy.load(strategy)
+    loaded = load_model(source or st.model_source)
+    if adapters is not None:
+        from amoeba_core.finetune import apply_adapters
+
+        loaded = apply_adapters(loaded, st, adapters)
+    offline = task_path is not None or os.environ.get("HF_HUB_OFFLINE") == "1"
+
+    def score(shape: object) -> object:
+        iv, items = tasks.task_accuracy(loaded, st, shape, task, task_limit, include_path=task_path,  # type: ignore[arg-type]
+                                        offline=offline)
+        return SimpleNamespace(top1_acc=iv.value, top1_lo=iv.lo, top1_hi=iv.hi, ppl=None, nll=None,
+                               n_tokens=len(items) or None, seconds=None)
+
+    ctx = f"{loaded.score_id}|{st.width_id}|task:{task}|limit={task_limit}|{task_path.name if task_path else 'hub'}"
+    return AccuracyObjective(score, table, ctx)  # type: ignore[arg-type]
 
 
 def query(

@@ -129,3 +129,34 @@ def test_a_significantly_beaten_shape_is_not_promoted(tmp_path: Path) -> None:
     assert [e.shape.depth for e in p.history] == [31]
     assert p.rung_of == {space.shape(31, 1.0).key: 1, space.shape(32, 1.0).key: 0}
     assert p.tokens == 16 * 64 + 4 * 64
+
+
+@pytest.mark.slow  # lm-eval start-up and two subnet evaluations: about a minute on 2 cores
+def test_search_objective_task_runs_lm_eval_on_the_subnet(strategy_path: Path, profiles: Path, tmp_path: Path) -> None:
+    """`amoeba search --objective task:NAME` scores shapes with lm-eval (a local task) and stores the
+    number with its interval; the stored value is what amoeba_core.tasks gives for the same shape."""
+    pytest.importorskip("lm_eval")
+    from typer.testing import CliRunner
+
+    from amoeba.cli import app
+    from amoeba_core import tasks
+    from amoeba_core.model import load_model
+    from amoeba_core.strategy import Strategy
+    from tests.amoeba_core.test_tasks_lm_eval import TASK, write_local_task
+
+    folder = write_local_task(tmp_path / "task", n_items=6)
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["search", "--strategy", str(strategy_path), "--device", "cpu-host", "--flow",
+                                   "pytorch", "--method", "hierarchical", "--trials", "2", "--depths", "2,4",
+                                   "--widths", "1", "--objective", f"task:{TASK}", "--task-path", str(folder),
+                                   "--task-limit", "6", "--run", str(run), "--root", str(profiles)],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    recs = AccuracyTable(run / "accuracy.parquet").records()
+    assert {r.depth for r in recs} == {2, 4} and all(f"task:{TASK}" in r.fingerprint for r in recs)
+    r = next(x for x in recs if x.depth == 4)
+    assert r.top1_lo <= r.top1_acc <= r.top1_hi
+    st = Strategy.load(strategy_path)
+    iv, items = tasks.task_accuracy(load_model("tiny"), st, st.shape(4, 1.0), TASK, 6, include_path=folder,
+                                    offline=True)
+    assert r.top1_acc == pytest.approx(iv.value) and len(items) == 6
