@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -39,18 +38,13 @@ PREFIX = "amoeba_"
 def normalize_url(url: str) -> str:
     """``postgresql://`` -> the installed driver (psycopg 3 or psycopg2); other URLs unchanged."""
     if url.startswith(("postgresql://", "postgres://")):
-        rest = url.split("://", 1)[1]
-        try:
-            import psycopg  # noqa: F401
+        from importlib.util import find_spec
 
-            return f"postgresql+psycopg://{rest}"
-        except ImportError:
-            try:
-                import psycopg2  # noqa: F401
-            except ImportError:
-                raise AmoebaError("a postgresql:// database needs a driver: pip install 'amoeba-deploy[fleet]' "
-                                  "(psycopg)") from None
-            return f"postgresql+psycopg2://{rest}"
+        rest = url.split("://", 1)[1]
+        for module, driver in (("psycopg", "psycopg"), ("psycopg2", "psycopg2")):
+            if find_spec(module) is not None:
+                return f"postgresql+{driver}://{rest}"
+        raise AmoebaError("a postgresql:// database needs a driver: pip install 'amoeba-deploy[fleet]' (psycopg)")
     return url
 
 
@@ -357,10 +351,3 @@ def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:300] if text else type(e).__name__
 
-
-def finite_positive(x: Any) -> bool:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return False
-    return math.isfinite(v) and v > 0

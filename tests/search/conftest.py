@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -87,7 +88,7 @@ PG_BIN = Path(os.environ.get("AMOEBA_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> "Iterator[str]":
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real PostgreSQL 15 server in a temporary folder (initdb + pg_ctl), for the shared-database tests.
 
     As root, the server runs as the ``postgres`` user (initdb refuses root). Skipped, saying why,

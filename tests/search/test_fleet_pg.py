@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.search.conftest import fresh_database
 from tests.search.test_service import _serve
 
