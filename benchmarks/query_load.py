@@ -7,8 +7,8 @@
 The server is `amoeba serve --run RUN --workers N` (its own SQLite database in a temporary folder)
 on 127.0.0.1. The load comes from Debian's `wrk` when it is installed (a compiled client, one
 thread, so it takes little of the cores the server needs; a Lua script sends /query with a random
-budget per request), else from a Python asyncio client (httpx, one connection per client; it
-competes with the server for the CPU, so its figures are pessimistic). Every non-2xx answer,
+budget per request), else from a Python asyncio client (one keep-alive connection per client, a
+minimal HTTP/1.1 loop; it competes with the server for the CPU, so its figures are pessimistic). Every non-2xx answer,
 socket error or timeout is an error.
 
 Connection levels (``--levels``, default 1,2,5,10,20,50,100) each run for ``--seconds`` in a
@@ -149,8 +149,11 @@ def run_wrk(base: str, script: Path, connections: int, seconds: float) -> dict[s
 
 async def _python_load(base: str, device: str, flow: str, lo: float, hi: float, clients: int,
                        seconds: float) -> tuple[list[float], int, list[str]]:
-    import httpx
+    """``clients`` keep-alive connections, each a minimal HTTP/1.1 loop on asyncio streams (an HTTP
+    library's own per-request cost would be measured as server latency on a busy 2-core host)."""
+    from urllib.parse import urlencode, urlparse
 
+    u = urlparse(base)
     lat: list[float] = []
     errors: list[str] = []
     deadline = time.perf_counter() + seconds
@@ -159,19 +162,28 @@ async def _python_load(base: str, device: str, flow: str, lo: float, hi: float, 
     async def client(i: int) -> None:
         nonlocal sent
         rng = random.Random(i)
-        async with httpx.AsyncClient(base_url=base, timeout=10) as c:
+        reader, writer = await asyncio.open_connection(u.hostname, u.port)
+        try:
             while time.perf_counter() < deadline:
                 sent += 1
-                params = {"device": device, "flow": flow, "budget_ms": rng.uniform(lo, hi)}
+                q = urlencode({"device": device, "flow": flow, "budget_ms": f"{rng.uniform(lo, hi):.4f}"})
                 t0 = time.perf_counter()
                 try:
-                    r = await c.get("/query", params=params)
-                    if r.status_code == 200:
+                    writer.write(f"GET /query?{q} HTTP/1.1\r\nHost: {u.hostname}\r\n\r\n".encode())
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                    status = int(head.split(b" ", 2)[1])
+                    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+                    body = await asyncio.wait_for(reader.readexactly(length), 10)
+                    if status == 200:
                         lat.append(time.perf_counter() - t0)
                     else:
-                        errors.append(f"{r.status_code} {r.text[:100]}")
+                        errors.append(f"{status} {body[:100]!r}")
                 except Exception as e:  # noqa: BLE001 - every failure counts as an error
                     errors.append(repr(e)[:100])
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(u.hostname, u.port)
+        finally:
+            writer.close()
 
     await asyncio.gather(*(client(i) for i in range(clients)))
     return lat, sent, errors
@@ -183,7 +195,7 @@ def run_python(base: str, device: str, flow: str, lo: float, hi: float, connecti
     lat, sent, errors = asyncio.run(_python_load(base, device, flow, lo, hi, connections, seconds))
     wall = time.perf_counter() - t0
     p = pct(lat) if lat else {"p50_ms": float("nan"), "p99_ms": float("nan")}
-    return {"client": "python-httpx", "connections": connections, "seconds": round(wall, 2), "requests": sent,
+    return {"client": "python-asyncio", "connections": connections, "seconds": round(wall, 2), "requests": sent,
             "errors": len(errors), "error_samples": errors[:5], "p50_ms": p["p50_ms"], "p99_ms": p["p99_ms"],
             "throughput_rps": round(len(lat) / wall, 1)}
 
@@ -208,7 +220,8 @@ def main() -> None:
     if args.quick:
         args.levels, args.seconds, args.queries, args.compare_workers = "50", 5.0, 5000, 0
     if not (args.run / "search.yaml").exists():
-        print(f"{args.run} has no search results: building a tiny run (real profile + evaluator)", flush=True)
+        print(f"{args.run} has no search results: using a tiny run (built once: real profile + evaluator)",
+              flush=True)
         args.run, args.root = tiny_run(Path(tempfile.gettempdir()) / "amoeba-query-load-tiny")
         args.device, args.flow = "cpu-host", "pytorch"
     client = args.client
