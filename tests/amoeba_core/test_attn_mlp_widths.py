@@ -200,3 +200,26 @@ def test_smollm2_split_shape_extract_export(text: str, heads: int, inter: int, t
     ew = f16_weight_error(sub, lambda m: m(input_ids=ids).logits[0])
     assert_logits_match(got, ref[0], 4 * ew + FP32_REL_RMS,
                         f"f16 GGUF in llama.cpp vs fp32 PyTorch; f16 weight rounding alone: {ew:.3g}")
+
+
+def test_cli_eval_and_export_a_separate_width_shape(strategy: Strategy, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from amoeba.cli import main
+
+    def run(argv: list[str]) -> int:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        return int(e.value.code or 0)
+
+    path = strategy.save(tmp_path / "strategy.yaml")
+    assert run(["eval", "--strategy", str(path), "--shape", "d3-a0.5-m1", "--windows", "2", "--seq-len", "32"]) == 0
+    assert "d3-a0.500-m1.000" in capsys.readouterr().out
+    assert run(["export", "--strategy", str(path), "--shape", "d3-a0.5-m0.75", "--out", str(tmp_path / "hf")]) == 0
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert (cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["intermediate_size"]) == (2, 2, 96)
+    capsys.readouterr()
+    assert run(["export", "--strategy", str(path), "--shape", "d3-a0.75-m0.75", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: attention width 0.75")
+    assert not (tmp_path / "x").exists()

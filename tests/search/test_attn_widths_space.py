@@ -29,8 +29,6 @@ def test_space_with_attention_axis(strategy_path: Path) -> None:
 
 
 def test_search_over_attention_and_mlp_widths(strategy_path: Path, profiles: Path, tmp_path: Path) -> None:
-    from search.problem import SearchProblem as P  # noqa: F401  (same class; keeps the import list short)
-
     sep = SearchSpace.from_strategy(strategy_path, widths=(1.0, 0.5), attn_widths=(1.0, 0.5))
     lat = LatencyObjective("cpu-host", "pytorch", "tiny", root=profiles)
     # a0.5-m0.5 is the table's measured w0.5 network (2 of 4 heads, 64 channels): same coordinate
