@@ -200,12 +200,14 @@ def test_legacy_table_reads_with_defaults_and_is_not_reused(root: Path) -> None:
 
 
 def test_redo_contended_retimes_rows_with_low_util(root: Path) -> None:
-    cfg = dataclasses.replace(FAST, min_util=0.2)  # only a row far below a busy core's use is re-timed
+    cfg = dataclasses.replace(FAST, min_util=0.2)
     plan = make_plan("cpu-host", "pytorch", "tiny", (2, 4), (1.0,), ("decode",), 16, "float32", 1, measure_cfg=cfg)
     run_profile(plan, root)
     t = LatencyTable("cpu-host", "pytorch", "tiny", root)
     low = t.get(row_key("float32", 2, 1.0, "decode", 1, 16, "measured", 1, PROTOCOL)).to_dict()
     t.replace({**low, "util": 0.1, "p50_ms": 1e6})  # as if another process had taken the CPU
+    busy = t.get(row_key("float32", 4, 1.0, "decode", 1, 16, "measured", 1, PROTOCOL)).to_dict()
+    t.replace({**busy, "util": 0.99})  # and the other row had its core (whatever this host's load was)
     redo = run_profile(dataclasses.replace(plan, redo_contended=True), root)
     assert redo.written == 1 and redo.skipped == 1
     row = LatencyTable("cpu-host", "pytorch", "tiny", root).get(
