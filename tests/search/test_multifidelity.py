@@ -160,3 +160,27 @@ def test_search_objective_task_runs_lm_eval_on_the_subnet(strategy_path: Path, p
     iv, items = tasks.task_accuracy(load_model("tiny"), st, st.shape(4, 1.0), TASK, 6, include_path=folder,
                                     offline=True)
     assert r.top1_acc == pytest.approx(iv.value) and len(items) == 6
+
+
+def test_plot_draws_intervals_and_a_compared_front(run_dir: Path, profiles: Path, tmp_path: Path) -> None:
+    from search.plot import draw, front_data, plot_fronts, run_label
+    from search.query import QueryIndex, read_meta, write_meta
+    from search.space import SearchSpace
+
+    # A second run (as `amoeba search --adapters` would write): same shapes, labelled Stage 2.
+    other = tmp_path / "stage2"
+    other.mkdir()
+    (other / "accuracy.parquet").write_bytes((run_dir / "accuracy.parquet").read_bytes())
+    write_meta(other, SearchSpace.from_dict(read_meta(run_dir)["space"]), {"adapters": "runs/x/adapters"})
+    assert run_label(other).startswith("Stage 2 front") and run_label(run_dir).startswith("Stage 1 front")
+    index = QueryIndex(run_dir, profiles)
+    data = front_data(index, "cpu-host", "pytorch", compare=[(run_label(other), QueryIndex(other, profiles))])
+    assert data.variant == "float32" and data.variant_note is None  # one variant: nothing to say
+    assert len(data.others) == 1 and [p.key for p in data.others[0][1]] == [p.key for p in data.front]
+    # Every front point carries its accuracy interval (stored with the score) for the error bars.
+    assert all(p.accuracy_lo is not None and p.accuracy_lo <= p.accuracy <= p.accuracy_hi for p in data.front)
+    png = draw(data, tmp_path / "f.png")
+    assert png.stat().st_size > 10_000
+    paths = plot_fronts(run_dir, tmp_path / "out", devices=["cpu-host"], root=profiles, variant="float32",
+                        compare=[other])
+    assert [p.name for p in paths] == ["front-cpu-host-pytorch-decode-float32.png"]
