@@ -78,8 +78,17 @@ def ensure_table(device: str, flow: str, model: str, phase: str, depths: tuple[i
     from search.objectives import LatencyObjective
 
     try:
-        LatencyObjective(device, flow, model, phase, root=root)
-        return "present"
+        lat = LatencyObjective(device, flow, model, phase, root=root)
+        m = lat.parts[0][0]
+        rows = m.table.rows(phase=phase, variant=m.variant) if getattr(m, "table", None) is not None else None
+        if rows is None or rows.empty:
+            return f"present ({m.variant}; no measured rows)"
+        desc = (f"present: {len(rows)} measured {phase} rows of variant {m.variant} (depths "
+                f"{sorted(int(d) for d in rows['depth'].unique())}, widths {sorted(float(w) for w in rows['width'].unique())}")
+        for col in ("threads", "protocol"):
+            if col in rows:
+                desc += f", {col} {sorted(str(v) for v in rows[col].dropna().unique())}"
+        return desc + "); other shapes from its predictor"
     except AmoebaError as e:
         if device != "cpu-host":
             raise
