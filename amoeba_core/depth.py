@@ -67,8 +67,14 @@ def dp_depth(
     metric: Callable[[SubnetShape], float],
     progress: Callable[[int, int], None] | None = None,
     is_cached: Callable[[SubnetShape], bool] | None = None,
+    metric_many: Callable[[list[SubnetShape]], list[float]] | None = None,
 ) -> DepthResult:
-    """Run the DP (module docstring). ``metric(shape)``: lower is better."""
+    """Run the DP (module docstring). ``metric(shape)``: lower is better.
+
+    ``metric_many(shapes)``, when given, scores the candidates of one step at once (they do not
+    depend on each other's scores and share the prefix before the visited layer, so an
+    evaluator can run their suffixes together); the decisions are the same as with ``metric``.
+    """
     check_min_depth(n_layers, min_depth)
     m_max = n_layers - min_depth
     total = n_dp_evaluations(n_layers, min_depth)
@@ -80,20 +86,29 @@ def dp_depth(
     done = cached = 0
     trace: list[dict[str, object]] = []
 
-    def score(removed: frozenset[int]) -> float:
+    def score_all(sets: list[frozenset[int]]) -> None:
         nonlocal done, cached
-        if removed not in scored:
-            shape = SubnetShape(tuple(i for i in range(n_layers) if i not in removed))
-            if is_cached is not None and is_cached(shape):
-                cached += 1
-            scored[removed] = metric(shape)
+        new = [r for r in dict.fromkeys(sets) if r not in scored]
+        if not new:
+            return
+        shapes = [SubnetShape(tuple(i for i in range(n_layers) if i not in r)) for r in new]
+        if is_cached is not None:
+            cached += sum(1 for sh in shapes if is_cached(sh))
+        values = metric_many(shapes) if metric_many is not None and len(shapes) > 1 else [metric(sh) for sh in shapes]
+        for r, v in zip(new, values):
+            scored[r] = v
             done += 1
             if progress is not None:
                 progress(done, total)
+
+    def score(removed: frozenset[int]) -> float:
+        score_all([removed])
         return scored[removed]
 
     for t in range(1, n_layers):
         layer = visit[t - 1]
+        if metric_many is not None:  # every candidate of this step at once
+            score_all([prev[m - 1] | {layer} for m in range(1, min(t, m_max) + 1)])
         cur: dict[int, frozenset[int]] = {0: frozenset()}
         for m in range(1, min(t, m_max) + 1):
             take = prev[m - 1] | {layer}

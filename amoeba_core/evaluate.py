@@ -18,7 +18,9 @@ and says "not significant" when it contains 0.
 Speed: shapes are run layer by layer on the full model's modules (widths masked, see
 :mod:`amoeba_core.subnet`). Hidden states after the *unchanged prefix* (layers
 ``0..k-1`` all kept at the same width) are memoised, so shapes that share a prefix (the
-depth DP, or a search over shapes) only run their differing suffix. Scores are cached on
+depth DP, or a search over shapes) only run their differing suffix; ``score_many`` runs the
+suffixes of full-width shapes together, one batch per layer (the DP's candidates of a step, about
+3x less CPU per window than one shape at a time on 2 cores). Scores are cached on
 disk keyed by (model fingerprint, shape key, width rankings, split, seq_len, windows, a hash
 of the windows' tokens), so the same shape is never evaluated twice; entries of older versions
 (no window hash, no per-window data) are not matched and are recomputed.
@@ -278,7 +280,11 @@ class Evaluator:
             return _replace_cached(self._scores[k])
         t0 = time.perf_counter()
         nll_w, correct_w, n_w = self._run(shape)
-        sec = time.perf_counter() - t0
+        return self._record(shape, (nll_w, correct_w, n_w), time.perf_counter() - t0)
+
+    def _record(self, shape: SubnetShape, units: tuple[list[float], list[int], list[int]], sec: float) -> ShapeScore:
+        k = self.key(shape)
+        nll_w, correct_w, n_w = units
         s = ShapeScore.from_units(shape.key, self.split, nll_w, correct_w, n_w, sec, self.window_doc, self.windows_id)
         self._scores[k] = s
         self.n_evaluated += 1
@@ -290,7 +296,71 @@ class Evaluator:
         return s
 
     def score_many(self, shapes: list[SubnetShape]) -> list[ShapeScore]:
-        return [self.score(s) for s in shapes]
+        """Scores of ``shapes``; full-width ones not scored yet run together (:meth:`_run_together`)."""
+        todo = [s for s in dict.fromkeys(shapes) if self.key(s) not in self._scores]
+        together = [s for s in todo if not s.narrowed] if self.loaded.adapters is None else []
+        fresh: dict[SubnetShape, ShapeScore] = {}
+        if len(together) > 1:
+            for s in together:
+                s.check_fits(self._n_layers)
+            t0 = time.perf_counter()
+            units = self._run_together(together)
+            sec = (time.perf_counter() - t0) / len(together)
+            fresh = {s: self._record(s, u, sec) for s, u in zip(together, units)}
+        return [fresh[s] if s in fresh else self.score(s) for s in shapes]
+
+    def _run_together(
+        self, shapes: list[SubnetShape], max_rows: int = 32
+    ) -> list[tuple[list[float], list[int], list[int]]]:
+        """Per-window units of full-width shapes, computed together: each starts from its longest
+        memoised prefix, then layer by layer (ascending) the states of every shape that keeps the
+        layer go through it as one batch (at most ``max_rows`` windows). Batched GEMMs cost a
+        third of the CPU time per window of the one-shape path on 2 cores (SmolLM2 layers);
+        results equal the one-shape path up to float rounding."""
+        import torch
+
+        inner = self.loaded.model.model
+        w = shapes[0].axes
+        W = self.n_windows
+        with torch.no_grad():
+            states: list[torch.Tensor] = []
+            rest: list[list[int]] = []
+            k_maxs: list[int] = []
+            for s in shapes:
+                k_max = self._prefix(s)
+                start = next((k for k in range(k_max, 0, -1) if (w, k) in self._memo), 0)
+                if start:
+                    self._memo.move_to_end((w, start))
+                    states.append(torch.cat(self._memo[(w, start)]))
+                else:
+                    states.append(torch.cat([inner.embed_tokens(b) for b in self.ids.split(self.batch_size)]))
+                rest.append(list(s.layers[start:]))
+                k_maxs.append(k_max)
+            done = [len(s.layers) - len(r) for s, r in zip(shapes, rest)]
+            for layer_idx in sorted(set().union(*rest)):
+                group = [i for i, r in enumerate(rest) if r and r[0] == layer_idx]
+                per = max(1, max_rows // W)
+                for c in range(0, len(group), per):
+                    chunk = group[c:c + per]
+                    out = self._layer(inner.layers[layer_idx], torch.cat([states[i] for i in chunk]))
+                    for i, h in zip(chunk, out.split(W)):
+                        states[i] = h
+                        rest[i].pop(0)
+                        done[i] += 1
+                        if done[i] <= k_maxs[i]:
+                            self._remember((w, done[i]), list(h.clone().split(self.batch_size)))
+            units = []
+            for h in states:
+                nll_w: list[float] = []
+                correct_w: list[int] = []
+                n_w: list[int] = []
+                for b, hb in zip(self.ids.split(self.batch_size), h.split(self.batch_size)):
+                    s_, c_, m_ = self._head(hb, b)
+                    nll_w += s_
+                    correct_w += c_
+                    n_w += m_
+                units.append((nll_w, correct_w, n_w))
+        return units
 
     # --- engine -----------------------------------------------------------------------
     def _prefix(self, shape: SubnetShape) -> int:

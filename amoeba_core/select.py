@@ -57,6 +57,7 @@ def select_strategy(
         metric=lambda s: calib.score(s).ppl,
         progress=dp_progress,
         is_cached=lambda s: calib.key(s) in calib._scores,  # noqa: SLF001
+        metric_many=lambda shapes: [x.ppl for x in calib.score_many(shapes)],
     )
     log.info("DP: %d evaluations (%d from cache) in %.1f s", result.n_evaluations, result.n_cached, result.seconds)
 

@@ -1,0 +1,60 @@
+"""The depth DP's candidates scored together (one batch per layer) equal the one-shape path."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from amoeba_core.depth import dp_depth, n_dp_evaluations
+from amoeba_core.evaluate import Evaluator, reference_score
+from amoeba_core.model import LoadedModel, _finish, random_llama, tiny_tokenizer
+from amoeba_core.shape import ModelGeometry, SubnetShape
+
+
+@pytest.fixture(scope="module")
+def deep() -> LoadedModel:
+    g = replace(ModelGeometry.preset("tiny"), n_layers=10, name="tiny10")
+    return _finish(random_llama(g, "float32", seed=1), tiny_tokenizer(g.vocab), "tiny10")
+
+
+def _ev(loaded: LoadedModel, cache: Path | None = None) -> Evaluator:
+    ids = torch.randint(0, loaded.geometry.vocab, (3, 32), generator=torch.Generator().manual_seed(0))
+    return Evaluator(loaded, None, split="calib", seq_len=32, batch_size=2, cache=cache, windows=ids)
+
+
+def test_score_many_equals_score(deep: LoadedModel, tmp_path: Path) -> None:
+    one, many = _ev(deep), _ev(deep, tmp_path / "s.jsonl")
+    full = SubnetShape(tuple(range(10)))
+    shapes = [  # a shared prefix 0..4 (memoised by the full model), different suffixes
+        SubnetShape((0, 1, 2, 3, 4, 6, 7, 8, 9)),
+        SubnetShape((0, 1, 2, 3, 4, 7, 9)),
+        SubnetShape((0, 1, 2, 3, 4, 9)),
+        SubnetShape((0, 2, 5, 9)),  # no memoised prefix beyond layer 0: starts from the embeddings
+    ]
+    for ev in (one, many):
+        ev.score(full)
+    a = [one.score(s) for s in shapes]
+    b = many.score_many([*shapes, shapes[0]])  # a duplicate is scored once
+    assert many.n_evaluated == 1 + len(shapes) and not any(x.cached for x in b)
+    for x, y in zip(a, b):
+        assert math.isclose(x.ppl, y.ppl, rel_tol=1e-5) and x.n_tokens == y.n_tokens
+        assert x.top1_acc == y.top1_acc
+    ppl, _ = reference_score(deep, shapes[1], None, many.ids)  # the model's own forward
+    assert math.isclose(b[1].ppl, ppl, rel_tol=1e-4)
+    again = _ev(deep, tmp_path / "s.jsonl").score_many(shapes)  # written to the cache: resumable
+    assert all(x.cached for x in again) and [x.ppl for x in again] == [x.ppl for x in b[:4]]
+
+
+def test_dp_with_candidates_together_makes_the_same_picks(deep: LoadedModel) -> None:
+    one, many = _ev(deep), _ev(deep)
+    r1 = dp_depth(10, 4, metric=lambda s: one.score(s).ppl)
+    r2 = dp_depth(10, 4, metric=lambda s: many.score(s).ppl,
+                  metric_many=lambda ss: [x.ppl for x in many.score_many(ss)])
+    assert r1.layers == r2.layers
+    assert r1.n_evaluations == r2.n_evaluations == n_dp_evaluations(10, 4)
+    for d in r1.scores:
+        assert math.isclose(r1.scores[d], r2.scores[d], rel_tol=1e-5)
