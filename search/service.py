@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import hmac
 import json
 import logging
 import math
@@ -47,13 +46,12 @@ from pydantic import BaseModel, Field
 
 from amoeba_core.errors import AmoebaError
 from search.fleet import ProfileIn, RunIn
+from search.gate import TokenGate, cap, clip_errors
 from search.query import Point, QueryIndex, clip
 
 log = logging.getLogger(__name__)
 
 Phase = Literal["decode", "prefill", "e2e"]
-MAX_BODY = 64 << 20
-MAX_DETAIL = 1000
 SNAP_PREFIX = "amoeba-serve-"
 PAGE_PATHS = ("/", "/static/")  # answer without the token (a trailing / is a prefix)
 
@@ -268,18 +266,22 @@ def create_app(run_dir: Path | str, root: Path | None = None, token: str | None 
     @app.exception_handler(AmoebaError)
     async def _amoeba_error(_: Request, exc: AmoebaError) -> JSONResponse:
         text = str(exc)
-        return JSONResponse(status_code=404 if "unknown" in text else 400, content={"detail": _cap(text)})
+        return JSONResponse(status_code=404 if "unknown" in text else 400, content={"detail": cap(text)})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": _clip_errors(exc.errors())})
+        return JSONResponse(status_code=422, content={"detail": clip_errors(exc.errors())})
 
     async def answer(make: Callable[[Snapshot], bytes]) -> Response:
         served.check()
+        snap = served.snap
         try:
-            body = make(served.snap)
+            body = make(snap)
         except AmoebaError as e:  # maybe pushed a moment ago to another worker: look once more
-            if "unknown" not in str(e) or not await run_in_threadpool(served.rebuild):
+            if "unknown" not in str(e):
+                raise
+            await run_in_threadpool(served.rebuild)  # waits for a refresh already under way
+            if served.snap is snap:
                 raise
             body = make(served.snap)
         return Response(body, media_type="application/json")
@@ -415,55 +417,6 @@ def _safe_variants(index: QueryIndex, device: str, flow: str) -> tuple[str, ...]
         return index.variants(device, flow)
     except AmoebaError:
         return ()
-
-
-def _cap(text: str) -> str:
-    return text if len(text) <= MAX_DETAIL else text[:MAX_DETAIL] + f"... ({len(text)} chars)"
-
-
-def _clip_errors(errors: Any) -> list[dict[str, Any]]:
-    out = []
-    for e in list(errors)[:10]:
-        d = {"type": e.get("type"), "loc": [clip(x, 40) if isinstance(x, str) and len(x) > 40 else x
-                                            for x in e.get("loc", ())], "msg": _cap(str(e.get("msg", "")))}
-        if "input" in e:
-            v = e["input"]
-            plain = v is None or isinstance(v, bool) or (isinstance(v, (int, float)) and math.isfinite(v))
-            d["input"] = v if plain else clip(v, 60)
-        out.append(d)
-    return out
-
-
-class TokenGate:
-    """ASGI middleware: with a token set, every HTTP request (docs and OpenAPI included) must
-    carry ``Authorization: Bearer <token>``; bodies over ``MAX_BODY`` are refused."""
-
-    def __init__(self, app: Any, token: str | None, public: set[str]) -> None:
-        self.app, self.public = app, public
-        self.expect = None if token is None else f"Bearer {token}".encode()
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            headers = dict(scope["headers"])
-            if int(headers.get(b"content-length", b"0") or 0) > MAX_BODY:
-                return await _reply(send, 413, {"detail": f"body over {MAX_BODY >> 20} MB"})
-            if self.expect is not None and not self._public(scope.get("path", "")) \
-                    and not hmac.compare_digest(headers.get(b"authorization", b""), self.expect):
-                return await _reply(send, 401, {"detail": "missing or wrong bearer token"},
-                                    [(b"www-authenticate", b"Bearer")])
-        await self.app(scope, receive, send)
-
-
-    def _public(self, path: str) -> bool:
-        return any(path == p or (p.endswith("/") and p != "/" and path.startswith(p)) for p in self.public)
-
-
-async def _reply(send: Any, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    data = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-                            *(extra or [])]})
-    await send({"type": "http.response.body", "body": data})
 
 
 def _remove_stale_snapshots() -> None:
