@@ -11,7 +11,8 @@ shapes are cut into blocks of at most ``BLOCK_SHAPES`` and each block is timed i
 sample by sample, with the reference shape (:attr:`ProfilePlan.reference`: the full-size model,
 or in per-layer mode the deepest whole model timed). Memory: the reference stays loaded for the
 whole run, so a block's shapes and the reference must fit ``BLOCK_BYTES`` together (fp32
-weight estimate, :func:`_blocks`); a shape too big for that is timed in a block of its own (the
+weight estimate, :func:`_blocks`; less when the machine has less than ``MEMORY_FACTOR`` times that
+available, :func:`block_budget`); a shape too big for that is timed in a block of its own (the
 reference and it: two models), and a plan where even those two exceed the memory available is
 refused before anything is timed (:func:`_check_memory`).
 
@@ -210,7 +211,7 @@ def run_profile(plan: ProfilePlan, root: Path | str | None = None, progress: Pro
             ref_fn = functools.partial(flow.run_once, ref_art, work_load)
             ref_samples: list[float] = []
             ref_util: list[float] = []
-            blocks = _blocks(todo, BLOCK_SHAPES, nbytes, BLOCK_BYTES, nbytes(ref_d, ref_w)) if todo else [[]]
+            blocks = _blocks(todo, BLOCK_SHAPES, nbytes, block_budget(), nbytes(ref_d, ref_w)) if todo else [[]]
             for block in blocks:
                 arts: dict[tuple[int, float], object] = {}
                 try:
@@ -251,6 +252,15 @@ def run_profile(plan: ProfilePlan, root: Path | str | None = None, progress: Pro
 
 BLOCK_SHAPES = 4  # shapes timed interleaved with the reference in one block (alive at once)
 BLOCK_BYTES = 6 * 1024**3  # ... and at most this many weight bytes (fp32 estimate), the reference included
+MEMORY_FACTOR = 4  # a loaded shape holds up to ~4x its fp32 weights (ONNX export + prefill/decode sessions)
+
+
+def block_budget() -> int:
+    """Weight bytes a block may hold: ``BLOCK_BYTES``, or less when the machine has less than
+    ``MEMORY_FACTOR`` times that available now (ONNX Runtime's export and sessions of five
+    smollm2-sized shapes took 9 GB and were OOM-killed on a shared 23 GB host)."""
+    avail = _available_bytes()
+    return BLOCK_BYTES if avail is None else max(1, min(BLOCK_BYTES, avail // MEMORY_FACTOR))
 
 
 @dataclass
