@@ -277,6 +277,7 @@ def plot(
     phase: str = _PHASE,
     budget: Optional[str] = typer.Option(None, help="Draw a budget line, e.g. 40ms."),
     device: Optional[list[str]] = typer.Option(None, help="Only these devices (repeatable)."),
+    flow: Optional[list[str]] = typer.Option(None, "--flow", help="Only these flows (repeatable)."),
     variant: Optional[str] = typer.Option(None, help="Latency-table variant to draw (default: the table's first, "
                                                      "named in the title with the others)."),
     compare: Optional[list[Path]] = typer.Option(None, "--compare", help="Another run whose front is drawn on the "
@@ -290,9 +291,10 @@ def plot(
     from search.plot import plot_fronts
 
     paths = plot_fronts(run, out, phase, parse_budget(budget) if budget else None, device or None, root, variant,
-                        compare or ())
+                        compare or (), flow or None)
     if not paths:
-        raise AmoebaError(f"no latency table matches the model of {run}; see `amoeba devices`")
+        raise AmoebaError(f"no latency table matches the model of {run}" + (f" with variant {variant!r}" if variant
+                                                                            else "") + "; see `amoeba devices`")
     for p in paths:
         Console().print(str(p), highlight=False)
 

@@ -190,20 +190,30 @@ def run_label(run_dir: Path | str) -> str:
 
 def plot_fronts(run_dir: Path | str, out_dir: Path | str | None = None, phase: str = "decode",
                 budget_ms: float | None = None, devices: list[str] | None = None, root: Path | None = None,
-                variant: str | None = None, compare: Sequence[Path | str] = ()) -> list[Path]:
+                variant: str | None = None, compare: Sequence[Path | str] = (),
+                flows: Sequence[str] | None = None) -> list[Path]:
     """One PNG per device/flow with a table for the run's model; returns the paths written.
 
-    ``compare``: other run folders (same model) whose fronts are drawn on the same axes."""
+    ``compare``: other run folders (same model) whose fronts are drawn on the same axes. With
+    ``variant``, flows whose table lacks it are skipped (said in the log)."""
     index = QueryIndex(run_dir, root)
     others = [(run_label(c), QueryIndex(c, root)) for c in compare]
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dir)
     paths = []
     label = run_label(run_dir) if compare else "Pareto front"
-    for device, flows in index.tables().items():
+    for device, flows_of in index.tables().items():
         if devices and device not in devices:
             continue
-        for flow in flows:
-            data = front_data(index, device, flow, phase, budget_ms, variant, others, label)
+        for flow in flows_of:
+            if flows and flow not in flows:
+                continue
+            try:
+                data = front_data(index, device, flow, phase, budget_ms, variant, others, label)
+            except AmoebaError as e:
+                if variant is None:
+                    raise
+                log.warning("%s/%s: %s; skipped", device, flow, e)
+                continue
             suffix = f"-{variant}" if variant else ""
             paths.append(draw(data, out_dir / f"front-{device}-{flow}-{phase}{suffix}.png"))
     return paths
