@@ -13,9 +13,10 @@ socket error or timeout is an error.
 
 Connection levels (``--levels``, default 1,2,5,10,20,50,100) each run for ``--seconds`` in a
 closed loop; ``max_rps_p99_under_50ms`` is the highest throughput among the levels whose p99
-stayed under 50 ms. ``http`` is the 50-connection level. ``--compare-workers 1`` adds one
-50-connection run with a single worker, interleaved with the N-worker run (A B A B), so the two
-are compared under the same host conditions. The host's load average is recorded before and
+stayed under 50 ms. ``http`` is the 50-connection level. ``--compare-workers 1`` adds
+``--compare-pairs`` short 50-connection runs with a single worker, interleaved with as many of the
+N-worker server (A B A B ...), so the two are compared under the same host conditions: the ratio of
+throughputs (and of p99) per pair, median with a 90% bootstrap interval over pairs. The host's load average is recorded before and
 after: on a shared machine the tail latency is mostly other processes' doing.
 Goals: in-process p99 < 5 ms; HTTP p99 < 50 ms at 50 connections with 0 errors.
 """
@@ -200,6 +201,15 @@ def run_python(base: str, device: str, flow: str, lo: float, hi: float, connecti
             "throughput_rps": round(len(lat) / wall, 1)}
 
 
+def _ratio(compare: dict[str, list[dict[str, Any]]], key: str) -> dict[str, float]:
+    """Median ratio (N workers / comparison) of interleaved pairs with a 90% bootstrap interval over pairs."""
+    from amoeba_core.stats import paired_ratio_ci
+
+    iv = paired_ratio_ci([r[key] for r in compare["n_workers"]], [r[key] for r in compare["compare_workers"]])
+    return {"median": round(iv.value, 3), "lo": round(iv.lo, 3), "hi": round(iv.hi, 3),
+            "pairs": len(compare["n_workers"])}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, default=REPO / "runs/smollm2")
@@ -211,6 +221,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="per level")
     ap.add_argument("--compare-workers", type=int, default=1, help="also run 50 connections with this many workers "
                                                                     "(interleaved); 0: skip")
+    ap.add_argument("--compare-pairs", type=int, default=6, help="interleaved pairs of the workers comparison")
     ap.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
     ap.add_argument("--queries", type=int, default=20000, help="in-process queries")
     ap.add_argument("--quick", action="store_true")
@@ -248,10 +259,10 @@ def main() -> None:
     script = work / "query.lua"
     script.write_text(LUA.format(lo=lo, hi=hi, seed=0, device=args.device, flow=args.flow))
 
-    def load(base: str, c: int) -> dict[str, Any]:
+    def load(base: str, c: int, seconds: float | None = None) -> dict[str, Any]:
         if client == "wrk":
-            return run_wrk(base, script, c, args.seconds)
-        return run_python(base, args.device, args.flow, lo, hi, c, args.seconds)
+            return run_wrk(base, script, c, seconds or args.seconds)
+        return run_python(base, args.device, args.flow, lo, hi, c, seconds or args.seconds)
 
     levels = [int(x) for x in args.levels.split(",")]
     load_before = os.getloadavg()
@@ -269,9 +280,10 @@ def main() -> None:
                   flush=True)
         if other is not None:
             load(other.base, 10)
-            for _ in range(2):  # A B A B at 50 connections: the same host conditions for both
-                compare["n_workers"].append(load(main_srv.base, 50))
-                compare["compare_workers"].append(load(other.base, 50))
+            half = max(2.0, args.seconds / 2)
+            for _ in range(args.compare_pairs):  # A B A B ... at 50 connections: the same host conditions for both
+                compare["n_workers"].append(load(main_srv.base, 50, half))
+                compare["compare_workers"].append(load(other.base, 50, half))
             for k, rs in compare.items():
                 print(f"{k}: " + ", ".join(f"{r['throughput_rps']:.0f} req/s p99 {r['p99_ms']:.1f} ms" for r in rs),
                       flush=True)
@@ -297,8 +309,7 @@ def main() -> None:
         "workers_comparison": None if other is None else {
             "workers": [args.workers, args.compare_workers], "connections": 50,
             "runs_interleaved": compare,
-            "rps_ratio": round(float(np.mean([r["throughput_rps"] for r in compare["n_workers"]])
-                                     / np.mean([r["throughput_rps"] for r in compare["compare_workers"]])), 3)},
+            "rps_ratio": _ratio(compare, "throughput_rps"), "p99_ratio": _ratio(compare, "p99_ms")},
         "goals": {"in_process_p99_ms": 5.0, "http_p99_ms": 50.0, "http_errors": 0, "connections": 50},
         "host_noise": {"load_avg_1min_before": round(load_before[0], 2), "load_avg_1min_after": round(load_after[0], 2),
                        "note": "server and load generator share this machine's cores; a load average above the core "
