@@ -90,6 +90,11 @@ def profile(
     ),
     flow_device: str = typer.Option("cpu", help="cpu | cuda (where the flow runs)."),
     option: list[str] = typer.Option([], "--option", "-o", help="Flow option KEY=VALUE (repeatable)."),
+    few_shot: Optional[int] = typer.Option(
+        None, "--few-shot", metavar="K",
+        help="Measure only the K most informative shapes (3 is a good start; the reference counts as one) and "
+        "transfer the rest of the grid from the lines already in the store (rows labelled 'transferred').",
+    ),
     root: Optional[Path] = _ROOT,
 ) -> None:
     """Time a depth x width grid of a model on a device through a flow; write the LUT as it goes."""
@@ -152,6 +157,15 @@ def profile(
         def progress(desc: str, done: int, total: int) -> None:
             bar.update(task, completed=done, total=total, description=f"{device}/{flow}/{plan.model} {desc}")
 
+        if few_shot is not None:
+            from profiler.transfer import few_shot as run_few_shot
+
+            fs = run_few_shot(plan, few_shot, root, progress)
+            shapes = ", ".join(f"d{d}-w{w:.3f}" for d, w in fs.measured)
+            console.print(f"few-shot: {len(fs.measured)} shapes measured ({fs.timed_now} timed now: {shapes}), "
+                          f"{fs.transferred} rows transferred from {len(fs.references)} lines in {fs.seconds:.1f} s "
+                          f"-> {fs.table}", highlight=False)
+            return
         res = run_profile(plan, root, progress)
     console.print(
         f"{res.written} rows measured, {res.skipped} already present, {res.composed} per-layer rows "

@@ -291,6 +291,8 @@ def line_rows(table: Any, key: LineKey, source: str | tuple[str, ...] = "measure
                       source=source)
     if "threads" in rows.columns:
         rows = rows[rows["threads"].astype(int) == int(key.threads)]
+    if "attn_width" in rows.columns:  # one-ratio shapes only (separate attention/MLP widths: not transferred yet)
+        rows = rows[rows["attn_width"].isna()]
     rows = table.corrected(rows) if hasattr(table, "corrected") else rows.assign(ms=rows["p50_ms"])
     if "protocol" in rows.columns:
         rows = rows.assign(_legacy=(rows["protocol"] == "legacy").astype(int))
@@ -367,8 +369,9 @@ def few_shot(plan: Any, k: int, root: Path | str | None = None, progress: Any = 
 
     if k < 1:
         raise AmoebaError(f"--few-shot needs K >= 1 measurements, got {k}")
-    if plan.sparse or plan.per_layer:
-        raise AmoebaError("--few-shot chooses its own shapes: it cannot be combined with --sparse or --per-layer")
+    if plan.sparse or plan.per_layer or getattr(plan, "attn_widths", ()):
+        raise AmoebaError("--few-shot chooses its own shapes: it cannot be combined with --sparse, --per-layer "
+                          "or --attn-widths")
     t0 = time.perf_counter()
     variant = make_flow(plan.flow, plan.config).variant
     threads = int(plan.config.threads)
