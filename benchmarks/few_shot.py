@@ -221,6 +221,8 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=None, help="profiles root (default $AMOEBA_PROFILES or ./device_profiles)")
     ap.add_argument("--configs", default=";".join(CONFIGS), help="';'-separated flow specs to profile and score")
     ap.add_argument("--analyse-only", action="store_true", help="re-score the measured matrix saved in --out")
+    ap.add_argument("--no-profile", action="store_true",
+                    help="time nothing: score the complete lines already in the store")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     t_start = time.perf_counter()
@@ -237,7 +239,8 @@ def main() -> None:
         from profiler.device import ensure_device
 
         ensure_device("cpu-host", root)
-        prof_log = profile_lines(root, [c for c in args.configs.split(";") if c.strip()])
+        if not args.no_profile:
+            prof_log = profile_lines(root, [c for c in args.configs.split(";") if c.strip()])
         lines, spread = collect(root)
         s = load_device("cpu-host", root)
         host = {"description": s.description, "memory_bandwidth_gbs": s.memory_bandwidth_gbs,
@@ -253,6 +256,7 @@ def main() -> None:
     out = {
         "model": MODEL, "phase": PHASE, "prompt_len": PROMPT, "depths": list(DEPTHS), "widths": list(WIDTHS),
         "ks": list(KS), "lines": [ln.key.label for ln in lines], "n_lines": len(lines),
+        "lines_wanted": [f"{c}/t{t}" for t in THREADS for c in args.configs.split(";") if c.strip()],
         "goal": "median k3_within_10pct >= 0.90 and Spearman >= 0.95",
         "scored_on": "the shapes of each held-out line that were not measured for it (transferred/predicted only)",
         "host": host,
