@@ -110,6 +110,8 @@ def eval(  # noqa: A001 - the command is called eval
                                            "test-stdlib, ..."),
     seq_len: int = typer.Option(256, help="Tokens per window (stride = seq_len)."),
     windows: int = typer.Option(128, help="Windows to score (0: every window of the split)."),
+    spread: bool = typer.Option(True, help="Spread the windows evenly over the whole split (--no-spread: its "
+                                           "first windows)."),
     task: Optional[str] = typer.Option(None, help="lm-eval-harness task(s), comma-separated (e.g. "
                                                   "mmlu,hellaswag,arc_easy) instead of perplexity."),
     limit: Optional[int] = typer.Option(None, help="--task: items per task (default: all)."),
@@ -151,7 +153,7 @@ def eval(  # noqa: A001 - the command is called eval
     if task is not None:
         result = _eval_tasks(console, loaded, strat, shapes, tasks, limit, include_path, num_fewshot, offline, manager)
     else:
-        result = _eval_ppl(console, loaded, strat, strategy, shapes, split, seq_len, windows or None)
+        result = _eval_ppl(console, loaded, strat, strategy, shapes, split, seq_len, windows or None, spread)
     if out is not None:
         _write_json(out, {**result, "strategy": strategy.name})
         console.print(f"wrote {out}", highlight=False)
@@ -169,11 +171,11 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 def _eval_ppl(console, loaded, strat, strategy: Path, shapes, split: str, seq_len: int,  # noqa: ANN001
-              windows: Optional[int]) -> dict:
+              windows: Optional[int], spread: bool) -> dict:
     from amoeba_core.evaluate import Evaluator, compare
 
     cache = strategy.parent / f".{strategy.stem}.cache-{loaded.fingerprint}" / "eval_scores.jsonl"
-    ev = Evaluator(loaded, strat, split=split, seq_len=seq_len, max_windows=windows, cache=cache)
+    ev = Evaluator(loaded, strat, split=split, seq_len=seq_len, max_windows=windows, cache=cache, spread=spread)
     scores = []
     for s in shapes:
         r = ev.score(s)
@@ -196,7 +198,8 @@ def _eval_ppl(console, loaded, strat, strategy: Path, shapes, split: str, seq_le
                           "verdict": verdict})
     from amoeba_core.data import data_record
 
-    return {"split": split, "seq_len": seq_len, "windows": ev.n_windows, "scores": rows, "paired": pairs,
+    return {"split": split, "seq_len": seq_len, "windows": ev.n_windows, "spread": spread,
+            "documents": len(set(ev.window_doc or ())), "scores": rows, "paired": pairs,
             "data": data_record(seq_len=seq_len, windows=ev.n_windows)}
 
 

@@ -226,6 +226,21 @@ def window_docs(
     return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len), owner
 
 
+def spread_windows(
+    tokenizer: PreTrainedTokenizerBase, docs: list[str], seq_len: int, n: int
+) -> tuple[torch.LongTensor, list[int]]:
+    """``n`` windows picked evenly over *all* windows of ``docs`` (first and last included), with
+    each window's document (as :func:`window_docs`): a budget of windows then samples every part
+    of a split and many documents, instead of the first few documents."""
+    if n < 1:
+        raise AmoebaError(f"need at least one window, got {n}")
+    every, owner = window_docs(tokenizer, docs, seq_len)
+    total = int(every.shape[0])
+    n = min(n, total)
+    pick = sorted({round(k * (total - 1) / max(1, n - 1)) for k in range(n)}) if n > 1 else [0]
+    return every[pick], [owner[i] for i in pick]
+
+
 def token_windows(
     tokenizer: PreTrainedTokenizerBase, docs: list[str], seq_len: int, max_windows: int | None = None
 ) -> torch.LongTensor:

@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from amoeba_core.data import split_docs, window_docs
+from amoeba_core.data import split_docs, spread_windows, window_docs
 from amoeba_core.errors import AmoebaError
 from amoeba_core.model import LoadedModel
 from amoeba_core.shape import SubnetShape
@@ -198,7 +198,8 @@ class Evaluator:
     """Scores shapes of one loaded model on one split (see the module docstring).
 
     ``cache`` is a JSON-lines file; every new score is appended, so a killed run loses
-    at most the shape it was computing. ``memo_mb`` bounds the memoised prefix states.
+    at most the shape it was computing. ``spread``: the ``max_windows`` windows are spread evenly
+    over the whole split (:func:`amoeba_core.data.spread_windows`) instead of being its first ones. ``memo_mb`` bounds the memoised prefix states.
     """
 
     def __init__(
@@ -214,6 +215,7 @@ class Evaluator:
         batch_size: int = 4,
         windows: torch.LongTensor | None = None,
         window_doc: Sequence[int] | None = None,
+        spread: bool = False,
     ) -> None:
         import torch
 
@@ -228,7 +230,10 @@ class Evaluator:
         if windows is not None:
             self.ids = windows
             self.window_doc = None if window_doc is None else tuple(int(d) for d in window_doc)
-        else:
+        elif spread and max_windows is not None:  # the budget sampled over the whole split
+            self.ids, docs = spread_windows(loaded.tokenizer, split_docs(split, seed), seq_len, max_windows)
+            self.window_doc = tuple(docs)
+        else:  # the first max_windows windows
             self.ids, docs = window_docs(loaded.tokenizer, split_docs(split, seed), seq_len, max_windows)
             self.window_doc = tuple(docs)
         self.n_windows = int(self.ids.shape[0])

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from amoeba_core.data import data_record, split_docs, text_splits, token_windows, window_docs
+from amoeba_core.data import data_record, split_docs, spread_windows, text_splits, token_windows
 from amoeba_core.evaluate import ShapeScore, compare
 from amoeba_core.finetune import FinetuneConfig, finetune
 from amoeba_core.model import LoadedModel, load_model
@@ -102,13 +102,6 @@ def eval_shapes(strategy: Strategy, min_depth: int, widths: tuple[float, ...]) -
     off_w = (ws[0] + ws[1]) / 2 if len(ws) > 1 else ws[0]
     off = strategy.shape(depths[len(depths) // 2], off_w)
     return {"full": full, "middle-1": mids[0], "middle-2": mids[1], "middle-3": mids[2], "smallest": small, "off-grid": off}
-
-
-def spread_windows(loaded: LoadedModel, n: int, seq_len: int) -> tuple[torch.Tensor, list[int]]:
-    """``n`` windows evenly spread over the whole test split (many documents, not the first few)."""
-    ids, owner = window_docs(loaded.tokenizer, split_docs("test"), seq_len)
-    idx = np.unique(np.linspace(0, len(ids) - 1, min(n, len(ids))).round().astype(int))
-    return ids[idx], [owner[i] for i in idx]
 
 
 def score(model: torch.nn.Module, shape: SubnetShape, strategy: Strategy, windows: torch.Tensor, owner: list[int],
@@ -201,7 +194,7 @@ def main() -> None:
     base = replace(base, checkpoint_every=10**6)
     shapes = eval_shapes(strategy, base.min_depth or 1, widths)
     grid_space = [s for s in strategy.shapes(list(widths)) if s.depth >= (base.min_depth or 1)]
-    test, owner = spread_windows(loaded, n_eval, eval_len)
+    test, owner = spread_windows(loaded.tokenizer, split_docs("test"), eval_len, n_eval)
     pristine = copy.deepcopy(loaded.model)
     fresh = lambda: LoadedModel(copy.deepcopy(pristine), loaded.tokenizer, loaded.geometry, loaded.fingerprint, loaded.source)  # noqa: E731
 

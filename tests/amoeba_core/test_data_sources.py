@@ -93,3 +93,18 @@ def test_smollm2_token_budget() -> None:
     counts = token_counts(AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name))
     assert counts["test"]["tokens"] >= 32_000 and counts["val"]["tokens"] >= 16_000
     assert counts["test-stdlib"]["tokens"] + counts["test-topics"]["tokens"] == counts["test"]["tokens"]
+
+
+def test_spread_windows_sample_the_whole_split(tiny: LoadedModel, strategy) -> None:  # noqa: ANN001
+    from amoeba_core.data import spread_windows
+    from amoeba_core.evaluate import Evaluator
+
+    docs = split_docs("val")
+    every, owner = window_docs(tiny.tokenizer, docs, 32)
+    ids, own = spread_windows(tiny.tokenizer, docs, 32, 12)
+    assert (ids[0] == every[0]).all() and (ids[-1] == every[-1]).all() and len(own) == 12
+    assert own[0] == 0 and own[-1] == owner[-1] and len(set(own)) >= 8  # many documents, not the first few
+    ev = Evaluator(tiny, strategy, split="val", seq_len=32, max_windows=12, spread=True)
+    assert (ev.ids == ids).all() and ev.score(strategy.shape(3, 0.75)).ci_unit == "document"
+    first = Evaluator(tiny, strategy, split="val", seq_len=32, max_windows=12)
+    assert (first.ids == every[:12]).all() and first.windows_id != ev.windows_id
