@@ -53,6 +53,8 @@ def test_four_workers_one_killed_every_trial_accounted_for(postgres_url: str, tm
 
     url = fresh_database(postgres_url, "study_kill")
     run = tmp_path / "run"
+    assert open_storage(url, run).get_heartbeat_interval() == 60  # a database server: heartbeats by default
+    assert open_storage(None, run).get_heartbeat_interval() is None  # the run's SQLite file: none
     optuna.create_study(storage=open_storage(url, run, heartbeat_s=1), study_name="shared", directions=list(DIRECTIONS))
     objective = AccuracyObjective.from_stage1(strategy_path, AccuracyTable(run / "accuracy.parquet"), max_windows=2,
                                               seq_len=32)
