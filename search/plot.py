@@ -148,7 +148,7 @@ def draw(data: FrontPlotData, out: Path | str) -> Path:
         title += f"\n{data.variant_note}"
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left")  # fronts rise from lower left to upper right
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
