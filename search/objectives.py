@@ -357,7 +357,7 @@ class MultiFidelityAccuracy:
         Cache context: model (+adapters) | width rankings | split | seq_len | hash of the window tokens |
         rung windows, so a score is reused only when it would come out the same.
         """
-        from amoeba_core.data import split_docs, window_docs
+        from amoeba_core.data import split_docs, spread_windows
         from amoeba_core.evaluate import Evaluator, windows_id
         from amoeba_core.model import load_model
         from amoeba_core.strategy import Strategy
@@ -368,12 +368,10 @@ class MultiFidelityAccuracy:
             from amoeba_core.finetune import apply_adapters
 
             loaded = apply_adapters(loaded, strategy, adapters)
-        every, docs = window_docs(loaded.tokenizer, split_docs(split), seq_len, None)
-        n = min(int(max_windows), int(every.shape[0]))
+        ids, window_doc = spread_windows(loaded.tokenizer, split_docs(split), seq_len, int(max_windows))
+        n = int(ids.shape[0])
         if n < int(max_windows):
             log.warning("the %s split has %d windows of %d tokens; full budget is %d windows", split, n, seq_len, n)
-        pick = sorted({round(k * (every.shape[0] - 1) / max(1, n - 1)) for k in range(n)}) if n > 1 else [0]
-        ids, window_doc = every[pick], [docs[i] for i in pick]
         rs = tuple(rungs) if rungs else (max(1, n // 8), n)
         rs = tuple(sorted({min(int(r), n) for r in rs} | {n}))
         segments: dict[tuple[int, ...], Any] = {}
