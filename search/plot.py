@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 from amoeba_core.errors import AmoebaError
+from amoeba_core.shape import parse_shape
 from search.objectives import LatencyObjective
 from search.query import Point, QueryIndex
 
@@ -49,7 +50,9 @@ def front_data(index: QueryIndex, device: str, flow: str, phase: str = "decode",
                compare: Sequence[tuple[str, QueryIndex]] = (), label: str = "Pareto front") -> FrontPlotData:
     pts = _points(index, device, flow, phase, variant)
     wmax, dmax = max(index.space.widths), max(index.space.depths)
-    depth_only = sorted((p for p in pts if p.width == wmax), key=lambda p: p.latency_ms)
+    amax = max(index.space.attn_widths, default=None)  # separate attention axis: full = widest of both
+    depth_only = sorted((p for p in pts if p.width == wmax and parse_shape(p.key).attn_width == amax),
+                        key=lambda p: p.latency_ms)
     width_only = sorted((p for p in pts if p.depth == dmax), key=lambda p: p.latency_ms)
     drop_last: list[tuple[float, float]] = []
     taken, note = _variant(index, device, flow, phase, variant)
