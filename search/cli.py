@@ -70,6 +70,9 @@ def search(
     source: Optional[str] = typer.Option(None, help="Model to evaluate (default: the strategy's source)."),
     adapters: Optional[Path] = typer.Option(None, help="Stage 2 adapters (`amoeba finetune --out`) to evaluate with."),
     widths: Optional[str] = typer.Option(None, help="Width axis: '1,0.75' or LO:HI:STEP e.g. 0.5:1:1/32."),
+    attn_widths: Optional[str] = typer.Option(
+        None, help="Attention widths as an axis of their own, e.g. 1,0.667 for SmolLM2 (whole heads the KV groups "
+        "allow): the space becomes depth x attention width x MLP width (--widths), shapes like d24-a0.667-m0.750."),
     depths: Optional[str] = typer.Option(None, help="Only these depths of the strategy, e.g. 15,16,17 (default: all)."),
     phase: str = _PHASE,
     prompt_len: Optional[int] = typer.Option(None, help="Prompt length of the latency rows (default: table's)."),
@@ -107,9 +110,10 @@ def search(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if method not in ("hierarchical", "nsga2", "tpe", "random"):
         raise AmoebaError(f"unknown method {method!r}; known: hierarchical, nsga2, tpe, random")
-    from amoeba_core.shape import parse_ints
+    from amoeba_core.shape import parse_ints, parse_widths
 
     space = SearchSpace.from_strategy(strategy, model=model, widths=_widths(widths),
+                                      attn_widths=parse_widths(attn_widths) if attn_widths else None,
                                       depths=parse_ints(depths) if depths else None)
     latency = LatencyObjective(device, flow, space.model, phase, prompt_len, gen_len, root, variant=variant)
     table = AccuracyTable(run / "accuracy.parquet")

@@ -50,3 +50,25 @@ def test_search_over_attention_and_mlp_widths(strategy_path: Path, profiles: Pat
     assert _record_width(rec) == WidthAxes(0.5, 1.0)
     pt = _point(rec, lat.at(3, _record_width(rec)))
     assert _grid(pt) == "d3-a0.500-m1.000"
+
+
+def test_cli_search_and_query_with_attention_axis(strategy_path: Path, profiles: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from amoeba.cli import app
+
+    run = tmp_path / "sep"
+    res = CliRunner().invoke(app, ["search", "--strategy", str(strategy_path), "--device", "cpu-host", "--flow",
+                                   "pytorch", "--method", "random", "--trials", "16", "--run", str(run),
+                                   "--widths", "1,0.5", "--attn-widths", "1,0.5", "--max-windows", "2",
+                                   "--seq-len", "32", "--root", str(profiles)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "-a0.500-m" in res.output or "-a1.000-m" in res.output
+    res = CliRunner().invoke(app, ["query", "--run", str(run), "--root", str(profiles), "--device", "cpu-host",
+                                   "--flow", "pytorch", "--budget", "1000ms"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "amoeba export --strategy" in res.output and "-m" in res.output.split("--shape", 1)[1].split()[0]
+    bad = CliRunner().invoke(app, ["search", "--strategy", str(strategy_path), "--run", str(tmp_path / "x"),
+                                   "--attn-widths", "0.75", "--root", str(profiles)])
+    assert bad.exit_code != 0 and "attention width 0.75" in bad.output + str(bad.exception)
+    assert not (tmp_path / "x").exists()
