@@ -225,7 +225,9 @@ def main() -> None:
     res = {
         "what": "front of SmolLM2-135M with one width ratio vs separate attention/MLP widths (same number of "
                 "accuracy evaluations, exhaustive), cpu-host PyTorch float32 decode latency",
-        "command": "python benchmarks/width_axes.py" + (f" --windows {args.windows}" if args.windows != 4 else ""),
+        "command": "python benchmarks/width_axes.py" + (f" --windows {args.windows}" if args.windows != 4 else "")
+                   + (f" --threads {args.threads}" if args.threads != THREADS else "")
+                   + (" --no-profile" if args.no_profile else ""),
         "model": MODEL, "strategy": str(STRATEGY.relative_to(REPO)),
         "accuracy": {"split": "val", "seq_len": 256, "windows": ev.n_windows, "tokens_per_shape": ev.n_tokens,
                      "metric": "top-1 next-token accuracy (front); perplexity reported"},
