@@ -58,12 +58,25 @@ log = logging.getLogger(__name__)
 
 
 def fit_line(depths: Iterable[int], ms: Iterable[float]) -> tuple[float, float]:
-    """Least-squares ``ms = t0 + depth * slope``; returns (t0, slope)."""
+    """Least-squares ``ms = t0 + depth * slope`` with ``t0 >= 0`` and ``slope >= 0``; returns (t0, slope).
+
+    Both are times (fixed cost, cost of one layer), never negative. Unconstrained, a few noisy
+    shallow rows can tilt the line so that it crosses zero and shallow shapes get negative
+    latencies; the constrained optimum of this two-parameter problem then lies on a boundary:
+    a line through the origin (``t0 = 0``) or a flat line (``slope = 0``), whichever fits better.
+    """
     d = np.asarray(list(depths), dtype=float)
     y = np.asarray(list(ms), dtype=float)
     if len(set(d.tolist())) < 2:
         raise AmoebaError("a depth line needs at least two distinct depths")
     slope, t0 = np.polyfit(d, y, 1)
+    if t0 >= 0 and slope >= 0:
+        return float(t0), float(slope)
+    candidates = [(max(float(y.mean()), 0.0), 0.0)]
+    through_origin = float(d @ y / (d @ d))
+    if through_origin >= 0:
+        candidates.append((0.0, through_origin))
+    t0, slope = min(candidates, key=lambda c: float(((c[0] + d * c[1] - y) ** 2).sum()))
     return float(t0), float(slope)
 
 
@@ -204,7 +217,11 @@ class LatencyPredictor:
             return float(np.interp(x, xs_u, fx)), float(np.interp(x, xs_u, sl))
         i, j = (0, 1) if x < xs_u[0] else (-2, -1)
         t = (x - xs_u[i]) / (xs_u[j] - xs_u[i])
-        return float(fx[i] + t * (fx[j] - fx[i])), float(sl[i] + t * (sl[j] - sl[i]))
+        f, k = fx[i] + t * (fx[j] - fx[i]), sl[i] + t * (sl[j] - sl[i])
+        # physical floors for a noisy trend: a smaller layer costs at least its size's share of
+        # the smallest measured one; a bigger layer at least as much as the biggest measured one
+        floor = x / xs_u[0] if x < xs_u[0] else 1.0
+        return float(max(f, floor * fx[i])), float(max(k, floor * sl[i]))
 
     def predict(self, depth: int, width: float | WidthAxes, attn_width: float | None = None) -> float:
         if depth < 1:

@@ -185,3 +185,13 @@ def test_estimates_carry_an_interval_and_an_extrapolation_flag() -> None:
     assert (noisy.hi_ms - noisy.lo_ms) / noisy.ms > 2 * (e.hi_ms - e.lo_ms) / e.ms
     err = p.holdout_errors(rows)
     assert err["in_interval"].all() and not err["extrapolated"].any()
+
+
+def test_depth_line_never_goes_negative() -> None:
+    """Noisy shallow rows that tilt a free line below zero: the fit keeps t0 >= 0 and slope >= 0."""
+    from profiler.predict import fit_line
+
+    t0, slope = fit_line([2, 3, 4], [0.10, 0.55, 1.00])  # free fit: t0 = -0.8
+    assert t0 >= 0 and slope > 0 and t0 + slope > 0
+    t0, slope = fit_line([1, 2, 4], [1.0, 0.9, 0.8])  # free fit: negative slope
+    assert slope == 0 and abs(t0 - 0.9) < 1e-9
