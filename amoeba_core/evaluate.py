@@ -319,9 +319,10 @@ class Evaluator:
     ) -> list[tuple[list[float], list[int], list[int]]]:
         """Per-window units of full-width shapes, computed together: each starts from its longest
         memoised prefix, then layer by layer (ascending) the states of every shape that keeps the
-        layer go through it as one batch (at most ``max_rows`` windows). Batched GEMMs cost a
-        third of the CPU time per window of the one-shape path on 2 cores (SmolLM2 layers);
-        results equal the one-shape path up to float rounding."""
+        layer go through it as one batch (at most ``max_rows`` windows). Shapes that so far applied
+        the same layers to the same prefix hold the same states, which are computed once (the DP's
+        candidates of a step often keep the same layers right after the visited one). Results
+        equal the one-shape path up to float rounding."""
         import torch
 
         inner = self.loaded.model.model
@@ -342,20 +343,28 @@ class Evaluator:
                 rest.append(list(s.layers[start:]))
                 k_maxs.append(k_max)
             done = [len(s.layers) - len(r) for s, r in zip(shapes, rest)]
+            # a state is named by its start prefix and the layers applied since: equal names, equal states
+            keys: list[tuple[int, tuple[int, ...]]] = [(d, ()) for d in done]
+            by_key = {k: h for k, h in zip(keys, states)}
+            per = max(1, max_rows // W)
             for layer_idx in sorted(set().union(*rest)):
                 group = [i for i, r in enumerate(rest) if r and r[0] == layer_idx]
-                per = max(1, max_rows // W)
-                for c in range(0, len(group), per):
-                    chunk = group[c:c + per]
-                    out = self._layer(inner.layers[layer_idx], torch.cat([states[i] for i in chunk]))
-                    for i, h in zip(chunk, out.split(W)):
-                        states[i] = h
-                        rest[i].pop(0)
-                        done[i] += 1
-                        if done[i] <= k_maxs[i]:
-                            self._remember((w, done[i]), list(h.clone().split(self.batch_size)))
+                uniq = list(dict.fromkeys(keys[i] for i in group))
+                for c in range(0, len(uniq), per):
+                    chunk = uniq[c:c + per]
+                    out = self._layer(inner.layers[layer_idx], torch.cat([by_key[k] for k in chunk]))
+                    for k, h in zip(chunk, out.split(W)):
+                        by_key[(k[0], (*k[1], layer_idx))] = h
+                for i in group:
+                    keys[i] = (keys[i][0], (*keys[i][1], layer_idx))
+                    rest[i].pop(0)
+                    done[i] += 1
+                    if done[i] <= k_maxs[i]:
+                        self._remember((w, done[i]), list(by_key[keys[i]].clone().split(self.batch_size)))
+                live = set(keys)
+                by_key = {k: h for k, h in by_key.items() if k in live}
             units = []
-            for h in states:
+            for h in (by_key[k] for k in keys):
                 nll_w: list[float] = []
                 correct_w: list[int] = []
                 n_w: list[int] = []
