@@ -12,9 +12,10 @@ mkdir -p "$RUN"
 t0=$(date +%s)
 step() { printf '\n\033[1m== %s\033[0m (%ss elapsed)\n' "$1" "$(( $(date +%s) - t0 ))"; }
 
-step "1/5 profile: measured cpu-host PyTorch latency table for $MODEL"
+step "1/5 profile: measured cpu-host PyTorch decode latency table for $MODEL (paired with d30-w1)"
+# decode only: the search and the query below ask for ms/token; add --phases prefill,decode for both
 $AMOEBA profile --device cpu-host --flow pytorch --model $MODEL \
-    --depths 6,12,18,24,30 --widths $WIDTHS --prompt-len 128 --threads 2
+    --depths 6,12,18,24,30 --widths $WIDTHS --phases decode --prompt-len 128 --threads 2
 
 step "2/5 select: Stage 1 strategy (DP depth + importance width) on the real model"
 # DEMO_SELECT_ARGS trades calibration text for time; the full-budget run is `amoeba select` with defaults.
