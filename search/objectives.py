@@ -42,7 +42,7 @@ from amoeba_core.shape import SubnetShape, WidthAxes, grid_key, width_key
 log = logging.getLogger(__name__)
 
 PHASES = ("decode", "prefill", "e2e")
-_SOURCE_RANK = {"measured": 0, "per-layer": 1, "predicted": 2, "roofline": 3}
+_SOURCE_RANK = {"measured": 0, "per-layer": 1, "transferred": 2, "predicted": 3, "roofline": 4}  # lookup's preference order
 
 
 @dataclass(frozen=True)
