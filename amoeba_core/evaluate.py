@@ -19,8 +19,8 @@ Speed: shapes are run layer by layer on the full model's modules (widths masked,
 :mod:`amoeba_core.subnet`). Hidden states after the *unchanged prefix* (layers
 ``0..k-1`` all kept at the same width) are memoised, so shapes that share a prefix (the
 depth DP, or a search over shapes) only run their differing suffix; ``score_many`` runs the
-suffixes of full-width shapes together, one batch per layer (the DP's candidates of a step, about
-3x less CPU per window than one shape at a time on 2 cores). Scores are cached on
+suffixes of full-width shapes together, one batch per layer (the DP's candidates of a step: 1.73x
+less CPU than one shape at a time for SmolLM2, ``benchmarks/select_speed.py``). Scores are cached on
 disk keyed by (model fingerprint, shape key, width rankings, split, seq_len, windows, a hash
 of the windows' tokens), so the same shape is never evaluated twice; entries of older versions
 (no window hash, no per-window data) are not matched and are recomputed.
