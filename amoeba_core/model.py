@@ -6,12 +6,13 @@ geometry with random weights (latency does not depend on weight values).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from amoeba_core.cache import cache_root, cached, release, touch
 from amoeba_core.errors import AmoebaError, NotInstalledError
@@ -149,6 +150,25 @@ def _load_hf(folder: Path, dtype: str, source: str) -> LoadedModel:
     return _finish(model, tokenizer, source, fp)
 
 
+@contextlib.contextmanager
+def _quiet_gguf_conversion() -> Iterator[None]:
+    """transformers draws a plain tqdm bar per GGUF tensor (not behind its progress-bar switch);
+    the CLI reports the load's duration itself, so that bar is switched off for the call."""
+    import functools
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
+
+
 def _load_gguf(path: Path, dtype: str, source: str, cache: bool) -> LoadedModel:
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
@@ -167,7 +187,8 @@ def _load_gguf(path: Path, dtype: str, source: str, cache: bool) -> LoadedModel:
         log.info("loading de-quantised copy from %s", hit)
         return _load_hf(hit, dtype, source)
     try:
-        model = LlamaForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        with _quiet_gguf_conversion():
+            model = LlamaForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except Exception as e:  # noqa: BLE001 - the GGUF loader raises many kinds
         raise AmoebaError(f"cannot load GGUF {path}: {e}") from None
