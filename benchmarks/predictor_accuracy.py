@@ -41,7 +41,7 @@ from profiler.plan import make_plan, run_profile  # noqa: E402
 from profiler.predict import LatencyPredictor  # noqa: E402
 from profiler.table import LatencyTable  # noqa: E402
 
-from benchmarks.reproducibility import run_isolated  # noqa: E402
+from benchmarks.reproducibility import loadavg, run_isolated  # noqa: E402
 
 MODEL = "smollm2-135m"
 FLOWS = "pytorch;llamacpp:quant=f16;llamacpp:quant=q4_0;onnxruntime"
@@ -49,13 +49,6 @@ FIT_DEPTHS = (6, 18, 30)
 FIT_WIDTHS = (1.0, 0.875, 0.75, 0.625)
 OFF_DEPTHS = (9, 21, 27)
 OFF_WIDTHS = (0.8125, 0.6875)
-
-
-def loadavg() -> str | None:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return None
 
 
 def score(err: pd.DataFrame) -> dict:
