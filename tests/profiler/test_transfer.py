@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import math
 import shutil
-import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +20,7 @@ import yaml
 
 from profiler.transfer import Line, LineKey, TransferModel, calibrate_z
 from tests.profiler.conftest import FAST, cli_env
+from tests.search.test_service import _serve
 
 DEPTHS, WIDTHS = (6, 12, 18, 24, 30), (1.0, 0.875, 0.75, 0.625)
 FEW = ["profile", "--device", "cpu-host", "--flow", "pytorch", "--model", "tiny", "--depths", "1,2,3,4",
@@ -103,29 +101,6 @@ def two_lines(host_spec_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return r
 
 
-def _serve(run_dir: Path, profiles: Path):  # noqa: ANN202 - generator of a base URL
-    import uvicorn
-
-    from search.service import create_app
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(run_dir, profiles), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    deadline = time.time() + 20
-    while not server.started:
-        assert time.time() < deadline, "server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        th.join(10)
-
-
 def test_transferred_table_is_labelled_end_to_end(two_lines: Path, tmp_path: Path) -> None:
     import httpx
 
@@ -178,7 +153,7 @@ def test_transferred_table_is_labelled_end_to_end(two_lines: Path, tmp_path: Pat
     assert "transferred" in by_src and by_src <= {"measured", "transferred"}
     t = next(p for p in pts if p.latency_source == "transferred")
     assert t.lo_ms is not None and t.lo_ms < t.latency_ms < t.hi_ms
-    gen = _serve(run, root)
+    gen = _serve(run, root, None)
     url = next(gen)
     try:
         front = httpx.get(f"{url}/fronts/cpu-host/pytorch", timeout=30).json()["front"]
