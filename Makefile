@@ -68,17 +68,20 @@ test: install-all
 demo: install
 	@bash scripts/demo.sh $(RUN)
 
-# Every figure the README quotes, with the flags the README quotes (long: see README "Results").
+# Every figure the README quotes, each script with its defaults (2 threads where it times; the README
+# names the flags of the runs behind its figures where they differ). Long: run on a quiet host.
 bench: install-all
 	$(BIN)/python benchmarks/reproducibility.py
 	$(BIN)/python benchmarks/predictor_accuracy.py
-	$(BIN)/python benchmarks/roofline_ratio.py --flows pytorch,llamacpp --threads 2
-	$(BIN)/python benchmarks/fig1.py --threads 2
+	$(BIN)/python benchmarks/few_shot.py
+	$(BIN)/python benchmarks/width_axes.py
+	$(BIN)/python benchmarks/select_speed.py
 	$(BIN)/python benchmarks/stage1.py
 	$(BIN)/python benchmarks/search_efficiency.py
-	$(BIN)/python benchmarks/query_load.py
 	$(BIN)/python benchmarks/stage2_ablation.py --minutes 22
-	$(BIN)/python benchmarks/few_shot.py
+	$(BIN)/python benchmarks/query_load.py
+	$(BIN)/python benchmarks/roofline_ratio.py --flows pytorch,llamacpp --threads 2
+	$(BIN)/python benchmarks/fig1.py --threads 2
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

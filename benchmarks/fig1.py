@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -289,7 +290,7 @@ def main() -> None:
         "grid": [f"d{d}-w{w:.3f}" for d, w in grid],
         "lines": lines,
         **stats,
-        "png": str(args.png),
+        "png": os.path.relpath(args.png, REPO),  # no absolute path of this machine
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))

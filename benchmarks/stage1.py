@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -164,7 +165,7 @@ def main() -> None:
         "benchmark": "stage1",
         "model": loaded.source,
         "fingerprint": loaded.fingerprint,
-        "strategy": source,
+        "strategy": os.path.relpath(source, REPO) if Path(source).exists() else source,  # no absolute path
         "depth_metric": strategy.metric,
         "width_metric": strategy.width_metric,
         "strategy_stats": strategy.stats,

@@ -26,6 +26,7 @@ import argparse
 import copy
 import json
 import logging
+import os
 import platform
 import tempfile
 import time
@@ -186,7 +187,7 @@ def main() -> None:
         if sp.is_file():
             strategy = Strategy.load(sp, expect_fingerprint=loaded.fingerprint)
             widths = tuple(w for w in strategy.widths if w >= 0.75) or (1.0,)
-            strategy_src = str(sp)
+            strategy_src = os.path.relpath(sp, RESULTS.parent.parent)  # no absolute path of this machine
         else:
             strategy, strategy_src = weight_strategy(loaded, widths), "heuristic fallback (no Stage-1 strategy file): drop-middle depth, activation x weight-norm width, 2x128 calib tokens"
         base = FinetuneConfig(steps=1, k=3, seq_len=64, batch=1, lr=1e-3, warmup=1, rank=8, experts=4, top_k=2, min_depth=24)
