@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from amoeba_core.data import split_docs, token_windows
+from amoeba_core.data import split_docs, spread_windows
 from amoeba_core.depth import check_min_depth, dp_depth, n_dp_evaluations
 from amoeba_core.evaluate import Evaluator
 from amoeba_core.model import LoadedModel
@@ -44,7 +44,10 @@ def select_strategy(
         widths = (1.0, *widths)
     t_start = time.perf_counter()
     cache = Path(cache_dir) / "dp_scores.jsonl" if cache_dir is not None else None
-    calib = Evaluator(loaded, None, split="calib", seq_len=calib_seq_len, max_windows=calib_windows, cache=cache)
+    # spread over the whole split: its first windows are all from one source (pydoc topics), and a DP
+    # calibrated on one source alone picked layers that lost to ShortGPT on the other (benchmarks/stage1.py)
+    calib = Evaluator(loaded, None, split="calib", seq_len=calib_seq_len, max_windows=calib_windows, cache=cache,
+                      spread=True)
     total = n_dp_evaluations(n, min_depth)
 
     def dp_progress(done: int, tot: int) -> None:
@@ -104,7 +107,7 @@ def select_width(
     """Width half of Stage 1 (independent of the depth DP): calibration statistics, candidate
     metrics scored by validation perplexity at full depth, the best kept."""
     n = loaded.geometry.n_layers
-    stat_ids = token_windows(loaded.tokenizer, split_docs("calib"), calib_seq_len, stats_windows)
+    stat_ids, _ = spread_windows(loaded.tokenizer, split_docs("calib"), calib_seq_len, stats_windows)
     if progress is not None:
         progress("width statistics", 0, 1)
     stats = collect_stats(loaded, stat_ids)
@@ -113,7 +116,7 @@ def select_width(
     done = [0]
 
     def val_score(strategy: Strategy, width: float) -> float:
-        ev = Evaluator(loaded, strategy, split="val", seq_len=calib_seq_len, max_windows=val_windows)
+        ev = Evaluator(loaded, strategy, split="val", seq_len=calib_seq_len, max_windows=val_windows, spread=True)
         s = ev.score(SubnetShape(full.layers, width)).ppl
         done[0] += 1
         if progress is not None:

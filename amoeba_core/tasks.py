@@ -141,7 +141,7 @@ def subnet_model(loaded: LoadedModel, strategy: Strategy | None, shape: SubnetSh
     from amoeba_core.smol import merge_for_shape
 
     shape.check_fits(loaded.geometry.n_layers)
-    if shape.width < 1.0 and strategy is None:
+    if shape.narrowed and strategy is None:
         raise AmoebaError(f"shape {shape.grid_key} narrows the width: task evaluation needs a strategy")
     return merge_for_shape(loaded.model, shape, strategy).eval()
 

@@ -22,28 +22,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from amoeba_core.errors import AmoebaError  # noqa: E402
-from profiler.device import profiles_root, spec_only_root  # noqa: E402
+from profiler.device import profiles_root  # noqa: E402
 from profiler.flows import flow_class, parse_flow_spec, split_flow_specs  # noqa: E402
 from profiler.measure import QUICK, MeasureConfig  # noqa: E402
-from profiler.plan import make_plan, run_profile  # noqa: E402
 from profiler.predict import LatencyPredictor  # noqa: E402
-from profiler.table import LatencyTable  # noqa: E402
 
-from benchmarks.reproducibility import loadavg, run_isolated  # noqa: E402
-
-MODEL = "smollm2-135m"
+from benchmarks._profile_run import MODEL, profile_flow, run_isolated  # noqa: E402
 FLOWS = "pytorch;llamacpp:quant=f16;llamacpp:quant=q4_0;onnxruntime"
 FIT_DEPTHS = (6, 18, 30)
 FIT_WIDTHS = (1.0, 0.875, 0.75, 0.625)
@@ -92,35 +86,18 @@ def evaluate(rows: pd.DataFrame, geometry: object, fit_depths: tuple[int, ...], 
 
 def one_flow(spec: str, base: Path, depths: tuple[int, ...], widths: tuple[float, ...], fit: tuple, threads: int,
              prompt_len: int, mcfg: MeasureConfig) -> dict:
-    root = spec_only_root(base, "amoeba-pa-")
-    name, opts = parse_flow_spec(spec)
-    if name == "tvm":  # the tuned database of the base root
-        opts.setdefault("tuning_dir", str(base / "cpu-host" / "tvm_tuning" / f"t{opts.get('trials', 0)}"))
-    try:
-        load0 = loadavg()
-        plan = make_plan("cpu-host", name, MODEL, depths, widths, ("decode",), prompt_len, "float32", threads,
-                         measure_cfg=mcfg, options=opts)
-        r = run_profile(plan, root)
-        table = LatencyTable("cpu-host", name, MODEL, root)
-        variant = r.rows[0]["variant"]
-        rows = table.corrected(table.rows(phase="decode", variant=variant, source="measured"))
-        [level] = table.reference_levels().values()
-        ev = evaluate(rows, plan.geometry, *fit)
-        print(f"{spec}: {r.written} rows in {r.seconds:.0f} s; off-grid ±5% {100 * ev['offgrid_within_5pct']:.0f}% "
-              f"(n={ev['offgrid_n']}), ±10% {100 * ev['offgrid_within_10pct']:.0f}%, median error "
-              f"{100 * ev['offgrid_median_abs_error']:.1f}%, "
-              f"in interval {100 * ev['offgrid_in_predicted_interval']:.0f}%; "
-              f"reference drift {100 * level.drift:.1f}%, load {loadavg()}", flush=True)
-        return {"flow": spec, "variant": variant, "status": "measured", "seconds": round(r.seconds, 1),
-                "loadavg_before": load0, "loadavg_after": loadavg(), "reference": level.reference,
-                "level_ms": round(level.level_ms, 4), "level_blocks_p10_ms": round(level.p10_ms, 4),
-                "level_blocks_p90_ms": round(level.p90_ms, 4), "level_drift": round(level.drift, 4),
-                "n_blocks": level.n_blocks, "median_util": round(float(rows["util"].median()), 3),
-                "median_ratio_half_width": round(
-                    float(((rows.ratio_hi - rows.ratio_lo) / (2 * rows.ratio)).median()), 4),
-                **ev}
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    run = profile_flow(spec, base, depths, widths, threads, mcfg, prompt_len, prefix="amoeba-pa-")
+    rows, level = run.rows, run.level
+    ev = evaluate(rows, run.plan.geometry, *fit)
+    print(f"{spec}: {run.written} rows in {run.seconds:.0f} s; off-grid ±5% {100 * ev['offgrid_within_5pct']:.0f}% "
+          f"(n={ev['offgrid_n']}), ±10% {100 * ev['offgrid_within_10pct']:.0f}%, median error "
+          f"{100 * ev['offgrid_median_abs_error']:.1f}%, "
+          f"in interval {100 * ev['offgrid_in_predicted_interval']:.0f}%; "
+          f"reference drift {100 * level.drift:.1f}%, load {run.loadavg_after}", flush=True)
+    return {"flow": spec, "variant": run.variant, "status": "measured", "seconds": round(run.seconds, 1),
+            "loadavg_before": run.loadavg_before, "loadavg_after": run.loadavg_after, **run.level_record(),
+            "median_ratio_half_width": round(float(((rows.ratio_hi - rows.ratio_lo) / (2 * rows.ratio)).median()), 4),
+            **ev}
 
 
 def main() -> None:

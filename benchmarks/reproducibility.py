@@ -26,11 +26,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 
@@ -38,98 +36,38 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from amoeba_core.errors import AmoebaError  # noqa: E402
-from profiler.device import profiles_root, spec_only_root  # noqa: E402
+from profiler.device import profiles_root  # noqa: E402
 from profiler.flows import flow_class, parse_flow_spec, split_flow_specs  # noqa: E402
 from profiler.measure import MeasureConfig  # noqa: E402
-from profiler.plan import make_plan, run_profile  # noqa: E402
-from profiler.table import LatencyTable  # noqa: E402
 
-MODEL = "smollm2-135m"
+from benchmarks._profile_run import MODEL, profile_flow, run_isolated  # noqa: E402
 FLOWS = "pytorch;llamacpp:quant=f16;llamacpp:quant=q4_0;onnxruntime"
 TVM_TUNED = "tvm:trials=32"
-
-
-def loadavg() -> str | None:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return None
-
-
-def _child(q: Any, fn: Callable, args: tuple) -> None:
-    try:
-        q.put(("ok", fn(*args)))
-    except BaseException as e:  # noqa: BLE001 - reported to the parent
-        q.put(("error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
-
-
-def run_isolated(fn: Callable, *args: Any) -> Any:
-    """``fn(*args)`` in a fresh process: a runtime that kills its process (llama.cpp built for
-    instructions this CPU lacks dies of SIGILL) becomes a reported error, not the end of the run."""
-    import multiprocessing as mp
-    import queue
-
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(q, fn, args))
-    p.start()
-    while True:
-        try:
-            status, value = q.get(timeout=5)
-            break
-        except queue.Empty:
-            if not p.is_alive():
-                p.join()
-                code = p.exitcode or 0
-                raise RuntimeError(f"the process died ({'signal ' + str(-code) if code < 0 else 'exit ' + str(code)})")
-    p.join()
-    if status == "error":
-        raise RuntimeError(value)
-    return value
 
 
 def one_run(spec: str, depths: tuple[int, ...], widths: tuple[float, ...], threads: int, base: Path,
             mcfg: MeasureConfig) -> dict:
     """Profile one flow into a fresh root; its rows (ratio-derived and raw ms) and reference level."""
-    root = spec_only_root(base, "amoeba-repro-")
-    name, opts = parse_flow_spec(spec)
-    if name == "tvm":  # keep using the tuned database instead of tuning again
-        opts.setdefault("tuning_dir", str(base / "cpu-host" / "tvm_tuning" / f"t{opts.get('trials', 0)}"))
-    try:
-        load0 = loadavg()
-        plan = make_plan("cpu-host", name, MODEL, depths, widths, ("decode",), 128, "float32", threads,
-                         measure_cfg=mcfg, options=opts)
-        r = run_profile(plan, root)
-        table = LatencyTable("cpu-host", name, MODEL, root)
-        variant = r.rows[0]["variant"]
-        rows = table.corrected(table.rows(phase="decode", variant=variant, source="measured"))
-        [level] = table.reference_levels().values()
-        out = {
-            "seconds": round(r.seconds, 1),
-            "loadavg_before": load0,
-            "loadavg_after": loadavg(),
-            "reference": level.reference,
-            "level_ms": round(level.level_ms, 4),
-            "level_blocks_p10_ms": round(level.p10_ms, 4),
-            "level_blocks_p90_ms": round(level.p90_ms, 4),
-            "level_drift": round(level.drift, 4),
-            "n_blocks": level.n_blocks,
-            "median_util": round(float(rows["util"].median()), 3),
-            "rows": {
-                f"d{int(x.depth)}-w{float(x.width):.3f}": {
-                    "ms": round(float(x.ms), 4), "p50_ms": round(float(x.p50_ms), 4),
-                    "ratio": round(float(x.ratio), 5), "ratio_lo": round(float(x.ratio_lo), 5),
-                    "ratio_hi": round(float(x.ratio_hi), 5), "n": int(x.n), "util": round(float(x.util), 3),
-                }
-                for x in rows.itertuples()
-            },
-        }
-        print(f"  {spec}: {r.written} rows in {r.seconds:.0f} s, reference {level.reference} level "
-              f"{level.level_ms:.2f} ms (blocks p10-p90 {level.p10_ms:.2f}-{level.p90_ms:.2f}), "
-              f"load {out['loadavg_after']}", flush=True)
-        return out
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    run = profile_flow(spec, base, depths, widths, threads, mcfg, prefix="amoeba-repro-")
+    level = run.level
+    out = {
+        "seconds": round(run.seconds, 1),
+        "loadavg_before": run.loadavg_before,
+        "loadavg_after": run.loadavg_after,
+        **run.level_record(),
+        "rows": {
+            f"d{int(x.depth)}-w{float(x.width):.3f}": {
+                "ms": round(float(x.ms), 4), "p50_ms": round(float(x.p50_ms), 4),
+                "ratio": round(float(x.ratio), 5), "ratio_lo": round(float(x.ratio_lo), 5),
+                "ratio_hi": round(float(x.ratio_hi), 5), "n": int(x.n), "util": round(float(x.util), 3),
+            }
+            for x in run.rows.itertuples()
+        },
+    }
+    print(f"  {spec}: {run.written} rows in {run.seconds:.0f} s, reference {level.reference} level "
+          f"{level.level_ms:.2f} ms (blocks p10-p90 {level.p10_ms:.2f}-{level.p90_ms:.2f}), "
+          f"load {run.loadavg_after}", flush=True)
+    return out
 
 
 def _share(runs: list[dict], field: str) -> tuple[float, list[float]]:

@@ -1,32 +1,36 @@
-"""Stage 1 on SmolLM2: test-split perplexity of DP depth + importance width vs baselines.
+"""Stage 1 depth selection on SmolLM2: the DP against ShortGPT, drop-last and random layer subsets.
 
-Rows: depths {30, 27, 24, 21, 18, 15}; columns: widths {1, 0.875, 0.75, 0.625}. For each cell:
+For each depth of ``--depths`` (default 27/24/21/18/15 of 30; full width) and each calibration
+budget of ``--calib-windows`` (windows of 256 tokens of the calibration split), four ways to pick
+the layers are scored side by side on two held-out texts (the test split's pydoc topics and its
+standard-library module documentation: disjoint documents, never seen by any selection):
 
-* ``dp``        the strategy's DP layers + its chosen width ranking (AmoebaLLM Stage 1),
-* ``drop_last`` the first ``d`` layers + the chosen width ranking,
-* ``shortgpt``  ShortGPT block-influence layers (calibration split) + the chosen width ranking,
-* ``dp_magnitude`` the DP layers + uniform weight-magnitude width ranking (no data).
+* ``dp``        the depth DP of :mod:`amoeba_core.depth` on calibration perplexity (AmoebaLLM Stage 1),
+* ``shortgpt``  ShortGPT block influence (1 - cos(h_in, h_out)) on the same calibration windows
+  (spread evenly over the calibration split, as `amoeba select` takes them),
+* ``drop_last`` the first ``d`` layers,
+* ``random``    ``--random`` (40) uniformly random layer subsets of size ``d`` (seeded).
 
-All four are scored side by side in one run on the same test windows (perplexity, stride =
-window length, see amoeba_core.evaluate), and top-1 next-token accuracy is recorded too. Each
-number carries a 90% bootstrap interval (``ppl_ci90``, ``top1_ci90``: resampling documents when
-the windows span at least 8 of them, else windows), and each cell compares ``dp`` with every
-other method on the same windows by a paired-difference interval (``paired``: ``dp`` minus the
-other; "not significant" when the interval contains 0). The summary counts cells where DP is
-significantly better / worse / not distinguishable.
-The strategy comes from ``--strategy`` (default runs/smollm2/strategy.yaml, then
-benchmarks/results/smollm2_strategy.yaml); if none matches the model, selection is run here.
+Scores are perplexities on ``--test-windows`` windows spread over each text, with 90% bootstrap
+intervals over documents (amoeba_core.stats). DP vs ShortGPT on the same windows gets a paired
+interval of the difference (``dp - shortgpt``; "not significant" when it contains 0). The random
+subsets are scored on ``--random-windows`` of those windows (the cost: 40 subsets x depths x 2
+texts), with DP and ShortGPT on the same windows, so ``dp_beats_random_share`` is a paired count.
 
-    python benchmarks/stage1.py           # full table (about 80 shapes)
-    python benchmarks/stage1.py --quick   # depths {30, 24, 15} x widths {1, 0.75}, 1 window
+Per text and budget: ``dp_beats_shortgpt_all_depths`` (the paired interval lies below 0 at every
+depth where the two pick different layers; a depth where they pick the same layers is a tie and
+counts as not beaten), ``dp_not_worse_all_depths`` (ShortGPT never significantly better), and the
+per-depth verdicts. Scores are cached in runs/stage1-bench/ (a killed run resumes).
+
+    python benchmarks/stage1.py                      # budgets 1 and 4 windows (long: ~30 min on 2 cores)
+    python benchmarks/stage1.py --quick              # depths 24/18, budget 1, 4 random subsets
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -34,170 +38,165 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from amoeba_core.data import data_record, split_docs, token_windows, window_docs  # noqa: E402
-from amoeba_core.depth import block_influence, block_influence_layers, drop_last  # noqa: E402
-from amoeba_core.errors import AmoebaError  # noqa: E402
+from amoeba_core.data import data_record, spread_windows, split_docs  # noqa: E402
+from amoeba_core.depth import block_influence, block_influence_layers, dp_depth, drop_last  # noqa: E402
 from amoeba_core.evaluate import Evaluator, ShapeScore, compare  # noqa: E402
 from amoeba_core.model import load_model  # noqa: E402
-from amoeba_core.select import select_strategy  # noqa: E402
 from amoeba_core.shape import SubnetShape  # noqa: E402
-from amoeba_core.strategy import Strategy  # noqa: E402
-from amoeba_core.width import apply_metric  # noqa: E402
 
-DEPTHS = (30, 27, 24, 21, 18, 15)
-WIDTHS = (1.0, 0.875, 0.75, 0.625)
-METHODS = ("dp", "drop_last", "shortgpt", "dp_magnitude")
+TEXTS = ("test-topics", "test-stdlib")
+SEQ = 256
 
 
-def _ci(lo: float | None, hi: float | None, digits: int = 4) -> list[float] | None:
-    return None if lo is None or hi is None else [round(lo, digits), round(hi, digits)]
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
 
 
-def find_strategy(loaded: object, path: str | None, min_depth: int) -> tuple[Strategy, str]:
-    cands = [Path(path)] if path else [REPO / "runs/smollm2/strategy.yaml", REPO / "benchmarks/results/smollm2_strategy.yaml"]
-    for p in cands:
-        if p.is_file():
-            try:
-                return Strategy.load(p, expect_fingerprint=loaded.fingerprint), str(p)  # type: ignore[attr-defined]
-            except AmoebaError as e:
-                print(f"skipping {p}: {e}")
-    print("no matching strategy: running selection now")
-    return select_strategy(loaded, min_depth, WIDTHS), "selected in this run"  # type: ignore[arg-type]
+def _ci(s: ShapeScore) -> list[float] | None:
+    return None if s.ppl_lo is None else [round(s.ppl_lo, 3), round(s.ppl_hi, 3)]  # type: ignore[arg-type]
+
+
+def _score(s: ShapeScore) -> dict:
+    return {"ppl": round(s.ppl, 3), "ppl_ci90": _ci(s), "top1_acc": round(s.top1_acc, 4), "tokens": s.n_tokens}
+
+
+def run_dp(loaded, n: int, min_depth: int, windows: int, cache: Path) -> tuple[dict[int, tuple[int, ...]], dict, object]:
+    """The depth DP as `amoeba select` runs it (windows spread over the calibration split); its layers, stats
+    and calibration windows (ShortGPT gets the same ones)."""
+    calib = Evaluator(loaded, None, split="calib", seq_len=SEQ, max_windows=windows, cache=cache, spread=True)
+    t0 = time.perf_counter()
+    r = dp_depth(n, min_depth, metric=lambda s: calib.score(s).ppl,
+                 is_cached=lambda s: calib.key(s) in calib._scores,  # noqa: SLF001
+                 metric_many=lambda shapes: [x.ppl for x in calib.score_many(shapes)])
+    print(f"  DP with {windows} calibration window(s): {r.n_evaluations} evaluations "
+          f"({r.n_cached} cached) in {time.perf_counter() - t0:.0f} s", flush=True)
+    return r.layers, {"evaluations": r.n_evaluations, "cached": r.n_cached,
+                      "seconds": round(time.perf_counter() - t0, 1), "calib_tokens": calib.n_tokens}, calib.ids
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--strategy", default=None)
-    ap.add_argument("--windows", type=int, default=2, help="test windows of --seq-len tokens (0: the whole split)")
-    ap.add_argument("--split", default="test", help="test, or one source's part: test-topics, test-stdlib")
-    ap.add_argument("--seq-len", type=int, default=256)
-    ap.add_argument("--bi-windows", type=int, default=4, help="calibration windows for ShortGPT block influence")
-    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--depths", default="27,24,21,18,15")
+    ap.add_argument("--calib-windows", default="1,4", help="DP/ShortGPT calibration budgets (windows of 256 tokens)")
+    ap.add_argument("--test-windows", type=int, default=16, help="windows per held-out text for DP/ShortGPT/drop-last")
+    ap.add_argument("--random", type=int, default=40, help="random layer subsets per depth")
+    ap.add_argument("--random-windows", type=int, default=1, help="windows (of the test ones) the random subsets use")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--baselines-only", action="store_true",
-                    help="score only drop_last/shortgpt rows into the score cache (width selection run here); "
-                         "use while `amoeba select` is still running")
-    ap.add_argument("--out", default=str(REPO / "benchmarks/results/stage1.json"))
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/stage1.json")
     args = ap.parse_args()
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    depths, widths = (DEPTHS, WIDTHS) if not args.quick else ((30, 24, 15), (1.0, 0.75))
-    windows = 1 if args.quick else (args.windows or None)
-    t0 = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    depths = sorted({int(d) for d in args.depths.split(",")}, reverse=True)
+    budgets = [int(b) for b in args.calib_windows.split(",")]
+    if args.quick:
+        depths, budgets, args.random, args.test_windows = [24, 18], [1], 4, 2
+        args.out = args.out.with_name("stage1_quick.json")
+    t0, load0 = time.perf_counter(), loadavg()
     loaded = load_model(args.model)
     n = loaded.geometry.n_layers
-    depths = tuple(d for d in depths if d <= n) or (n, max(1, n // 2))
-    if args.baselines_only:
-        from amoeba_core.select import select_width
+    bad = [d for d in depths if not 1 <= d < n]
+    if bad:
+        raise SystemExit(f"error: depths {bad} are not in 1..{n - 1}")
+    cache_dir = REPO / "runs/stage1-bench"
+    rng = random.Random(args.seed)
+    randoms = {d: [tuple(sorted(rng.sample(range(n), d))) for _ in range(args.random)] for d in depths}
 
-        strategy, _, _ = select_width(loaded, Strategy.trivial(loaded.geometry, loaded.fingerprint, loaded.source, WIDTHS))
-        source = "width selection only"
-        print(f"width metric {strategy.width_metric}, width id {strategy.width_id}", flush=True)
-    else:
-        strategy, source = find_strategy(loaded, args.strategy, min(depths))
-    missing = [d for d in depths if d not in strategy.depth_layers]
-    if missing:
-        raise AmoebaError(f"strategy lacks depths {missing}")
-    bi_ids = token_windows(loaded.tokenizer, split_docs("calib"), args.seq_len, args.bi_windows)
-    influence = block_influence(loaded, bi_ids)
-    layer_sets = {
-        "dp": {d: strategy.depth_layers[d] for d in depths},
-        "drop_last": drop_last(n, list(depths)),
-        "shortgpt": block_influence_layers(influence, list(depths)),
-    }
-    layer_sets["dp_magnitude"] = layer_sets["dp"]
-    magnitude = apply_metric(strategy, loaded, None, "magnitude")
-    cache = REPO / "runs/stage1-bench/scores.jsonl"
-    ids, owner = window_docs(loaded.tokenizer, split_docs(args.split), args.seq_len, windows)
-    evs = {
-        "chosen": Evaluator(loaded, strategy, split=args.split, windows=ids, window_doc=owner, seq_len=args.seq_len,
-                            cache=cache),
-        "magnitude": Evaluator(loaded, magnitude, split=args.split, windows=ids, window_doc=owner,
-                               seq_len=args.seq_len, cache=cache),
-    }
-    rows = []
-    for d in depths:
-        for w in widths:
-            row: dict[str, object] = {"depth": d, "width": w, "params_M": round(loaded.geometry.scaled_dims(d, w).n_params() / 1e6, 2)}
-            if args.baselines_only:
-                for m in ("drop_last", "shortgpt"):
-                    sc = evs["chosen"].score(SubnetShape(layer_sets[m][d], w))
-                    print(f"d{d} w{w:.3f} {m}: ppl {sc.ppl:.2f}", flush=True)
-                continue
-            scores: dict[str, ShapeScore] = {}
-            for m in METHODS:
-                if m == "dp_magnitude" and w == 1.0:
-                    row[m], scores[m] = row["dp"], scores["dp"]
-                    continue
-                shape = SubnetShape(layer_sets[m][d], w)
-                s = evs["magnitude" if m == "dp_magnitude" else "chosen"].score(shape)
-                scores[m] = s
-                row[m] = {"ppl": round(s.ppl, 4), "ppl_ci90": _ci(s.ppl_lo, s.ppl_hi), "top1_acc": round(s.top1_acc, 4),
-                          "top1_ci90": _ci(s.top1_lo, s.top1_hi, 4), "layers": list(shape.layers)}
-            row["paired"] = {}
-            for m in METHODS[1:]:
-                if m == "dp_magnitude" and w == 1.0:
-                    continue
-                pd = compare(scores["dp"], scores[m], "ppl")
-                row["paired"][f"dp - {m}"] = {"ppl_diff": round(pd.diff.value, 4), "ci90": _ci(pd.diff.lo, pd.diff.hi),
-                                              "verdict": pd.verdict(lower_is_better=True, names=("dp", m))}
-            ppl = {m: row[m]["ppl"] for m in METHODS}  # type: ignore[index]
-            row["best"] = min(ppl, key=ppl.get)  # type: ignore[arg-type]
-            rows.append(row)
-            print(f"d{d:>2} w{w:.3f}  " + "  ".join(f"{m} {ppl[m]:>10.2f}" for m in METHODS) + f"  best={row['best']}  "
-                  + "; ".join(f"{k}: {v['verdict']}" for k, v in row["paired"].items()), flush=True)
-    if args.baselines_only:
-        return
-    dp_best_depth = sum(
-        1 for r in rows if r["dp"]["ppl"] <= min(r["drop_last"]["ppl"], r["shortgpt"]["ppl"])  # type: ignore[index]
-    )
-    width_rows = [r for r in rows if r["width"] < 1.0]
-    chosen_best_width = sum(1 for r in width_rows if r["dp"]["ppl"] <= r["dp_magnitude"]["ppl"])  # type: ignore[index]
-    geo = lambda m: math.exp(sum(math.log(r[m]["ppl"]) for r in rows) / len(rows))  # type: ignore[index]  # noqa: E731
-    verdicts = {f"dp - {m}": {"dp better": 0, f"{m} better": 0, "not significant": 0} for m in METHODS[1:]}
-    for r in rows:
-        for k, v in r["paired"].items():  # type: ignore[union-attr]
-            verdicts[k][v["verdict"]] += 1
+    selections: dict[int, dict] = {}
+    for b in budgets:
+        layers, stats, calib_ids = run_dp(loaded, n, min(depths), b, cache_dir / "dp_scores.jsonl")
+        influence = block_influence(loaded, calib_ids)
+        selections[b] = {"dp": {d: layers[d] for d in depths},
+                         "shortgpt": block_influence_layers(influence, depths),
+                         "dp_stats": stats, "block_influence": [round(x, 5) for x in influence]}
+    last = drop_last(n, depths)
+
+    texts = {}
+    for text in TEXTS:
+        ids, owner = spread_windows(loaded.tokenizer, split_docs(text), SEQ, args.test_windows)
+        ev = Evaluator(loaded, None, split=text, windows=ids, window_doc=owner, seq_len=SEQ,
+                       cache=cache_dir / "test_scores.jsonl")
+        k = min(args.random_windows, int(ids.shape[0]))
+        pick = [round(i * (int(ids.shape[0]) - 1) / max(1, k - 1)) for i in range(k)] if k > 1 else [0]
+        ev_small = Evaluator(loaded, None, split=text, windows=ids[pick], window_doc=[owner[i] for i in pick],
+                             seq_len=SEQ, cache=cache_dir / "test_scores.jsonl")
+        per_budget = {}
+        for b in budgets:
+            sel = selections[b]
+            rows = []
+            for d in depths:
+                shapes = {"dp": SubnetShape(sel["dp"][d]), "shortgpt": SubnetShape(sel["shortgpt"][d]),
+                          "drop_last": SubnetShape(last[d])}
+                sc = dict(zip(shapes, ev.score_many(list(shapes.values()))))
+                pdiff = compare(sc["dp"], sc["shortgpt"], "ppl")
+                same = shapes["dp"].layers == shapes["shortgpt"].layers
+                rnd = ev_small.score_many([SubnetShape(x) for x in randoms[d]])
+                small = dict(zip(("dp", "shortgpt"), ev_small.score_many([shapes["dp"], shapes["shortgpt"]])))
+                rppl = sorted(s.ppl for s in rnd)
+                row = {
+                    "depth": d,
+                    **{m: {**_score(sc[m]), "layers": list(shapes[m].layers)} for m in shapes},
+                    "dp_minus_shortgpt": {"ppl_diff": round(pdiff.diff.value, 3),
+                                          "ci90": [round(pdiff.diff.lo, 3), round(pdiff.diff.hi, 3)],
+                                          "verdict": "same layers" if same else pdiff.verdict(True, ("dp", "shortgpt"))},
+                    "random": {"n": len(rnd), "tokens": rnd[0].n_tokens if rnd else 0,
+                               "ppl_min": round(rppl[0], 2), "ppl_median": round(rppl[len(rppl) // 2], 2),
+                               "ppl_max": round(min(rppl[-1], 1e12), 2),
+                               "dp_ppl_same_tokens": round(small["dp"].ppl, 3),
+                               "shortgpt_ppl_same_tokens": round(small["shortgpt"].ppl, 3),
+                               "dp_beats_random_share": round(sum(small["dp"].ppl < x for x in rppl) / len(rppl), 3)},
+                }
+                rows.append(row)
+                print(f"  {text} budget {b} d{d}: dp {sc['dp'].ppl:.2f} shortgpt {sc['shortgpt'].ppl:.2f} "
+                      f"drop_last {sc['drop_last'].ppl:.3g} random median {row['random']['ppl_median']:.3g}  "
+                      f"dp-shortgpt {pdiff.diff.value:+.2f} [{pdiff.diff.lo:+.2f}, {pdiff.diff.hi:+.2f}] "
+                      f"{row['dp_minus_shortgpt']['verdict']}  (load {loadavg()})", flush=True)
+            per_budget[str(b)] = {
+                "rows": rows,
+                "dp_beats_shortgpt_all_depths": all(r["dp_minus_shortgpt"]["verdict"] == "dp better" for r in rows),
+                "dp_not_worse_all_depths": all(r["dp_minus_shortgpt"]["verdict"] != "shortgpt better" for r in rows),
+                "dp_lower_ppl_depths": sum(r["dp"]["ppl"] < r["shortgpt"]["ppl"] for r in rows),
+                "depths": len(rows),
+            }
+        texts[text] = {"tokens": ev.n_tokens, "documents": len(set(owner)), "random_tokens": ev_small.n_tokens,
+                       "budgets": per_budget}
+
     result = {
         "benchmark": "stage1",
+        "command": "python benchmarks/stage1.py" + (" --quick" if args.quick else ""),
         "model": loaded.source,
         "fingerprint": loaded.fingerprint,
-        "strategy": os.path.relpath(source, REPO) if Path(source).exists() else source,  # no absolute path
-        "depth_metric": strategy.metric,
-        "width_metric": strategy.width_metric,
-        "strategy_stats": strategy.stats,
-        "split": args.split,
-        "data": data_record(seq_len=args.seq_len, windows=int(ids.shape[0])),
-        "test_tokens_scored": int(ids.shape[0] * (ids.shape[1] - 1)),
-        "test_documents": len(set(owner)),
-        "interval": "90% bootstrap (amoeba_core.stats), resampling documents (>= 8 of them) or windows",
-        "seq_len": args.seq_len,
-        "stride": args.seq_len,
-        "shortgpt_block_influence": [round(x, 5) for x in influence],
-        "shortgpt_calib_tokens": int(bi_ids.numel()),
-        "rows": rows,
-        "summary": {
-            "cells": len(rows),
-            "dp_best_depth_method_cells": dp_best_depth,
-            "chosen_width_beats_magnitude_cells": chosen_best_width,
-            "width_cells": len(width_rows),
-            "geomean_ppl": {m: round(geo(m), 3) for m in METHODS},
-            "paired_verdicts": verdicts,
-        },
-        "quick": args.quick,
+        "depths": depths,
+        "calib_windows": budgets,
+        "seq_len": SEQ,
+        "threads": args.threads,
+        "data": data_record(seq_len=SEQ, windows=args.test_windows),
+        "interval": "90% bootstrap (amoeba_core.stats) over documents (>= 8) or windows; paired for dp - shortgpt",
+        "selections": {str(b): {"dp_stats": s["dp_stats"], "block_influence": s["block_influence"],
+                                "dp_layers": {str(d): list(v) for d, v in s["dp"].items()},
+                                "shortgpt_layers": {str(d): list(v) for d, v in s["shortgpt"].items()}}
+                       for b, s in selections.items()},
+        "texts": texts,
+        "summary": {text: {b: {k: v for k, v in r.items() if k != "rows"} for b, r in t["budgets"].items()}
+                    for text, t in texts.items()},
+        "loadavg_before": load0,
+        "loadavg_after": loadavg(),
         "seconds": round(time.perf_counter() - t0, 1),
-        "shapes_evaluated": sum(e.n_evaluated for e in evs.values()),
+        "quick": args.quick,
     }
-    out = Path(args.out) if not args.quick else Path(args.out).with_name("stage1_quick.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    s = result["summary"]
-    print(f"DP best depth method in {s['dp_best_depth_method_cells']}/{s['cells']} cells; chosen width "
-          f"({strategy.width_metric}) beats magnitude in {s['chosen_width_beats_magnitude_cells']}/{s['width_cells']}; "
-          f"geomean ppl {s['geomean_ppl']}; paired (90%): {s['paired_verdicts']}; wrote {out} in {result['seconds']} s")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    for text, t in result["summary"].items():
+        for b, s in t.items():
+            print(f"{text} budget {b} window(s): DP beats ShortGPT at all depths: {s['dp_beats_shortgpt_all_depths']}; "
+                  f"not worse at all: {s['dp_not_worse_all_depths']}; lower ppl at {s['dp_lower_ppl_depths']}/{s['depths']}")
+    print(f"-> {args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out} in {result['seconds']} s")
 
 
 if __name__ == "__main__":

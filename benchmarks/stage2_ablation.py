@@ -283,7 +283,7 @@ def main() -> None:
     gap = {n: rows[full_name][n] / v - 1 for n, v in per_shape.items()}
     note = (f"lowest mean ppl: {best!r}; full recipe vs per-shape LoRA: "
             + ", ".join(f"{n} {100 * g:+.1f}%" for n, g in gap.items())
-            + f". Paper ordering (full recipe best on average, within 3% of per-shape) "
+            + ". Paper ordering (full recipe best on average, within 3% of per-shape) "
             + ("holds." if best == full_name and all(g <= 0.03 for g in gap.values()) else "does NOT hold in this run."))
     note += " Paired 90% intervals, mean of 6 shapes: " + "; ".join(
         f"{p['a']} vs {p['b']}: {p['diff']:+.2f} [{p['ci90'][0]:+.2f}, {p['ci90'][1]:+.2f}] ({p['verdict']})"

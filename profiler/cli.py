@@ -248,21 +248,29 @@ def table_show(
     from profiler.table import row_width_key, shape_key
 
     tab = _existing(device, flow, model, root)
-    df = tab.rows(phase=phase).sort_values(["variant", "phase", "source", "width", "depth"], ascending=[1, 1, 1, 0, 1])
-    t = Table(title=f"{tab.path} ({len(tab.df)} rows)")
-    for c in ("variant", "phase", "prompt_len", "shape", "p50 ms", "p10 ms", "p90 ms", "n", "contended", "source"):
+    df = tab.corrected(tab.rows(phase=phase)).sort_values(
+        ["variant", "phase", "source", "width", "depth"], ascending=[1, 1, 1, 0, 1])
+    t = Table(title=f"{tab.path} ({len(tab.df)} rows; ms = ratio x reference level where paired, else p50)")
+    for c in ("variant", "phase", "prompt", "threads", "shape", "ms [90%]", "ratio", "p50 ms", "p10-p90 ms", "n",
+              "util", "source"):
         t.add_column(c)
+
+    def num(v: float, fmt: str) -> str:
+        return "-" if v != v else format(v, fmt)  # NaN -> "-"
+
     for _, x in df.head(limit).iterrows():
         t.add_row(
             x.variant,
             x.phase,
             str(x.prompt_len),
+            str(x.threads),
             shape_key(x.depth, row_width_key(x.width, x.attn_width)),
+            f"{x.ms:.3f} [{num(x.ms_lo, '.3f')}, {num(x.ms_hi, '.3f')}]",
+            num(x.ratio, ".4f"),
             f"{x.p50_ms:.3f}",
-            f"{x.p10_ms:.3f}",
-            f"{x.p90_ms:.3f}",
+            f"{x.p10_ms:.3f}-{x.p90_ms:.3f}",
             str(x.n),
-            str(x.discarded),
+            num(x.util, ".2f"),
             x.source,
         )
     _console().print(t)

@@ -364,6 +364,7 @@ def few_shot(plan: Any, k: int, root: Path | str | None = None, progress: Any = 
     import time
 
     from profiler.flows import make_flow
+    from profiler.measure import LEGACY, PROTOCOL
     from profiler.plan import run_profile
     from profiler.table import LatencyTable, level_key, now_utc, row_key, shape_key as ref_name
 
@@ -410,11 +411,13 @@ def few_shot(plan: Any, k: int, root: Path | str | None = None, progress: Any = 
         ref_key = ref_name(*plan.reference)
         level = levels.get(level_key(key.variant, phase, key.prompt_len, key.batch, key.threads, ref_key))
         for t in model.transfer(obs, z):
+            # the protocol of the measurements it is derived from: paired when their line has a level
+            paired = level is not None and level.level_ms > 0
             row = {**row_key(key.variant, t.depth, t.width, phase, key.batch, key.prompt_len, "transferred",
-                             threads=key.threads),
+                             threads=key.threads, protocol=PROTOCOL if paired else LEGACY),
                    "p50_ms": t.ms, "p10_ms": t.lo_ms, "p90_ms": t.hi_ms, "n": 0, "discarded": 0,
                    "samples_ms": [], "created": now_utc()}
-            if level is not None and level.level_ms > 0:
+            if paired:
                 row.update(ratio=t.ms / level.level_ms, ratio_lo=t.lo_ms / level.level_ms,
                            ratio_hi=t.hi_ms / level.level_ms, reference=ref_key)
             table.replace(row)

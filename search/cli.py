@@ -98,7 +98,7 @@ def search(
     from rich.console import Console
     from rich.table import Table
 
-    from search.objectives import AccuracyObjective, AccuracyTable, LatencyObjective
+    from search.objectives import AccuracyTable, LatencyObjective
     from search.pareto import pareto_indices
     from search.problem import SearchProblem
     from search.query import write_meta

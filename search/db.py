@@ -276,6 +276,15 @@ class FleetDB:
         with self.engine.connect() as c:
             return sorted(r[0] for r in c.execute(self.sa.select(self.devices.c.name)))
 
+    def run_summaries(self) -> list[dict[str, Any]]:
+        """Every stored run: name, model and how many accuracy records it holds."""
+        sa = self.sa
+        with self.engine.connect() as c:
+            counts = dict(c.execute(sa.select(self.accuracy.c.run, sa.func.count()).group_by(self.accuracy.c.run)).all())
+            return [{"name": name, "model": (json.loads(meta).get("space") or {}).get("model"),
+                     "records": int(counts.get(name, 0))}
+                    for name, meta in c.execute(sa.select(self.runs.c.name, self.runs.c.meta).order_by(self.runs.c.name))]
+
     def count_rows(self, device: str | None = None) -> int:
         q = self.sa.select(self.sa.func.count()).select_from(self.rows)
         if device is not None:

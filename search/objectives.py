@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, dataclass

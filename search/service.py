@@ -110,6 +110,19 @@ class QueryOut(VariantOut):
     export_command: Optional[str]
 
 
+class RunOut(BaseModel):
+    name: str
+    model: Optional[str] = None
+    records: int = Field(description="Accuracy records stored for the run")
+    served: bool = Field(description="Whether this server answers /fronts and /query from it")
+
+
+class RunsOut(BaseModel):
+    served: str = Field(description="The run this server answers from")
+    runs: list[RunOut]
+    note: str = Field(description="How to answer from another stored run")
+
+
 class PushOut(BaseModel):
     inserted: int
     present: int = Field(description="Rows already stored with the same values")
@@ -325,6 +338,14 @@ def create_app(run_dir: Path | str, root: Path | None = None, token: str | None 
                     budget_ms: float = Query(..., gt=0, allow_inf_nan=False, description="Latency budget in ms"),
                     phase: Phase = "decode", variant: Optional[str] = Query(None, max_length=200)) -> Response:
         return await answer(lambda s: query_body(s, device, flow, budget_ms, phase, variant))
+
+    @app.get("/runs", response_model=RunsOut)
+    def runs() -> RunsOut:
+        """The runs the database holds (pushed with `amoeba push --run`); one of them is served."""
+        rows = [RunOut(**r, served=r["name"] == served.run) for r in store.run_summaries()]
+        return RunsOut(served=served.run, runs=rows,
+                       note="a server answers from one run; start another with `amoeba serve --run runs/NAME "
+                            "--db <this database>` to answer from NAME")
 
     @app.post("/profiles", response_model=PushOut)
     def push_profile(p: ProfileIn) -> PushOut:

@@ -15,8 +15,9 @@ on this 2-core machine; both give logits equal to transformers (max diff ~1e-7).
 cached under ``$AMOEBA_CACHE/onnx/<geometry fingerprint>-<exporter>-s<seed>/``. HF/optimum
 exporters are not used: optimum pins transformers < 4.58.
 
-Timing. ``InferenceSession`` with ``intra_op_num_threads = config.threads``, ``ORT_ENABLE_ALL``,
-the CPU provider (or CUDA, asserted to be the session's first provider). prefill: one
+Timing. ``InferenceSession`` with ``ORT_ENABLE_ALL`` and, on CPU, one intra-op thread pool of
+``config.threads`` threads shared by every session of the process (see :func:`_shared_pool`: per-session
+pools spin and steal the cores from the next session the paired protocol times), the CPU provider (or CUDA, asserted to be the session's first provider). prefill: one
 ``run_with_iobinding`` of ``P`` ids. decode: the past of ``P`` tokens is made once per ``P`` by an
 untimed prefill and kept as ``OrtValue``\\ s on the device; each timed step binds it as
 ``past_*`` with one new id, so every step attends to exactly ``P`` cached tokens and the cache is
@@ -141,6 +142,38 @@ class OrtArtifact:
     pasts: dict[int, list[Any]] = field(default_factory=dict)  # prompt_len -> present OrtValues
 
 
+_POOL: dict[str, int] = {}  # the process-wide intra-op pool's size, once created
+
+
+def _shared_pool(threads: int) -> bool:
+    """Use one intra-op thread pool for every CPU session of this process (True), sized ``threads``.
+
+    With ORT's default per-session pools, every session owns its threads and they spin for a while
+    after each run. The paired protocol alternates two sessions sample by sample, so the previous
+    session's spinning threads took the cores from the one being timed: on this 2-core host the
+    full-size SmolLM2 decode step took 48-57 ms interleaved against 20-21 ms alone, and ratios of
+    two shapes moved by up to 20% between runs. With one shared pool (as PyTorch and llama.cpp
+    share one OpenMP team), interleaved and alone agree (20.9 vs 21.9 ms) and keep ORT's default
+    spinning. The pool's size is fixed once the first session exists; a later session asking for
+    another thread count gets its own pool (logged)."""
+    if "threads" not in _POOL:
+        from onnxruntime.capi import _pybind_state as C
+
+        try:
+            C.set_global_thread_pool_sizes(int(threads), 1)
+        except Exception as e:  # noqa: BLE001 - the environment already exists (another session came first)
+            log.info("onnxruntime: no shared thread pool (%s); sessions keep their own threads", e)
+            _POOL["threads"] = -1
+            return False
+        _POOL["threads"] = int(threads)
+    if _POOL["threads"] != int(threads):
+        log.warning("onnxruntime: this process's shared thread pool has %s threads, not %s: this session gets its "
+                    "own threads, and its timings may suffer from the other sessions' spinning threads",
+                    _POOL["threads"], threads)
+        return False
+    return True
+
+
 class OnnxRuntimeFlow(Flow):
     name: ClassVar[str] = "onnxruntime"
     install_hint: ClassVar[str] = "pip install 'amoeba-deploy[onnx]' (onnxruntime, or onnxruntime-gpu for CUDA)"
@@ -171,7 +204,9 @@ class OnnxRuntimeFlow(Flow):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
-        if self.config.threads:
+        if self.config.device == "cpu" and _shared_pool(self.config.threads):
+            so.use_per_session_threads = False  # the process-wide pool: see _shared_pool
+        elif self.config.threads:
             so.intra_op_num_threads = self.config.threads
             so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

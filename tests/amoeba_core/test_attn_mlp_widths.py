@@ -1,5 +1,5 @@
 """Attention and MLP width as separate axes (``d24-a0.667-m0.750``): extraction equals masking,
-heads and channels are cut independently, HF/GGUF export, SMoL shape codes, and SmolLM2 (slow)."""
+heads and channels are cut independently, HF/GGUF export, SMoL shape codes (SmolLM2 cases: test_smollm2_slow.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from amoeba_core.strategy import Strategy
 from amoeba_core.subnet import extract_subnet, masked_subnet, n_params
 from tests._parity import FP32_REL_RMS, assert_logits_match, f16_weight_error
 
-REPO = Path(__file__).resolve().parents[2]
 IDS = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(3))
 # tiny: 4 heads in 2 KV groups, 128 channels -> attention widths 1, 0.5 (2 groups x 1), 0.25
 SPLIT = [((0, 1, 2, 3), 0.5, 1.0), ((0, 2, 3), 1.0, 0.5), ((1, 3), 0.25, 0.75), ((0, 1, 3), 0.5, 0.25)]
@@ -156,50 +155,6 @@ def test_smol_folded_split_shape_equals_adapter_model(strategy: Strategy) -> Non
     assert sub.config.num_attention_heads == 2 and not smol_modules(sub)
     with torch.no_grad():
         torch.testing.assert_close(sub(input_ids=IDS).logits, want, atol=2e-5, rtol=1e-4)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("text,heads,inter", [("d24-a0.667-m0.750", 6, 1152), ("d24-a1.000-m0.750", 9, 1152)])
-def test_smollm2_split_shape_extract_export(text: str, heads: int, inter: int, tmp_path: Path) -> None:
-    import gguf
-    from transformers import AutoModelForCausalLM
-
-    from amoeba_core.export import export_subnet
-    from amoeba_core.model import load_model
-
-    try:
-        smol = load_model("smollm2-135m")
-    except AmoebaError as e:
-        pytest.skip(str(e))
-    st = Strategy.load(REPO / "benchmarks/results/smollm2_strategy.yaml", expect_fingerprint=smol.fingerprint)
-    shape = st.resolve(text)
-    ids = smol.tokenizer("The capital of France is Paris. The capital of Italy is", return_tensors="pt").input_ids
-    sub = extract_subnet(smol.model, shape, st)
-    with torch.no_grad():
-        ref = sub(input_ids=ids).logits
-        with masked_subnet(smol.model, shape, st) as m:
-            masked = m(input_ids=ids, use_cache=False).logits
-    assert torch.allclose(ref, masked, atol=1e-3), float((ref - masked).abs().max())
-    g = smol.geometry.scaled(shape)
-    assert (g.n_heads, g.n_kv_heads, g.intermediate) == (heads, 3, inter)
-    assert n_params(sub) == g.n_params() + _bias_params(sub)
-    hf = export_subnet(smol, st, shape, tmp_path / "hf", "hf")
-    back = AutoModelForCausalLM.from_pretrained(hf)
-    with torch.no_grad():
-        assert torch.allclose(back(input_ids=ids).logits, ref, atol=1e-4)
-    path = export_subnet(smol, st, shape, tmp_path / "m.gguf", "gguf")
-    r = gguf.GGUFReader(str(path))
-    t = {x.name: tuple(int(s) for s in x.shape) for x in r.tensors}
-    assert t["blk.23.attn_q.weight"] == (576, heads * 64) and t["blk.23.attn_k.weight"] == (576, 3 * 64)
-    assert t["blk.0.ffn_gate.weight"] == (576, inter) and t["blk.0.ffn_down.weight"] == (inter, 576)
-    assert "blk.24.attn_q.weight" not in t
-    llama_cpp = pytest.importorskip("llama_cpp")
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False)
-    llm.eval(ids[0].tolist())
-    got = np.array(llm.scores[: ids.shape[1]])
-    ew = f16_weight_error(sub, lambda m: m(input_ids=ids).logits[0])
-    assert_logits_match(got, ref[0], 4 * ew + FP32_REL_RMS,
-                        f"f16 GGUF in llama.cpp vs fp32 PyTorch; f16 weight rounding alone: {ew:.3g}")
 
 
 def test_cli_eval_and_export_a_separate_width_shape(strategy: Strategy, tmp_path: Path,

@@ -121,6 +121,7 @@ def test_transferred_table_is_labelled_end_to_end(two_lines: Path, tmp_path: Pat
     assert len(meas) == 3 and len(tr) == 5 and ((meas.depth == 4) & (meas.width == 1.0)).any()
     assert (tr.n == 0).all() and (tr.p10_ms < tr.p50_ms).all() and (tr.p50_ms < tr.p90_ms).all()
     assert set(zip(meas.depth, meas.width)).isdisjoint(zip(tr.depth, tr.width))
+    assert (tr.protocol == "paired-v1").all() and (tr.threads == 1).all()  # derived from paired rows
     info = tab.header["transfers"]
     assert list(info) == ["float32/decode/p16/b1/t1"]
     assert all(len(v["references"]) == 2 and v["interval_level"] == 0.9 for v in info.values())

@@ -135,3 +135,21 @@ def test_push_a_run(fleet: tuple[str, str], measured_run: Path, tmp_path: Path) 
                                  str(tmp_path / "none")], catch_exceptions=False)
     assert r.exit_code == 0 and "0 new" in r.output, r.output
     assert _get(base, "/fronts/cpu-host/pytorch").json() == before
+
+
+def test_runs_lists_every_stored_run(fleet: tuple[str, str], measured_run: Path, tmp_path: Path) -> None:
+    """A run pushed under another name is stored and listed by GET /runs (not served by this server)."""
+    import shutil
+
+    base, _ = fleet
+    other = tmp_path / "other-run"
+    shutil.copytree(measured_run, other, ignore=shutil.ignore_patterns("*.db", ".*"))
+    r = CliRunner().invoke(app, ["push", "--server", base, "--token", TOKEN, "--run", str(other), "--root",
+                                 str(tmp_path / "none")], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    got = _get(base, "/runs").json()
+    runs = {x["name"]: x for x in got["runs"]}
+    assert got["served"] == measured_run.name and runs[measured_run.name]["served"]
+    assert not runs["other-run"]["served"] and "amoeba serve --run" in got["note"]
+    assert runs["other-run"]["records"] == runs[measured_run.name]["records"] > 0
+    assert runs["other-run"]["model"] == runs[measured_run.name]["model"]

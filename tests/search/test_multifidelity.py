@@ -11,7 +11,7 @@ import pytest
 from amoeba_core.shape import SubnetShape
 from search.hierarchical import run_hierarchical
 from search.objectives import AccuracyTable, LatencyObjective, MultiFidelityAccuracy, spread_order
-from search.pareto import hypervolume, pareto_indices
+from search.pareto import hypervolume
 from search.problem import SearchProblem
 from search.space import SearchSpace, fine_widths
 
