@@ -31,7 +31,8 @@ def select(
     widths: str = typer.Option("1,0.875,0.75,0.625", help="Comma-separated width ratios in (0, 1]."),
     out: Path = typer.Option(..., help="Strategy YAML to write."),
     calib_seq_len: int = typer.Option(256, help="Tokens per calibration window."),
-    calib_windows: int = typer.Option(1, help="Calibration windows for the depth DP metric."),
+    calib_windows: int = typer.Option(1, help="Calibration windows for the depth DP metric (spread evenly over the "
+                                              "calibration split, as are the width windows)."),
     stats_windows: int = typer.Option(4, help="Calibration windows for width statistics."),
     val_windows: int = typer.Option(2, help="Validation windows for choosing the width metric."),
     threads: int = typer.Option(0, help="torch threads (0: default)."),
@@ -73,7 +74,8 @@ def select(
 
     strategy = strategy.with_(stats={**strategy.stats, "wall_seconds_with_load": round(total, 2)},
                               data=data_record(calib_seq_len=calib_seq_len, calib_windows=calib_windows,
-                                               stats_windows=stats_windows, val_windows=val_windows))
+                                               stats_windows=stats_windows, val_windows=val_windows,
+                                               window_choice="spread"))
     strategy.save(out)
     st = strategy.stats
     console.print(f"depth DP: {st['dp_evaluations']} evaluations ({st['dp_evaluations_from_cache']} from cache) "

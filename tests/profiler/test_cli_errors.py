@@ -111,5 +111,8 @@ def test_good_commands(croot: Path, tmp_path: Path) -> None:
         croot, "table", "export", "--device", "cpu-host", "--flow", "pytorch", "--model", "tiny", "--out", str(out)
     )
     assert r.returncode == 0 and len(out.read_text().splitlines()) == 17
+    r = _run(croot, "table", "show", "--device", "cpu-host", "--flow", "pytorch", "--model", "tiny")
+    assert r.returncode == 0 and "ratio" in r.stdout and "contended" not in r.stdout, r.stdout
+    assert "1.0000" in r.stdout  # the paired reference's own row: ratio 1
     r = _run(croot, "devices")
     assert r.returncode == 0 and "roofline-only" in r.stdout and "cpu-host" in r.stdout
