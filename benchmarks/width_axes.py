@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -94,6 +95,23 @@ def profile_missing(root: Path | None, threads: int) -> dict:
                      "seconds": round(time.perf_counter() - t0, 1), "depths_timed": list(plan.measured_depths)}
         print(f"profile {name}: {res.written} rows timed, {res.skipped} present", flush=True)
     return out
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} logical cores"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _loadavg() -> str | None:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return None
 
 
 def _ci(lo: float | None, hi: float | None, digits: int = 4) -> list[float] | None:
@@ -235,9 +253,10 @@ def main() -> None:
                     "prompt_len": PROMPT_LEN, "threads": part.threads, "full_model_ms": round(full_ms, 4),
                     "sources": "measured rows (paired protocol, drift-corrected ms) at the sparse depths; "
                                "predicted (labelled) elsewhere",
-                    "host": platform.processor() or platform.machine(),
-                    "noise": "shared 2-core host with other jobs running; every row's 90% interval is in "
-                             "latency_ci90 (paired-ratio bootstrap x reference level)",
+                    "host": _cpu_name(),
+                    "loadavg_at_end": _loadavg(),
+                    "noise": "every row's 90% interval is in latency_ci90 (paired-ratio bootstrap x reference "
+                             "level); the load average at the end is the host's load while it was written",
                     "profiled_now": not (args.no_profile or args.only_score)},
         "profiling": prof,
         "spaces": out_spaces,

@@ -166,7 +166,11 @@ def test_rows_carry_ratio_reference_and_provenance(root: Path) -> None:
     # the table keeps the reference's level per (variant, phase, prompt_len, batch, threads, reference)
     [level] = t.reference_levels().values()
     assert level.reference == "d4-w1.000" and level.n_blocks == 2  # 6 shapes: blocks of 4 and 2
-    assert level.p10_ms <= level.level_ms <= level.p90_ms
+    assert min(level.blocks_ms) <= level.level_ms <= max(level.blocks_ms)
+    entry = t.header["references"][next(iter(t.header["references"]))]
+    assert entry["level_estimator"] == "pooled-samples"  # the median of every reference sample
+    ref_row = df[(df.depth == 4) & (df.width == 1.0)].iloc[0]  # its samples: every block's reference samples
+    assert level.level_ms == pytest.approx(float(np.median(ref_row.samples_ms)), rel=0.02)
     c = t.corrected()
     assert np.allclose(c.ms, c.ratio * level.level_ms) and (c.ms_lo <= c.ms).all() and (c.ms <= c.ms_hi).all()
     est = LatencyModel.open("cpu-host", "pytorch", "tiny", "decode", 16, root=root).estimate(3, 1.0)
@@ -235,3 +239,20 @@ def test_redo_contended_retimes_rows_with_low_util(root: Path) -> None:
     row = LatencyTable("cpu-host", "pytorch", "tiny", root).get(
         row_key("float32", 2, 1.0, "decode", 1, 16, "measured", 1, PROTOCOL))
     assert row.p50_ms < 1e6 and len(LatencyTable("cpu-host", "pytorch", "tiny", root).df) == 2
+
+
+def test_level_is_the_pooled_median_and_reads_older_headers() -> None:
+    """Blocks in two speed modes: the pooled median follows where the samples are (the median of 5
+    block medians lands on the fast mode); headers without quantiles fall back to the block medians."""
+    from profiler.table import _level_summary, _quantiles
+
+    rng = np.random.default_rng(0)
+    fast = [{"p50_ms": m, "n": 10, "quantiles_ms": _quantiles(m + 0.01 * rng.standard_normal(10))}
+            for m in (4.40, 4.45, 4.46)]
+    slow = [{"p50_ms": m, "n": 40, "quantiles_ms": _quantiles(m + 0.01 * rng.standard_normal(40))} for m in (5.40, 5.44)]
+    s = _level_summary(fast + slow)
+    assert s["level_ms"] == pytest.approx(5.40, abs=0.03) and s["level_estimator"] == "pooled-samples"
+    assert s["p10_ms"] < 4.45 and s["p90_ms"] > 5.4 and s["n_samples"] == 110
+    old = [{k: v for k, v in b.items() if k != "quantiles_ms"} for b in fast + slow]
+    s = _level_summary(old)
+    assert s["level_ms"] == pytest.approx(4.46) and s["level_estimator"] == "block-medians"
