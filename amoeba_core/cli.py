@@ -31,8 +31,9 @@ def select(
     widths: str = typer.Option("1,0.875,0.75,0.625", help="Comma-separated width ratios in (0, 1]."),
     out: Path = typer.Option(..., help="Strategy YAML to write."),
     calib_seq_len: int = typer.Option(256, help="Tokens per calibration window."),
-    calib_windows: int = typer.Option(1, help="Calibration windows for the depth DP metric (spread evenly over the "
-                                              "calibration split, as are the width windows)."),
+    calib_windows: int = typer.Option(4, help="Calibration windows for the depth DP metric, spread evenly over the "
+                                              "calibration split (4 x 256 tokens: the budget benchmarks/stage1.py "
+                                              "found best on held-out text)."),
     stats_windows: int = typer.Option(4, help="Calibration windows for width statistics."),
     val_windows: int = typer.Option(2, help="Validation windows for choosing the width metric."),
     threads: int = typer.Option(0, help="torch threads (0: default)."),

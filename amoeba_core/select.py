@@ -26,7 +26,7 @@ def select_strategy(
     widths: tuple[float, ...] = (1.0, 0.875, 0.75, 0.625),
     cache_dir: Path | str | None = None,
     calib_seq_len: int = 256,
-    calib_windows: int = 1,
+    calib_windows: int = 4,
     stats_windows: int = 4,
     val_windows: int = 2,
     width_candidates: tuple[str, ...] = ("flap-bias", "flap", "wanda"),

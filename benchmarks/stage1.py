@@ -22,7 +22,7 @@ depth where the two pick different layers; a depth where they pick the same laye
 counts as not beaten), ``dp_not_worse_all_depths`` (ShortGPT never significantly better), and the
 per-depth verdicts. Scores are cached in runs/stage1-bench/ (a killed run resumes).
 
-    python benchmarks/stage1.py                      # budgets 1 and 4 windows (long: ~30 min on 2 cores)
+    python benchmarks/stage1.py                      # budgets 1, 2 and 4 windows (~25 min on 2 cores)
     python benchmarks/stage1.py --quick              # depths 24/18, budget 1, 4 random subsets
 """
 
@@ -81,7 +81,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--depths", default="27,24,21,18,15")
-    ap.add_argument("--calib-windows", default="1,4", help="DP/ShortGPT calibration budgets (windows of 256 tokens)")
+    ap.add_argument("--calib-windows", default="1,2,4", help="DP/ShortGPT calibration budgets (windows of 256 tokens)")
     ap.add_argument("--test-windows", type=int, default=16, help="windows per held-out text for DP/ShortGPT/drop-last")
     ap.add_argument("--random", type=int, default=40, help="random layer subsets per depth")
     ap.add_argument("--random-windows", type=int, default=1, help="windows (of the test ones) the random subsets use")
