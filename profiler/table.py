@@ -481,7 +481,8 @@ class RefLevel:
     from each block's 21 quantiles weighted by its sample count, which the header keeps): with a
     handful of blocks, the median of the block medians jumped between two speed modes of llama.cpp
     q4_0 (block medians 4.4 and 5.4 ms in both of two runs, levels 4.46 and 5.37 ms), while the
-    pooled medians of the same runs agreed to 2.4%. ``p10_ms``/``p90_ms`` are those of the block
+    pooled medians of the same runs agreed to 2.4% (a later pair still moved 13.8%: this uses every
+    sample, it does not make an unstable runtime stable). ``p10_ms``/``p90_ms`` are those of the block
     medians (``drift``). Blocks written before samples were kept: the median of the block medians."""
 
     reference: str
