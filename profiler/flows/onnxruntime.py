@@ -16,8 +16,9 @@ cached under ``$AMOEBA_CACHE/onnx/<geometry fingerprint>-<exporter>-s<seed>/``. 
 exporters are not used: optimum pins transformers < 4.58.
 
 Timing. ``InferenceSession`` with ``ORT_ENABLE_ALL`` and, on CPU, one intra-op thread pool of
-``config.threads`` threads shared by every session of the process (see :func:`_shared_pool`: per-session
-pools spin and steal the cores from the next session the paired protocol times), the CPU provider (or CUDA, asserted to be the session's first provider). prefill: one
+``config.threads`` threads shared by every session of the process (see :func:`_shared_pool`:
+per-session pools spin and steal the cores from the next session the paired protocol times), the
+CPU provider (or CUDA, asserted to be the session's first provider). prefill: one
 ``run_with_iobinding`` of ``P`` ids. decode: the past of ``P`` tokens is made once per ``P`` by an
 untimed prefill and kept as ``OrtValue``\\ s on the device; each timed step binds it as
 ``past_*`` with one new id, so every step attends to exactly ``P`` cached tokens and the cache is
@@ -152,8 +153,8 @@ def _shared_pool(threads: int) -> bool:
     after each run. The paired protocol alternates two sessions sample by sample, so the previous
     session's spinning threads took the cores from the one being timed: on this 2-core host the
     full-size SmolLM2 decode step took 48-57 ms interleaved against 20-21 ms alone, and ratios of
-    two shapes moved by up to 20% between runs. With one shared pool (as PyTorch and llama.cpp
-    share one OpenMP team), interleaved and alone agree (20.9 vs 21.9 ms) and keep ORT's default
+    two shapes moved by up to 22% between runs. With one shared pool (as every PyTorch model of a
+    process shares one OpenMP team), interleaved and alone agree (20.9 vs 21.9 ms) and keep ORT's default
     spinning. The pool's size is fixed once the first session exists; a later session asking for
     another thread count gets its own pool (logged)."""
     if "threads" not in _POOL:
