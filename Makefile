@@ -77,6 +77,7 @@ bench: install-all
 	$(BIN)/python benchmarks/width_axes.py
 	$(BIN)/python benchmarks/select_speed.py
 	$(BIN)/python benchmarks/stage1.py
+	$(BIN)/python benchmarks/stage2_ablation.py --steps 100
 	$(BIN)/python benchmarks/search_efficiency.py
 	$(BIN)/python benchmarks/stage2_ablation.py --minutes 22
 	$(BIN)/python benchmarks/query_load.py

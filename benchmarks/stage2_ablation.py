@@ -291,7 +291,8 @@ def main() -> None:
     result = {
         "benchmark": "stage2_ablation",
         "quick": args.quick,
-        "where": f"CPU ({platform.machine()}, torch threads {args.threads}, shared machine)",
+        "where": f"CPU ({platform.machine()}, {os.cpu_count()} logical cores, torch threads {args.threads})",
+        "loadavg_at_end": " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else None,
         "model": loaded.source,
         "strategy": strategy_src,
         "metric": (f"test-split perplexity, {len(test)} windows x {eval_len} tokens spread over the split "
