@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from amoeba_core.data import split_docs, spread_windows
-from amoeba_core.depth import check_min_depth, dp_depth, n_dp_evaluations
+from amoeba_core.depth import DepthResult, check_min_depth, dp_depth, n_dp_evaluations
 from amoeba_core.evaluate import Evaluator
 from amoeba_core.model import LoadedModel
 from amoeba_core.shape import SubnetShape
@@ -44,25 +44,8 @@ def select_strategy(
         widths = (1.0, *widths)
     t_start = time.perf_counter()
     cache = Path(cache_dir) / "dp_scores.jsonl" if cache_dir is not None else None
-    # spread over the whole split: its first windows are all from one source (pydoc topics), and a DP
-    # calibrated on one source alone picked layers that lost to ShortGPT on the other (benchmarks/stage1.py)
-    calib = Evaluator(loaded, None, split="calib", seq_len=calib_seq_len, max_windows=calib_windows, cache=cache,
-                      spread=True)
+    result, calib = select_depth(loaded, min_depth, calib_seq_len, calib_windows, cache, progress)
     total = n_dp_evaluations(n, min_depth)
-
-    def dp_progress(done: int, tot: int) -> None:
-        if progress is not None:
-            progress("depth DP", done, tot)
-
-    result = dp_depth(
-        n,
-        min_depth,
-        metric=lambda s: calib.score(s).ppl,
-        progress=dp_progress,
-        is_cached=lambda s: calib.key(s) in calib._scores,  # noqa: SLF001
-        metric_many=lambda shapes: [x.ppl for x in calib.score_many(shapes)],
-    )
-    log.info("DP: %d evaluations (%d from cache) in %.1f s", result.n_evaluations, result.n_cached, result.seconds)
 
     t_w = time.perf_counter()
     base = Strategy(
@@ -93,6 +76,38 @@ def select_strategy(
             "total_seconds": round(total_s, 2),
         }
     )
+
+
+def select_depth(
+    loaded: LoadedModel,
+    min_depth: int,
+    calib_seq_len: int = 256,
+    calib_windows: int = 4,
+    cache: Path | str | None = None,
+    progress: Progress | None = None,
+) -> tuple[DepthResult, Evaluator]:
+    """Depth half of Stage 1: the DP on calibration perplexity; its result and the calibration
+    evaluator (its ``ids`` are the calibration windows; ``cache`` a JSON-lines score cache)."""
+    check_min_depth(loaded.geometry.n_layers, min_depth)
+    # spread over the whole split: its first windows are all from one source (pydoc topics), and a DP
+    # calibrated on one source alone picked layers that lost to ShortGPT on the other (benchmarks/stage1.py)
+    calib = Evaluator(loaded, None, split="calib", seq_len=calib_seq_len, max_windows=calib_windows, cache=cache,
+                      spread=True)
+
+    def dp_progress(done: int, tot: int) -> None:
+        if progress is not None:
+            progress("depth DP", done, tot)
+
+    result = dp_depth(
+        loaded.geometry.n_layers,
+        min_depth,
+        metric=lambda s: calib.score(s).ppl,
+        progress=dp_progress,
+        is_cached=lambda s: calib.key(s) in calib._scores,  # noqa: SLF001
+        metric_many=lambda shapes: [x.ppl for x in calib.score_many(shapes)],
+    )
+    log.info("DP: %d evaluations (%d from cache) in %.1f s", result.n_evaluations, result.n_cached, result.seconds)
+    return result, calib
 
 
 def select_width(

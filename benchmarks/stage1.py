@@ -39,20 +39,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from amoeba_core.data import data_record, spread_windows, split_docs  # noqa: E402
-from amoeba_core.depth import block_influence, block_influence_layers, dp_depth, drop_last  # noqa: E402
+from amoeba_core.depth import block_influence, block_influence_layers, drop_last  # noqa: E402
 from amoeba_core.evaluate import Evaluator, ShapeScore, compare  # noqa: E402
 from amoeba_core.model import load_model  # noqa: E402
+from amoeba_core.select import select_depth  # noqa: E402
 from amoeba_core.shape import SubnetShape  # noqa: E402
+
+from benchmarks._profile_run import loadavg  # noqa: E402
 
 TEXTS = ("test-topics", "test-stdlib")
 SEQ = 256
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
 
 
 def _ci(s: ShapeScore) -> list[float] | None:
@@ -63,18 +59,14 @@ def _score(s: ShapeScore) -> dict:
     return {"ppl": round(s.ppl, 3), "ppl_ci90": _ci(s), "top1_acc": round(s.top1_acc, 4), "tokens": s.n_tokens}
 
 
-def run_dp(loaded, n: int, min_depth: int, windows: int, cache: Path) -> tuple[dict[int, tuple[int, ...]], dict, object]:
-    """The depth DP as `amoeba select` runs it (windows spread over the calibration split); its layers, stats
-    and calibration windows (ShortGPT gets the same ones)."""
-    calib = Evaluator(loaded, None, split="calib", seq_len=SEQ, max_windows=windows, cache=cache, spread=True)
-    t0 = time.perf_counter()
-    r = dp_depth(n, min_depth, metric=lambda s: calib.score(s).ppl,
-                 is_cached=lambda s: calib.key(s) in calib._scores,  # noqa: SLF001
-                 metric_many=lambda shapes: [x.ppl for x in calib.score_many(shapes)])
+def run_dp(loaded, min_depth: int, windows: int, cache: Path) -> tuple[dict[int, tuple[int, ...]], dict, object]:
+    """The depth DP exactly as `amoeba select` runs it (:func:`amoeba_core.select.select_depth`); its layers,
+    stats and calibration windows (ShortGPT gets the same ones)."""
+    r, calib = select_depth(loaded, min_depth, SEQ, windows, cache)
     print(f"  DP with {windows} calibration window(s): {r.n_evaluations} evaluations "
-          f"({r.n_cached} cached) in {time.perf_counter() - t0:.0f} s", flush=True)
+          f"({r.n_cached} cached) in {r.seconds:.0f} s", flush=True)
     return r.layers, {"evaluations": r.n_evaluations, "cached": r.n_cached,
-                      "seconds": round(time.perf_counter() - t0, 1), "calib_tokens": calib.n_tokens}, calib.ids
+                      "seconds": round(r.seconds, 1), "calib_tokens": calib.n_tokens}, calib.ids
 
 
 def main() -> None:
@@ -110,7 +102,7 @@ def main() -> None:
 
     selections: dict[int, dict] = {}
     for b in budgets:
-        layers, stats, calib_ids = run_dp(loaded, n, min(depths), b, cache_dir / "dp_scores.jsonl")
+        layers, stats, calib_ids = run_dp(loaded, min(depths), b, cache_dir / "dp_scores.jsonl")
         influence = block_influence(loaded, calib_ids)
         selections[b] = {"dp": {d: layers[d] for d in depths},
                          "shortgpt": block_influence_layers(influence, depths),

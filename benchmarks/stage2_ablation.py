@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import tempfile
 import time
 from dataclasses import asdict, replace
@@ -37,14 +38,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from amoeba_core.data import data_record, split_docs, spread_windows, text_splits, token_windows
-from amoeba_core.evaluate import ShapeScore, compare
-from amoeba_core.finetune import FinetuneConfig, finetune
-from amoeba_core.model import LoadedModel, load_model
-from amoeba_core.shape import SubnetShape
-from amoeba_core.smol import adapted_subnet
-from amoeba_core.stats import Interval, PairedDiff, bootstrap
-from amoeba_core.strategy import LayerRanking, Strategy
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks._profile_run
+
+from amoeba_core.data import data_record, split_docs, spread_windows, text_splits, token_windows  # noqa: E402
+from amoeba_core.evaluate import ShapeScore, compare  # noqa: E402
+from amoeba_core.finetune import FinetuneConfig, finetune  # noqa: E402
+from amoeba_core.model import LoadedModel, load_model  # noqa: E402
+from amoeba_core.shape import SubnetShape  # noqa: E402
+from amoeba_core.smol import adapted_subnet  # noqa: E402
+from amoeba_core.stats import Interval, PairedDiff, bootstrap  # noqa: E402
+from amoeba_core.strategy import LayerRanking, Strategy  # noqa: E402
+
+from benchmarks._profile_run import loadavg  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 log = logging.getLogger("stage2_ablation")
@@ -292,7 +297,7 @@ def main() -> None:
         "benchmark": "stage2_ablation",
         "quick": args.quick,
         "where": f"CPU ({platform.machine()}, {os.cpu_count()} logical cores, torch threads {args.threads})",
-        "loadavg_at_end": " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else None,
+        "loadavg_at_end": loadavg(),
         "model": loaded.source,
         "strategy": strategy_src,
         "metric": (f"test-split perplexity, {len(test)} windows x {eval_len} tokens spread over the split "

@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -59,6 +58,9 @@ from amoeba_core.shape import width_key  # noqa: E402
 from profiler.lookup import LatencyModel  # noqa: E402
 from search.pareto import hypervolume, pareto_indices  # noqa: E402
 from search.space import SearchSpace  # noqa: E402
+from profiler.measure import cpu_model  # noqa: E402
+
+from benchmarks._profile_run import loadavg  # noqa: E402
 
 MODEL = "smollm2-135m"
 STRATEGY = REPO / "benchmarks/results/smollm2_strategy.yaml"
@@ -95,23 +97,6 @@ def profile_missing(root: Path | None, threads: int) -> dict:
                      "seconds": round(time.perf_counter() - t0, 1), "depths_timed": list(plan.measured_depths)}
         print(f"profile {name}: {res.written} rows timed, {res.skipped} present", flush=True)
     return out
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} logical cores"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _loadavg() -> str | None:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return None
 
 
 def _ci(lo: float | None, hi: float | None, digits: int = 4) -> list[float] | None:
@@ -253,8 +238,8 @@ def main() -> None:
                     "prompt_len": PROMPT_LEN, "threads": part.threads, "full_model_ms": round(full_ms, 4),
                     "sources": "measured rows (paired protocol, drift-corrected ms) at the sparse depths; "
                                "predicted (labelled) elsewhere",
-                    "host": _cpu_name(),
-                    "loadavg_at_end": _loadavg(),
+                    "host": f"{cpu_model()}, {os.cpu_count()} logical cores",
+                    "loadavg_at_end": loadavg(),
                     "noise": "every row's 90% interval is in latency_ci90 (paired-ratio bootstrap x reference "
                              "level); the load average at the end is the host's load while it was written",
                     "profiled_now": not (args.no_profile or args.only_score)},
