@@ -71,6 +71,7 @@ demo: install
 # Every figure the README quotes, each script with its defaults (2 threads where it times; the README
 # names the flags of the runs behind its figures where they differ). Long: run on a quiet host.
 bench: install-all
+	$(BIN)/python benchmarks/ort_thread_pool.py
 	$(BIN)/python benchmarks/reproducibility.py
 	$(BIN)/python benchmarks/predictor_accuracy.py
 	$(BIN)/python benchmarks/few_shot.py

@@ -151,12 +151,12 @@ def _shared_pool(threads: int) -> bool:
 
     With ORT's default per-session pools, every session owns its threads and they spin for a while
     after each run. The paired protocol alternates two sessions sample by sample, so the previous
-    session's spinning threads took the cores from the one being timed: on this 2-core host the
-    full-size SmolLM2 decode step took 48-57 ms interleaved against 20-21 ms alone, and ratios of
-    two shapes moved by up to 22% between runs. With one shared pool (as every PyTorch model of a
-    process shares one OpenMP team), interleaved and alone agree (20.9 vs 21.9 ms) and keep ORT's default
-    spinning. The pool's size is fixed once the first session exists; a later session asking for
-    another thread count gets its own pool (logged)."""
+    session's spinning threads took the cores from the one being timed: on a 2-core host the
+    full-size SmolLM2 decode step took 54 ms interleaved against 24 ms alone, and ratios of two
+    shapes moved by up to 22% between runs. With one shared pool (as every PyTorch model of a
+    process shares one OpenMP team), interleaved and alone agree (23.4 vs 22.4 ms) and keep ORT's
+    default spinning (benchmarks/ort_thread_pool.py). The pool's size is fixed once the first session exists, and ORT then refuses
+    per-session pools: a later session asking for another thread count is an error naming the fix."""
     if "threads" not in _POOL:
         from onnxruntime.capi import _pybind_state as C
 
@@ -167,11 +167,9 @@ def _shared_pool(threads: int) -> bool:
             _POOL["threads"] = -1
             return False
         _POOL["threads"] = int(threads)
-    if _POOL["threads"] != int(threads):
-        log.warning("onnxruntime: this process's shared thread pool has %s threads, not %s: this session gets its "
-                    "own threads, and its timings may suffer from the other sessions' spinning threads",
-                    _POOL["threads"], threads)
-        return False
+    if _POOL["threads"] != int(threads):  # ORT refuses per-session pools once the shared one exists
+        raise AmoebaError(f"onnxruntime: this process's thread pool has {_POOL['threads']} threads, not {threads}; "
+                          "time another thread count in another process (e.g. another `amoeba profile` run)")
     return True
 
 
