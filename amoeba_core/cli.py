@@ -34,6 +34,8 @@ def select(
     calib_windows: int = typer.Option(4, help="Calibration windows for the depth DP metric, spread evenly over the "
                                               "calibration split (4 x 256 tokens: the budget benchmarks/stage1.py "
                                               "found best on held-out text)."),
+    depth_metric: str = typer.Option("ppl", help="What the depth DP minimises on the calibration windows: ppl "
+                                                 "(perplexity) or kl (KL divergence from the full model)."),
     stats_windows: int = typer.Option(4, help="Calibration windows for width statistics."),
     val_windows: int = typer.Option(2, help="Validation windows for choosing the width metric."),
     threads: int = typer.Option(0, help="torch threads (0: default)."),
@@ -43,10 +45,11 @@ def select(
 
     from amoeba_core.depth import check_min_depth
     from amoeba_core.model import load_model
-    from amoeba_core.select import select_strategy
+    from amoeba_core.select import check_depth_metric, select_strategy
     from amoeba_core.shape import parse_widths
 
     w = parse_widths(widths)
+    check_depth_metric(depth_metric)
     if out.suffix not in (".yaml", ".yml"):
         raise AmoebaError(f"--out must be a .yaml file, got {out}")
     if out.exists() and out.is_dir():
@@ -69,12 +72,13 @@ def select(
 
         strategy = select_strategy(loaded, min_depth, w, cache_dir=cache_dir, calib_seq_len=calib_seq_len,
                                    calib_windows=calib_windows, stats_windows=stats_windows,
-                                   val_windows=val_windows, progress=progress)
+                                   val_windows=val_windows, progress=progress, depth_metric=depth_metric)
     total = time.perf_counter() - t0
     from amoeba_core.data import data_record
 
     strategy = strategy.with_(stats={**strategy.stats, "wall_seconds_with_load": round(total, 2)},
                               data=data_record(calib_seq_len=calib_seq_len, calib_windows=calib_windows,
+                                               depth_metric=depth_metric,
                                                stats_windows=stats_windows, val_windows=val_windows,
                                                window_choice="spread"))
     strategy.save(out)

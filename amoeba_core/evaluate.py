@@ -368,8 +368,8 @@ class Evaluator:
                 nll_w: list[float] = []
                 correct_w: list[int] = []
                 n_w: list[int] = []
-                for b, hb in zip(self.ids.split(self.batch_size), h.split(self.batch_size)):
-                    s_, c_, m_ = self._head(hb, b)
+                for i, (b, hb) in enumerate(zip(self.ids.split(self.batch_size), h.split(self.batch_size))):
+                    s_, c_, m_ = self._head(hb, b, i)
                     nll_w += s_
                     correct_w += c_
                     n_w += m_
@@ -422,8 +422,8 @@ class Evaluator:
                 hs = [self._layer(layer, h) for h in hs]
                 if start + j + 1 <= k_max:
                     self._remember((w, start + j + 1), hs)
-            for b, h in zip(self.ids.split(self.batch_size), hs):
-                s, c, m = self._head(h, b)
+            for i, (b, h) in enumerate(zip(self.ids.split(self.batch_size), hs)):
+                s, c, m = self._head(h, b, i)
                 nll_w += s
                 correct_w += c
                 n_w += m
@@ -434,12 +434,15 @@ class Evaluator:
         out = layer(h, attention_mask=None, position_ids=self._pos, position_embeddings=(cos, sin))
         return out[0] if isinstance(out, tuple) else out
 
-    def _head(self, h: torch.Tensor, ids: torch.Tensor) -> tuple[list[float], list[int], list[int]]:
-        """Per window: NLL sum, right tokens, predicted tokens."""
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        model = self.loaded.model
+        return model.lm_head(model.model.norm(h))[:, :-1].float()
+
+    def _head(self, h: torch.Tensor, ids: torch.Tensor, batch: int = 0) -> tuple[list[float], list[int], list[int]]:
+        """Per window of batch number ``batch``: NLL sum, right tokens, predicted tokens."""
         import torch.nn.functional as F
 
-        model = self.loaded.model
-        logits = model.lm_head(model.model.norm(h))[:, :-1].float()
+        logits = self._logits(h)
         target = ids[:, 1:]
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
         nll = nll.view(target.shape).double().sum(1)
@@ -457,6 +460,54 @@ class Evaluator:
             self._memo_bytes -= sum(t.numel() * t.element_size() for t in old)
         self._memo[key] = hs
         self._memo_bytes += size
+
+
+class DistillEvaluator(Evaluator):
+    """Scores a shape by how far its next-token distribution is from the full model's on the
+    same windows: per window the sum over tokens of ``KL(p_full || p_shape)`` in nats.
+
+    The returned :class:`ShapeScore` keeps that sum where an :class:`Evaluator` keeps the NLL sum:
+    its ``nll`` is the mean KL per token (``ppl`` is ``exp`` of it, ``top1_acc`` the share of
+    tokens whose arg-max agrees with the *full model's* arg-max), so intervals, :func:`compare` and
+    the score cache work unchanged; the cache key and ``split`` say ``kl``. A depth DP calibrated on
+    it matches the full model's whole distribution at every token instead of the one observed next
+    token (``benchmarks/stage1.py`` compares the two). The full model's log-probabilities of all
+    windows are held in memory (windows x (seq_len - 1) x vocabulary float32: 200 MB for 4 windows
+    of 256 tokens of SmolLM2) and computed on first use, unless every shape asked is cached.
+    """
+
+    def __init__(self, loaded: LoadedModel, *args: Any, **kw: Any) -> None:
+        super().__init__(loaded, *args, **kw)
+        if self.strategy is not None or loaded.adapters is not None:
+            raise AmoebaError("the KL metric compares full-width subnets of the bare model with the full model")
+        self.split = f"{self.split}:kl"
+        self._teacher: list[torch.Tensor] | None = None
+
+    def _teacher_logp(self, batch: int) -> torch.Tensor:
+        import torch
+
+        if self._teacher is None:
+            inner = self.loaded.model.model
+            with torch.no_grad():
+                self._teacher = []
+                for b in self.ids.split(self.batch_size):
+                    h = inner.embed_tokens(b)
+                    for layer in inner.layers:
+                        h = self._layer(layer, h)
+                    self._teacher.append(torch.log_softmax(self._logits(h), -1))
+        return self._teacher[batch]
+
+    def _head(self, h: torch.Tensor, ids: torch.Tensor, batch: int = 0) -> tuple[list[float], list[int], list[int]]:
+        """Per window: sum of KL(full || shape) over its predicted tokens, tokens whose arg-max
+        agrees with the full model's, predicted tokens."""
+        import torch
+
+        logq = torch.log_softmax(self._logits(h), -1)
+        logp = self._teacher_logp(batch)
+        kl = (logp.exp() * (logp - logq)).sum(-1).double().sum(1)
+        agree = (logq.argmax(-1) == logp.argmax(-1)).sum(1)
+        n = int(logp.shape[1])
+        return kl.tolist(), [int(a) for a in agree], [n] * int(logp.shape[0])
 
 
 def _replace_cached(s: ShapeScore) -> ShapeScore:

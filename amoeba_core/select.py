@@ -9,7 +9,8 @@ from typing import Callable
 
 from amoeba_core.data import split_docs, spread_windows
 from amoeba_core.depth import DepthResult, check_min_depth, dp_depth, n_dp_evaluations
-from amoeba_core.evaluate import Evaluator
+from amoeba_core.errors import AmoebaError
+from amoeba_core.evaluate import DistillEvaluator, Evaluator, ShapeScore
 from amoeba_core.model import LoadedModel
 from amoeba_core.shape import SubnetShape
 from amoeba_core.strategy import Strategy
@@ -31,8 +32,10 @@ def select_strategy(
     val_windows: int = 2,
     width_candidates: tuple[str, ...] = ("flap-bias", "flap", "wanda"),
     progress: Progress | None = None,
+    depth_metric: str = "ppl",
 ) -> Strategy:
-    """Run the depth DP on calibration perplexity, rank widths, choose the width metric on val.
+    """Run the depth DP on calibration perplexity (or KL from the full model: ``depth_metric``),
+    rank widths, choose the width metric on val.
 
     ``cache_dir`` holds the evaluator's score cache (``dp_scores.jsonl``): a killed run
     resumes there without re-evaluating any shape.
@@ -40,11 +43,12 @@ def select_strategy(
     n = loaded.geometry.n_layers
     check_min_depth(n, min_depth)
     widths = tuple(loaded.geometry.check_width(w) for w in widths)  # before any cache file is written
+    check_depth_metric(depth_metric)
     if 1.0 not in widths:
         widths = (1.0, *widths)
     t_start = time.perf_counter()
     cache = Path(cache_dir) / "dp_scores.jsonl" if cache_dir is not None else None
-    result, calib = select_depth(loaded, min_depth, calib_seq_len, calib_windows, cache, progress)
+    result, calib = select_depth(loaded, min_depth, calib_seq_len, calib_windows, cache, progress, depth_metric)
     total = n_dp_evaluations(n, min_depth)
 
     t_w = time.perf_counter()
@@ -52,7 +56,7 @@ def select_strategy(
         model_fingerprint=loaded.fingerprint,
         model_source=loaded.source,
         geometry=loaded.geometry.to_dict(),
-        metric="calib-ppl",
+        metric=f"calib-{depth_metric}",
         calib_split="calib",
         depth_layers=result.layers,
         rankings=Strategy.trivial(loaded.geometry, loaded.fingerprint, loaded.source).rankings,
@@ -69,13 +73,21 @@ def select_strategy(
             "dp_evaluations_from_cache": result.n_cached,
             "dp_seconds": round(result.seconds, 2),
             "dp_calib_tokens": calib.n_windows * calib_seq_len,
-            "dp_calib_ppl": {str(d): round(v, 4) for d, v in sorted(result.scores.items(), reverse=True)},
+            f"dp_calib_{depth_metric}": {str(d): round(v, 4) for d, v in sorted(result.scores.items(), reverse=True)},
             "width_stats_tokens": stats_tokens,
             "width_metric_val_ppl": {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in report.items()},
             "width_seconds": round(time.perf_counter() - t_w, 2),
             "total_seconds": round(total_s, 2),
         }
     )
+
+
+DEPTH_METRICS = ("ppl", "kl")
+
+
+def check_depth_metric(metric: str) -> None:
+    if metric not in DEPTH_METRICS:
+        raise AmoebaError(f"depth metric must be one of {', '.join(DEPTH_METRICS)}, got {metric!r}")
 
 
 def select_depth(
@@ -85,14 +97,22 @@ def select_depth(
     calib_windows: int = 4,
     cache: Path | str | None = None,
     progress: Progress | None = None,
+    metric: str = "ppl",
 ) -> tuple[DepthResult, Evaluator]:
-    """Depth half of Stage 1: the DP on calibration perplexity; its result and the calibration
-    evaluator (its ``ids`` are the calibration windows; ``cache`` a JSON-lines score cache)."""
+    """Depth half of Stage 1: the DP on calibration perplexity (``metric="ppl"``) or on the mean
+    KL divergence from the full model's next-token distribution (``"kl"``,
+    :class:`~amoeba_core.evaluate.DistillEvaluator`); its result and the calibration evaluator
+    (its ``ids`` are the calibration windows; ``cache`` a JSON-lines score cache)."""
     check_min_depth(loaded.geometry.n_layers, min_depth)
+    check_depth_metric(metric)
     # spread over the whole split: its first windows are all from one source (pydoc topics), and a DP
     # calibrated on one source alone picked layers that lost to ShortGPT on the other (benchmarks/stage1.py)
-    calib = Evaluator(loaded, None, split="calib", seq_len=calib_seq_len, max_windows=calib_windows, cache=cache,
-                      spread=True)
+    cls = DistillEvaluator if metric == "kl" else Evaluator
+    calib = cls(loaded, None, split="calib", seq_len=calib_seq_len, max_windows=calib_windows, cache=cache,
+                spread=True)
+
+    def value(score: ShapeScore) -> float:  # calibration perplexity, or mean KL per token (nats)
+        return score.ppl if metric == "ppl" else score.nll
 
     def dp_progress(done: int, tot: int) -> None:
         if progress is not None:
@@ -101,10 +121,10 @@ def select_depth(
     result = dp_depth(
         loaded.geometry.n_layers,
         min_depth,
-        metric=lambda s: calib.score(s).ppl,
+        metric=lambda s: value(calib.score(s)),
         progress=dp_progress,
         is_cached=lambda s: calib.key(s) in calib._scores,  # noqa: SLF001
-        metric_many=lambda shapes: [x.ppl for x in calib.score_many(shapes)],
+        metric_many=lambda shapes: [value(x) for x in calib.score_many(shapes)],
     )
     log.info("DP: %d evaluations (%d from cache) in %.1f s", result.n_evaluations, result.n_cached, result.seconds)
     return result, calib

@@ -16,6 +16,11 @@ the load average before and after).
 
     python benchmarks/predictor_accuracy.py [--flows "pytorch;llamacpp:quant=q4_0"]
     python benchmarks/predictor_accuracy.py --quick    # smoke run: tiny grid, few repeats
+    python benchmarks/predictor_accuracy.py --flows onnxruntime --no-rebuild --merge   # force paired-v1
+
+Each flow is timed with its own default protocol (ONNX Runtime and llama.cpp rebuild every
+artifact between rounds, ``paired-v2``); with ``--merge`` a flow's result under the other protocol
+is kept beside the new one.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from amoeba_core.errors import AmoebaError  # noqa: E402
 from profiler.device import profiles_root  # noqa: E402
 from profiler.flows import flow_class, parse_flow_spec, split_flow_specs  # noqa: E402
 from profiler.measure import QUICK, MeasureConfig  # noqa: E402
+from profiler.plan import measure_config_for  # noqa: E402
 from profiler.predict import LatencyPredictor  # noqa: E402
 
 from benchmarks._profile_run import MODEL, profile_flow, run_isolated  # noqa: E402
@@ -109,6 +115,9 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "predictor_accuracy.json")
     ap.add_argument("--merge", action="store_true", help="keep the results of flows not run now from --out")
+    ap.add_argument("--rebuild", action=argparse.BooleanOptionalAction, default=None,
+                    help="rebuild every artifact between rounds (protocol paired-v2) or not (paired-v1); "
+                         "default: each flow's own (Flow.rebuild_between_rounds)")
     args = ap.parse_args()
     base = profiles_root(args.root)
     if args.quick:
@@ -118,16 +127,21 @@ def main() -> None:
         fit = (FIT_DEPTHS, FIT_WIDTHS)
         depths = tuple(sorted(FIT_DEPTHS + OFF_DEPTHS))
         widths = tuple(sorted(FIT_WIDTHS + OFF_WIDTHS, reverse=True))
-        mcfg = MeasureConfig()
+        mcfg = MeasureConfig(rebuild=args.rebuild)
     t0 = time.perf_counter()
+
+    def protocol(spec: str) -> str:  # the flow's own when --rebuild/--no-rebuild is not given
+        return measure_config_for(parse_flow_spec(spec)[0], mcfg).protocol
+
     results: list[dict] = []
     if args.merge and args.out.is_file():  # keep the other flows' results of an earlier invocation
         now = set(split_flow_specs(args.flows))
-        results = [r for r in json.loads(args.out.read_text())["results"] if r.get("flow") not in now]
+        results = [r for r in json.loads(args.out.read_text())["results"]
+                   if r.get("flow") not in now or r.get("protocol", "paired-v1") != protocol(r["flow"])]
 
     def write(complete: bool) -> None:
         out = {"quick": args.quick, "model": MODEL, "phase": "decode", "prompt_len": args.prompt_len,
-               "threads": args.threads, "protocol": "paired-v1", "depths": list(depths), "widths": list(widths),
+               "threads": args.threads, "protocol": "per flow, in each result (paired-v2: rebuilt between rounds)", "depths": list(depths), "widths": list(widths),
                "fit_depths": list(fit[0]), "fit_widths": list(fit[1]), "complete": complete,
                "seconds": round(time.perf_counter() - t0, 1),
                "target": "offgrid_within_5pct >= 0.95 per CPU flow (fit on the sparse plan, same run)",
@@ -143,8 +157,8 @@ def main() -> None:
             results.append({"flow": spec, "status": f"not installed: {e}"})
             continue
         try:
-            results.append(run_isolated(one_flow, spec, base, depths, widths, fit, args.threads, args.prompt_len,
-                                        mcfg))
+            results.append({**run_isolated(one_flow, spec, base, depths, widths, fit, args.threads, args.prompt_len,
+                                           mcfg), "protocol": protocol(spec)})
         except RuntimeError as e:
             print(f"{spec}: failed: {e}", flush=True)
             results.append({"flow": spec, "status": f"failed on this host: {e}"})

@@ -19,6 +19,11 @@ Flows whose runtime is not installed are reported as such. TVM tuned needs MetaS
 first (minutes per width, once per tuning database): ``--tvm-tuned`` adds it.
 
     python benchmarks/reproducibility.py [--flows "pytorch;llamacpp:quant=q4_0"] [--runs 2] [--tvm-tuned]
+                                         [--rebuild | --no-rebuild]
+
+Each flow is timed with its own default protocol (ONNX Runtime and llama.cpp rebuild every
+artifact between rounds, ``paired-v2``; the others ``paired-v1``); ``--rebuild``/``--no-rebuild``
+force one. With ``--merge`` a flow's results under the other protocol are kept beside the new ones.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from amoeba_core.errors import AmoebaError  # noqa: E402
 from profiler.device import profiles_root  # noqa: E402
 from profiler.flows import flow_class, parse_flow_spec, split_flow_specs  # noqa: E402
 from profiler.measure import MeasureConfig  # noqa: E402
+from profiler.plan import measure_config_for  # noqa: E402
 
 from benchmarks._profile_run import MODEL, profile_flow, run_isolated  # noqa: E402
 FLOWS = "pytorch;llamacpp:quant=f16;llamacpp:quant=q4_0;onnxruntime"
@@ -119,6 +125,9 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=None, help="where cpu-host/device.yaml (and TVM tuning) live")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "reproducibility.json")
     ap.add_argument("--merge", action="store_true", help="keep the results of flows not run now from --out")
+    ap.add_argument("--rebuild", action=argparse.BooleanOptionalAction, default=None,
+                    help="rebuild every artifact between rounds (protocol paired-v2) or not (paired-v1); "
+                         "default: each flow's own (Flow.rebuild_between_rounds)")
     args = ap.parse_args()
     if args.runs < 2:
         raise SystemExit("error: --runs must be >= 2")
@@ -134,14 +143,18 @@ def main() -> None:
             results.append({"flow": spec, "status": f"not installed: {e}"})
     depths = tuple(int(d) for d in args.depths.split(","))
     widths = tuple(float(w) for w in args.widths.split(","))
-    mcfg = MeasureConfig()
+    mcfg = MeasureConfig(rebuild=args.rebuild)
     t0 = time.perf_counter()
+
+    def protocol(spec: str) -> str:  # the flow's own when --rebuild/--no-rebuild is not given
+        return measure_config_for(parse_flow_spec(spec)[0], mcfg).protocol
+
     skipped = results
 
     def write(done: list[dict], complete: bool) -> None:
         out = {"model": MODEL, "phase": "decode", "prompt_len": 128, "threads": args.threads,
                "depths": list(depths), "widths": list(widths), "runs": args.runs, "gap_s": args.gap,
-               "protocol": "paired-v1", "complete": complete,
+               "protocol": "per flow, in each result (paired-v2: rebuilt between rounds)", "complete": complete,
                "measure": {"rounds": mcfg.rounds, "min_repeats": mcfg.min_repeats, "max_repeats": mcfg.max_repeats,
                            "min_seconds": mcfg.min_seconds, "max_seconds": mcfg.max_seconds, "rel_ci": mcfg.rel_ci},
                "tvm_tuned": args.tvm_tuned, "seconds": round(time.perf_counter() - t0, 1),
@@ -151,8 +164,9 @@ def main() -> None:
 
     done: list[dict] = []
     if args.merge and args.out.is_file():  # keep the other flows' results of an earlier invocation
-        done = [r for r in json.loads(args.out.read_text())["results"] if r["flow"] not in specs + [
-            x["flow"] for x in skipped]]
+        done = [r for r in json.loads(args.out.read_text())["results"]
+                if r["flow"] not in specs + [x["flow"] for x in skipped]
+                or r.get("protocol", "paired-v1") != protocol(r["flow"])]  # a flow's result under the other protocol stays
     for spec in specs:  # a flow's runs one after the other (--gap apart), its result written at once
         runs = []
         try:
@@ -161,20 +175,20 @@ def main() -> None:
                     time.sleep(args.gap)
                 print(f"{spec}: run {i + 1}/{args.runs}", flush=True)
                 runs.append(run_isolated(one_run, spec, depths, widths, args.threads, base, mcfg))
-            done.append(compare(spec, runs))
+            done.append({**compare(spec, runs), "protocol": protocol(spec)})
         except RuntimeError as e:
             print(f"{spec}: failed: {e}", flush=True)
             done.append({"flow": spec, "status": f"failed on this host: {e}"})
         write(done, False)
     write(done, True)
-    print(f"\n{'flow':22} {'rows':>4} {'ratio ±5%':>9} {'abs ±5%':>8} {'ratio-only':>10} {'level Δ':>8} "
+    print(f"\n{'flow':22} {'protocol':9} {'rows':>4} {'ratio ±5%':>9} {'abs ±5%':>8} {'ratio-only':>10} {'level Δ':>8} "
           f"{'drift/run (p90-p10)/level':>26}")
     for r in done + skipped:
         if r["status"] != "measured":
             print(f"{r['flow']:22} {r['status']}")
             continue
         drift = ", ".join(f"{100 * x['level_drift']:.1f}%" for x in r["runs"])
-        print(f"{r['flow']:22} {r['rows']:4d} {100 * r['within_5pct_ratio']:8.0f}% {100 * r['within_5pct_abs']:7.0f}% "
+        print(f"{r['flow']:22} {r.get('protocol', 'paired-v1'):9} {r['rows']:4d} {100 * r['within_5pct_ratio']:8.0f}% {100 * r['within_5pct_abs']:7.0f}% "
               f"{100 * r['within_5pct_ratio_only']:9.0f}% {100 * r['level_change'][0]:+7.1f}% {drift:>26}")
     print(f"-> {args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out}")
 

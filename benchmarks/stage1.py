@@ -5,7 +5,8 @@ budget of ``--calib-windows`` (windows of 256 tokens of the calibration split), 
 the layers are scored side by side on two held-out texts (the test split's pydoc topics and its
 standard-library module documentation: disjoint documents, never seen by any selection):
 
-* ``dp``        the depth DP of :mod:`amoeba_core.depth` on calibration perplexity (AmoebaLLM Stage 1),
+* ``dp``        the depth DP of :mod:`amoeba_core.depth` (AmoebaLLM Stage 1) on calibration perplexity
+  (``ppl``) or on the KL divergence from the full model's next-token distribution (``kl``, ``--metrics``),
 * ``shortgpt``  ShortGPT block influence (1 - cos(h_in, h_out)) on the same calibration windows
   (spread evenly over the calibration split, as `amoeba select` takes them),
 * ``drop_last`` the first ``d`` layers,
@@ -17,12 +18,12 @@ interval of the difference (``dp - shortgpt``; "not significant" when it contain
 subsets are scored on ``--random-windows`` of those windows (the cost: 40 subsets x depths x 2
 texts), with DP and ShortGPT on the same windows, so ``dp_beats_random_share`` is a paired count.
 
-Per text and budget: ``dp_beats_shortgpt_all_depths`` (the paired interval lies below 0 at every
+Per text and DP setting (``<metric>:<windows>``): ``dp_beats_shortgpt_all_depths`` (the paired interval lies below 0 at every
 depth where the two pick different layers; a depth where they pick the same layers is a tie and
 counts as not beaten), ``dp_not_worse_all_depths`` (ShortGPT never significantly better), and the
 per-depth verdicts. Scores are cached in runs/stage1-bench/ (a killed run resumes).
 
-    python benchmarks/stage1.py                      # budgets 1, 2 and 4 windows (~25 min on 2 cores)
+    python benchmarks/stage1.py                      # metrics ppl and kl x budgets 1, 2 and 4 windows
     python benchmarks/stage1.py --quick              # depths 24/18, budget 1, 4 random subsets
 """
 
@@ -42,7 +43,7 @@ from amoeba_core.data import data_record, spread_windows, split_docs  # noqa: E4
 from amoeba_core.depth import block_influence, block_influence_layers, drop_last  # noqa: E402
 from amoeba_core.evaluate import Evaluator, ShapeScore, compare  # noqa: E402
 from amoeba_core.model import load_model  # noqa: E402
-from amoeba_core.select import select_depth  # noqa: E402
+from amoeba_core.select import check_depth_metric, select_depth  # noqa: E402
 from amoeba_core.shape import SubnetShape  # noqa: E402
 
 from benchmarks._profile_run import loadavg  # noqa: E402
@@ -59,11 +60,11 @@ def _score(s: ShapeScore) -> dict:
     return {"ppl": round(s.ppl, 3), "ppl_ci90": _ci(s), "top1_acc": round(s.top1_acc, 4), "tokens": s.n_tokens}
 
 
-def run_dp(loaded, min_depth: int, windows: int, cache: Path) -> tuple[dict[int, tuple[int, ...]], dict, object]:
+def run_dp(loaded, min_depth: int, windows: int, cache: Path, metric: str) -> tuple[dict[int, tuple[int, ...]], dict, object]:
     """The depth DP exactly as `amoeba select` runs it (:func:`amoeba_core.select.select_depth`); its layers,
     stats and calibration windows (ShortGPT gets the same ones)."""
-    r, calib = select_depth(loaded, min_depth, SEQ, windows, cache)
-    print(f"  DP with {windows} calibration window(s): {r.n_evaluations} evaluations "
+    r, calib = select_depth(loaded, min_depth, SEQ, windows, cache, metric=metric)
+    print(f"  DP on calibration {metric} with {windows} window(s): {r.n_evaluations} evaluations "
           f"({r.n_cached} cached) in {r.seconds:.0f} s", flush=True)
     return r.layers, {"evaluations": r.n_evaluations, "cached": r.n_cached,
                       "seconds": round(r.seconds, 1), "calib_tokens": calib.n_tokens}, calib.ids
@@ -74,7 +75,10 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--depths", default="27,24,21,18,15")
     ap.add_argument("--calib-windows", default="1,2,4", help="DP/ShortGPT calibration budgets (windows of 256 tokens)")
-    ap.add_argument("--test-windows", type=int, default=16, help="windows per held-out text for DP/ShortGPT/drop-last")
+    ap.add_argument("--metrics", default="ppl,kl", help="DP calibration metrics: ppl (perplexity), kl (KL from the full model)")
+    ap.add_argument("--test-windows", type=int, default=64,
+                    help="windows per held-out text for DP/ShortGPT/drop-last (capped at the text's windows: "
+                         "pydoc topics has 61 of 256 tokens, all taken by 64; standard-library docs 142)")
     ap.add_argument("--random", type=int, default=40, help="random layer subsets per depth")
     ap.add_argument("--random-windows", type=int, default=1, help="windows (of the test ones) the random subsets use")
     ap.add_argument("--threads", type=int, default=2)
@@ -87,6 +91,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     depths = sorted({int(d) for d in args.depths.split(",")}, reverse=True)
     budgets = [int(b) for b in args.calib_windows.split(",")]
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    for m in metrics:
+        check_depth_metric(m)
     if args.quick:
         depths, budgets, args.random, args.test_windows = [24, 18], [1], 4, 2
         args.out = args.out.with_name("stage1_quick.json")
@@ -100,13 +107,14 @@ def main() -> None:
     rng = random.Random(args.seed)
     randoms = {d: [tuple(sorted(rng.sample(range(n), d))) for _ in range(args.random)] for d in depths}
 
-    selections: dict[int, dict] = {}
-    for b in budgets:
-        layers, stats, calib_ids = run_dp(loaded, min(depths), b, cache_dir / "dp_scores.jsonl")
-        influence = block_influence(loaded, calib_ids)
-        selections[b] = {"dp": {d: layers[d] for d in depths},
-                         "shortgpt": block_influence_layers(influence, depths),
-                         "dp_stats": stats, "block_influence": [round(x, 5) for x in influence]}
+    selections: dict[str, dict] = {}  # "<metric>:<budget>" -> layers per method
+    for metric in metrics:
+        for b in budgets:
+            layers, stats, calib_ids = run_dp(loaded, min(depths), b, cache_dir / "dp_scores.jsonl", metric)
+            influence = block_influence(loaded, calib_ids)
+            selections[f"{metric}:{b}"] = {"dp": {d: layers[d] for d in depths},
+                                           "shortgpt": block_influence_layers(influence, depths),
+                                           "dp_stats": stats, "block_influence": [round(x, 5) for x in influence]}
     last = drop_last(n, depths)
 
     texts = {}
@@ -119,8 +127,7 @@ def main() -> None:
         ev_small = Evaluator(loaded, None, split=text, windows=ids[pick], window_doc=[owner[i] for i in pick],
                              seq_len=SEQ, cache=cache_dir / "test_scores.jsonl")
         per_budget = {}
-        for b in budgets:
-            sel = selections[b]
+        for b, sel in selections.items():
             rows = []
             for d in depths:
                 shapes = {"dp": SubnetShape(sel["dp"][d]), "shortgpt": SubnetShape(sel["shortgpt"][d]),
@@ -166,6 +173,8 @@ def main() -> None:
         "fingerprint": loaded.fingerprint,
         "depths": depths,
         "calib_windows": budgets,
+        "dp_metrics": metrics,
+        "budget_key": "<DP metric>:<calibration windows>; ShortGPT uses the same windows (its layers do not depend on the metric)",
         "seq_len": SEQ,
         "threads": args.threads,
         "data": data_record(seq_len=SEQ, windows=args.test_windows),
@@ -186,7 +195,7 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=1))
     for text, t in result["summary"].items():
         for b, s in t.items():
-            print(f"{text} budget {b} window(s): DP beats ShortGPT at all depths: {s['dp_beats_shortgpt_all_depths']}; "
+            print(f"{text} DP {b} window(s): DP beats ShortGPT at all depths: {s['dp_beats_shortgpt_all_depths']}; "
                   f"not worse at all: {s['dp_not_worse_all_depths']}; lower ppl at {s['dp_lower_ppl_depths']}/{s['depths']}")
     print(f"-> {args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out} in {result['seconds']} s")
 

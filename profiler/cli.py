@@ -85,6 +85,11 @@ def profile(
         None, help="Contention diagnostic: rows whose median CPU use per thread is below this are reported "
         "(default 0.85; no sample is ever dropped)."
     ),
+    rebuild: Optional[bool] = typer.Option(
+        None, "--rebuild/--no-rebuild", help="Rebuild every model between rounds so a row's interval covers "
+        "load-to-load variation (protocol paired-v2; rows of the two protocols never mix). Default: the flow's "
+        "(on for ONNX Runtime and llama.cpp, off for the others)."
+    ),
     redo_contended: bool = typer.Option(
         False, "--redo-contended", help="Re-time present rows whose median CPU use per thread is below --min-util."
     ),
@@ -122,6 +127,8 @@ def profile(
         if rounds < 1:
             raise AmoebaError(f"--rounds must be >= 1, got {rounds}")
         cfg = dataclasses.replace(cfg, rounds=rounds)
+    if rebuild is not None:
+        cfg = dataclasses.replace(cfg, rebuild=rebuild)
     plan = make_plan(
         device,
         flow,

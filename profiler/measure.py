@@ -38,6 +38,15 @@ Rounds (drift between shapes of a block): the block is cycled ``rounds`` times, 
 with ``1/rounds`` of the budget (:meth:`MeasureConfig.per_round`), the order of shapes
 reversed every other round so no shape is always first; a row pools the pairs of all rounds.
 
+Rebuilds (drift between *loads*): a runtime can run one loaded copy of a model consistently
+faster or slower than another copy of the same model (where its buffers landed, how its thread
+pool was set up): intervals over one load's samples do not cover that, and two profiling runs
+disagree by more than their intervals. With :attr:`MeasureConfig.rebuild` the reference's and
+every shape's artifacts are closed and built again before each round after the first (warm-up
+repeated), so a row pools ``rounds`` loads of each and its interval covers load-to-load
+variation; rows carry protocol ``paired-v2`` instead of ``paired-v1``. Flows whose loads were
+measured to differ rebuild by default (``Flow.rebuild_between_rounds``: ONNX Runtime, llama.cpp).
+
 Memory: a block holds the reference and its shapes alive at once (two or more models); the
 plan bounds their total weight bytes (:func:`profiler.plan._blocks`).
 """
@@ -61,6 +70,7 @@ from amoeba_core.stats import Interval, paired_ratio_ci
 log = logging.getLogger(__name__)
 
 PROTOCOL = "paired-v1"  # stored with every row timed by this module's paired protocol
+PROTOCOL_REBUILD = "paired-v2"  # the same, with every artifact rebuilt between rounds (MeasureConfig.rebuild)
 LEGACY = "legacy"  # rows of tables written before the paired protocol
 CHUNK = 3  # consecutive pairs resampled together by the ratio's bootstrap
 
@@ -167,6 +177,14 @@ class MeasureConfig:
     min_util: float = 0.85  # diagnostic threshold: rows below it are reported (and --redo-contended)
     rounds: int = 3  # interleaved passes over a block of shapes (see "Rounds" above)
     min_seconds: float = 1.5  # keep sampling until this much timed work, even when the ratio is known
+    # rebuild the reference's and the shapes' artifacts before every round but the first;
+    # None: the flow's default (Flow.rebuild_between_rounds, resolved by profiler.plan.make_plan)
+    rebuild: bool | None = None
+
+    @property
+    def protocol(self) -> str:
+        """Stored with every row and part of its key: rows timed with and without rebuilding never mix."""
+        return PROTOCOL_REBUILD if self.rebuild else PROTOCOL
 
     def __post_init__(self) -> None:
         if self.min_repeats < 1 or self.max_repeats < self.min_repeats:
@@ -259,11 +277,14 @@ def measure_paired(
     config: MeasureConfig | None = None,
     cpu_threads: int | None = None,
     on_round: Callable[[int], None] | None = None,
+    rebuild: Callable[[], tuple[Sequence[Callable[[], float]], Callable[[], float]]] | None = None,
 ) -> PairedBlock:
     """Time every ``fns[i]`` interleaved with ``ref_fn``, sample by sample (module docstring).
 
-    ``on_round(r)`` is called after round ``r`` (0-based) of the block. With no ``fns`` the
-    reference alone is timed by :func:`measure` (its own row needs no pairing: ratio 1).
+    ``on_round(r)`` is called after round ``r`` (0-based) of the block. ``rebuild()``, when given,
+    is called before every round but the first and returns fresh ``(fns, ref_fn)`` (same order),
+    which are warmed up again. With no ``fns`` the reference alone is timed by :func:`measure`
+    (its own row needs no pairing: ratio 1).
     """
     cfg = config or MeasureConfig()
     if not fns:
@@ -288,6 +309,15 @@ def measure_paired(
 
     unit_base = 0
     for r in range(cfg.rounds):
+        if r and rebuild is not None:
+            new_fns, ref_fn = rebuild()
+            if len(new_fns) != len(tracks):
+                raise ValueError(f"rebuild returned {len(new_fns)} callables for {len(tracks)} shapes")
+            for t, f in zip(tracks, new_fns):
+                t.fn = f
+            for f in (ref_fn, *new_fns):
+                for _ in range(cfg.warmup):
+                    f()
         order = tracks if r % 2 == 0 else tracks[::-1]
         n_round = {id(t): 0 for t in order}
         spent = {id(t): 0.0 for t in order}

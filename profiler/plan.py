@@ -24,6 +24,7 @@ get their sizes from ``geometry.scaled_dims(depth, key)`` either way.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -37,7 +38,7 @@ from amoeba_core.errors import AmoebaError
 from amoeba_core.shape import ModelGeometry, WidthAxes, width_key
 from profiler.device import DeviceSpec, ensure_device
 from profiler.flows import PHASES, FlowConfig, Workload, flow_class, make_flow
-from profiler.measure import PROTOCOL, LatencyStats, MeasureConfig, PairedStats, environment, measure_paired
+from profiler.measure import LatencyStats, MeasureConfig, PairedStats, environment, measure_paired
 from profiler.predict import fit_line, per_layer_depths, sparse_depths
 from profiler.table import LatencyTable, now_utc, row_key, shape_key
 
@@ -170,7 +171,7 @@ def run_profile(plan: ProfilePlan, root: Path | str | None = None, progress: Pro
     rounds = plan.measure.rounds
 
     def key(d: int, w: float | WidthAxes, phase: str) -> dict:
-        return row_key(variant, d, w, phase, plan.batch, plan.prompt_len, "measured", threads, PROTOCOL)
+        return row_key(variant, d, w, phase, plan.batch, plan.prompt_len, "measured", threads, plan.measure.protocol)
 
     # what to time, per phase: the plan's shapes (the reference apart) and the reference's own row
     work: dict[str, tuple[list[_Point], _Point | None]] = {}
@@ -219,6 +220,18 @@ def run_profile(plan: ProfilePlan, root: Path | str | None = None, progress: Pro
                         if (pt.d, pt.w) not in arts:
                             arts[(pt.d, pt.w)] = flow.build(plan.geometry.scaled_dims(pt.d, pt.w))
                     fns = [functools.partial(flow.run_once, arts[(pt.d, pt.w)], work_load) for pt in block]
+
+                    def rebuild(block: list[_Point] = block, arts: dict = arts) -> tuple[list, Callable]:
+                        """Close and build again the reference and this block's shapes (MeasureConfig.rebuild)."""
+                        nonlocal ref_art
+                        flow.close(ref_art)
+                        ref_art = None
+                        ref_art = flow.build(plan.geometry.scaled_dims(ref_d, ref_w))
+                        for k in list(arts):
+                            flow.close(arts.pop(k))
+                            arts[k] = flow.build(plan.geometry.scaled_dims(*k))
+                        return ([functools.partial(flow.run_once, arts[(pt.d, pt.w)], work_load) for pt in block],
+                                functools.partial(flow.run_once, ref_art, work_load))
                     n_prog = len(block) + (1 if (ref_pt is not None and block is blocks[-1]) else 0)
 
                     def on_round(r: int, block: list[_Point] = block, n_prog: int = n_prog) -> None:
@@ -228,7 +241,8 @@ def run_profile(plan: ProfilePlan, root: Path | str | None = None, progress: Pro
                             names = ", ".join(shape_key(pt.d, pt.w) for pt in block) or ref_name
                             progress(f"{phase} round {r + 1}/{rounds} [{names}] vs {ref_name}", done, total)
 
-                    res = measure_paired(fns, ref_fn, plan.measure, cpu_threads, on_round)
+                    res = measure_paired(fns, ref_fn, plan.measure, cpu_threads, on_round,
+                                         rebuild if plan.measure.rebuild else None)
                 finally:
                     for a in arts.values():
                         flow.close(a)
@@ -382,7 +396,7 @@ def _compose(plan: ProfilePlan, table: LatencyTable, variant: str) -> int:
     ref_name = shape_key(*plan.reference)
     for phase in plan.phases:
         rows = table.rows(phase=phase, variant=variant, prompt_len=plan.prompt_len, batch=plan.batch, source="measured")
-        rows = rows[(rows["threads"] == threads) & (rows["protocol"] == PROTOCOL)]
+        rows = rows[(rows["threads"] == threads) & (rows["protocol"] == plan.measure.protocol)]
         for w in plan.widths:
             sub = rows[(rows["width"].round(3) == round(w, 3)) & rows["attn_width"].isna()
                        & rows["depth"].isin(plan.measured_depths)]
@@ -390,7 +404,8 @@ def _compose(plan: ProfilePlan, table: LatencyTable, variant: str) -> int:
                 continue
             paired = sub["ratio"].notna().all() and (sub["reference"] == ref_name).all()
             for d in plan.depths:
-                key = row_key(variant, d, w, phase, plan.batch, plan.prompt_len, "per-layer", threads, PROTOCOL)
+                key = row_key(variant, d, w, phase, plan.batch, plan.prompt_len, "per-layer", threads,
+                              plan.measure.protocol)
                 row = {
                     **key,
                     "p50_ms": _compose_q(sub, "p50_ms", d),
@@ -421,6 +436,15 @@ def _compose_q(sub: pd.DataFrame, col: str, depth: int) -> float:
     return t0 + depth * slope
 
 
+def measure_config_for(flow: str, cfg: MeasureConfig | None = None) -> MeasureConfig:
+    """``cfg`` (default: the protocol's defaults) with ``rebuild`` resolved to the flow's default
+    (:attr:`profiler.flows.base.Flow.rebuild_between_rounds`) when it is None."""
+    cfg = cfg or MeasureConfig()
+    if cfg.rebuild is None:
+        cfg = dataclasses.replace(cfg, rebuild=flow_class(flow).rebuild_between_rounds)
+    return cfg
+
+
 def make_plan(
     device: str,
     flow: str,
@@ -443,7 +467,7 @@ def make_plan(
 ) -> ProfilePlan:
     """Validate everything a profile needs before anything is written."""
     geometry = ModelGeometry.resolve(model)
-    flow_class(flow)  # unknown flow -> error listing the known ones
+    cfg = measure_config_for(flow, measure_cfg)  # an unknown flow -> error listing the known ones
     name = model if model in ModelGeometry.preset_names() else geometry.name
     ds = depths or tuple(range(1, geometry.n_layers + 1))
     return ProfilePlan(
@@ -459,7 +483,7 @@ def make_plan(
         config=FlowConfig(dtype=dtype, threads=threads, device=torch_device, options=options or {}),
         sparse=sparse,
         per_layer=per_layer,
-        measure=measure_cfg or MeasureConfig(),
+        measure=cfg,
         redo_contended=redo_contended,
         reference_shape=reference,
         attn_widths=tuple(attn_widths),

@@ -62,6 +62,9 @@ class Flow(abc.ABC):
 
     name: ClassVar[str]
     install_hint: ClassVar[str] = ""
+    # rebuild artifacts between the paired protocol's rounds unless the user says otherwise
+    # (MeasureConfig.rebuild): True where a loaded copy's speed was measured to vary from load to load
+    rebuild_between_rounds: ClassVar[bool] = False
 
     def __init__(self, config: FlowConfig | None = None) -> None:
         self.config = config or FlowConfig()

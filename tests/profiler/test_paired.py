@@ -19,7 +19,7 @@ import pytest
 from amoeba_core.shape import ModelGeometry
 from profiler.flows import FlowConfig, Workload, make_flow
 from profiler.lookup import LatencyModel
-from profiler.measure import LEGACY, PROTOCOL, MeasureConfig, measure, measure_paired
+from profiler.measure import LEGACY, PROTOCOL, PROTOCOL_REBUILD, MeasureConfig, measure, measure_paired
 from profiler.plan import make_plan, run_profile
 from profiler.table import LatencyTable, row_key
 from tests.profiler.conftest import FAST
@@ -176,6 +176,41 @@ def test_rows_carry_ratio_reference_and_provenance(root: Path) -> None:
     est = LatencyModel.open("cpu-host", "pytorch", "tiny", "decode", 16, root=root).estimate(3, 1.0)
     assert est.source == "measured" and est.ms == pytest.approx(d3.ratio * level.level_ms)
     assert est.lo_ms <= est.ms <= est.hi_ms and not est.extrapolated
+
+
+def test_rebuild_swaps_in_fresh_callables_before_every_round_but_the_first() -> None:
+    calls: list[str] = []
+    builds: list[int] = []
+
+    def rebuild():  # noqa: ANN202
+        n = len(builds) + 1
+        builds.append(n)
+        return [_spinner(0.001, calls, f"A{n}")], _spinner(0.002, calls, f"R{n}")
+
+    cfg = MeasureConfig(warmup=1, min_repeats=2, max_repeats=2, max_seconds=1.0, rel_ci=0.5, rounds=3, min_seconds=0)
+    res = measure_paired([_spinner(0.001, calls, "A0")], _spinner(0.002, calls, "R0"), cfg, cpu_threads=1,
+                         rebuild=rebuild)
+    assert builds == [1, 2]  # before rounds 2 and 3
+    assert res.shapes[0].n == 6 and set(calls) == {"A0", "R0", "A1", "R1", "A2", "R2"}
+    # round 2 warms up the new artifacts, then times only them
+    i = calls.index("R1")
+    assert calls[i:i + 2] == ["R1", "A1"] and "A0" not in calls[i:] and "R0" not in calls[i:]
+    assert cfg.protocol == PROTOCOL and dataclasses.replace(cfg, rebuild=True).protocol == PROTOCOL_REBUILD
+
+
+def test_rebuilt_rows_carry_their_own_protocol_and_are_not_reused_without_it(root: Path) -> None:
+    def plan(rebuild: bool):  # noqa: ANN202
+        cfg = dataclasses.replace(FAST, rounds=2, rebuild=rebuild)
+        return make_plan("cpu-host", "pytorch", "tiny", (2, 4), (1.0,), ("decode",), 16, "float32", 1,
+                         measure_cfg=cfg)
+
+    assert run_profile(plan(True), root).written == 2
+    assert run_profile(plan(True), root).skipped == 2
+    other = run_profile(plan(False), root)
+    assert other.written == 2 and other.skipped == 0
+    df = LatencyTable("cpu-host", "pytorch", "tiny", root).df
+    assert sorted(df.protocol) == [PROTOCOL, PROTOCOL, PROTOCOL_REBUILD, PROTOCOL_REBUILD]
+    assert (df[df.depth == 2].n >= 2 * FAST.per_round().min_repeats).all()
 
 
 def test_another_thread_count_writes_new_rows(root: Path) -> None:
