@@ -15,7 +15,8 @@ old or the new file, so no completed row is lost and none is duplicated; re-runn
 command skips the rows present.
 
 Row key and provenance: the key also holds ``threads`` and ``protocol`` (``paired-v1`` for rows
-timed by :func:`profiler.measure.measure_paired`; rows of older tables read as ``legacy``, their
+timed by :func:`profiler.measure.measure_paired`, ``paired-v2`` when the artifacts were rebuilt
+between rounds, :attr:`profiler.measure.MeasureConfig.rebuild`; rows of older tables read as ``legacy``, their
 threads taken from the header's environment record), so a re-run with another thread count or
 protocol writes new rows instead of silently reusing rows measured under other settings. Every
 row also records ``versions`` (runtime versions, a JSON string), ``reference`` (the key of the
