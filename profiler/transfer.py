@@ -364,7 +364,7 @@ def few_shot(plan: Any, k: int, root: Path | str | None = None, progress: Any = 
     import time
 
     from profiler.flows import make_flow
-    from profiler.measure import LEGACY, PROTOCOL
+    from profiler.measure import LEGACY
     from profiler.plan import run_profile
     from profiler.table import LatencyTable, level_key, now_utc, row_key, shape_key as ref_name
 
@@ -414,7 +414,7 @@ def few_shot(plan: Any, k: int, root: Path | str | None = None, progress: Any = 
             # the protocol of the measurements it is derived from: paired when their line has a level
             paired = level is not None and level.level_ms > 0
             row = {**row_key(key.variant, t.depth, t.width, phase, key.batch, key.prompt_len, "transferred",
-                             threads=key.threads, protocol=PROTOCOL if paired else LEGACY),
+                             threads=key.threads, protocol=plan.measure.protocol if paired else LEGACY),
                    "p50_ms": t.ms, "p10_ms": t.lo_ms, "p90_ms": t.hi_ms, "n": 0, "discarded": 0,
                    "samples_ms": [], "created": now_utc()}
             if paired:
