@@ -209,11 +209,12 @@ def run_profile(plan: ProfilePlan, root: Path | str | None = None, progress: Pro
             if ref_art is None:
                 ref_art = flow.build(plan.geometry.scaled_dims(ref_d, ref_w))
             work_load = Workload(phase, plan.prompt_len, plan.batch)  # type: ignore[arg-type]
-            ref_fn = functools.partial(flow.run_once, ref_art, work_load)
             ref_samples: list[float] = []
             ref_util: list[float] = []
             blocks = _blocks(todo, BLOCK_SHAPES, nbytes, block_budget(), nbytes(ref_d, ref_w)) if todo else [[]]
             for block in blocks:
+                # from the current reference artifact: a rebuild in the previous block replaced (and closed) it
+                ref_fn = functools.partial(flow.run_once, ref_art, work_load)
                 arts: dict[tuple[int, float], object] = {}
                 try:
                     for pt in block:

@@ -441,11 +441,11 @@ def level_key(variant: str, phase: str, prompt_len: int, batch: int, threads: in
     return f"{variant}/{phase}/p{int(prompt_len)}/b{int(batch)}/t{int(threads)}/{reference}"
 
 
-LEVEL_QUANTILES = 21  # a block's reference samples are kept as their 0%, 5%, ..., 100% quantiles
+LEVEL_QUANTILES = 21  # a block's reference samples are kept as their 0%, 5%, ..., 100% quantiles (rounded like p50_ms)
 
 
 def _quantiles(samples: Any) -> list[float]:
-    return [round(float(x), 5) for x in np.quantile(np.asarray(samples, dtype=float), np.linspace(0, 1, LEVEL_QUANTILES))]
+    return [round(float(x), 6) for x in np.quantile(np.asarray(samples, dtype=float), np.linspace(0, 1, LEVEL_QUANTILES))]
 
 
 def _pooled_median(blocks: list[dict[str, Any]]) -> float:

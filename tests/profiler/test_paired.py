@@ -213,6 +213,39 @@ def test_rebuilt_rows_carry_their_own_protocol_and_are_not_reused_without_it(roo
     assert (df[df.depth == 2].n >= 2 * FAST.per_round().min_repeats).all()
 
 
+def test_rebuilt_artifacts_are_never_timed_after_they_are_closed(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from profiler.flows.pytorch import PyTorchFlow
+
+    closed: set[int] = set()
+    built: list[int] = []
+    keep: list[object] = []  # every artifact stays alive, so no new one can reuse a closed one's id
+    real_build, real_run, real_close = PyTorchFlow.build, PyTorchFlow.run_once, PyTorchFlow.close
+
+    def build(self, geometry):  # noqa: ANN001, ANN202
+        art = real_build(self, geometry)
+        built.append(id(art))
+        keep.append(art)
+        return art
+
+    def run_once(self, artifact, workload):  # noqa: ANN001, ANN202
+        assert id(artifact) not in closed, "a closed artifact was timed"
+        return real_run(self, artifact, workload)
+
+    def close(self, artifact):  # noqa: ANN001, ANN202
+        closed.add(id(artifact))
+        return real_close(self, artifact)
+
+    monkeypatch.setattr(PyTorchFlow, "build", build)
+    monkeypatch.setattr(PyTorchFlow, "run_once", run_once)
+    monkeypatch.setattr(PyTorchFlow, "close", close)
+    cfg = dataclasses.replace(FAST, rounds=2, rebuild=True)
+    plan = make_plan("cpu-host", "pytorch", "tiny", (1, 2, 3, 4), (1.0, 0.5), ("decode",), 16, "float32", 1,
+                     measure_cfg=cfg)
+    res = run_profile(plan, root)
+    assert res.written == 8  # 7 shapes in two blocks, and the reference's own row
+    assert set(built) <= closed  # everything built was closed at the end, the replaced references too
+
+
 def test_another_thread_count_writes_new_rows(root: Path) -> None:
     def plan(threads: int):  # noqa: ANN202
         return make_plan("cpu-host", "pytorch", "tiny", (2, 4), (1.0,), ("decode",), 16, "float32", threads,
