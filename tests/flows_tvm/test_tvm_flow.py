@@ -46,6 +46,29 @@ def test_untuned_graphs_equal_pytorch_and_time(phase: str) -> None:
     assert flow.environment()["target"] == {"kind": "llvm", "num-cores": 2}
 
 
+def test_rebuild_reloads_the_executable_with_the_new_artifacts_weights() -> None:
+    """A rebuild between rounds (on by default for TVM) loads the compiled executable into a new
+    VM with the new artifact's weights; it does not compile again."""
+    flow = make_flow("tvm", FlowConfig(threads=2))
+    assert flow.rebuild_between_rounds
+    first = flow.build(GEOM)
+    g1 = flow.compile(first, "decode", 4)
+    flow.close(first)
+    assert first.graphs == {}
+    (compiled,) = flow._compiled.values()
+    again = flow.build(GEOM)
+    with torch.no_grad():  # weights that differ from the first artifact's: outputs must follow them
+        for p in again.core.parameters():
+            p.mul_(1.5)
+    g2 = flow.compile(again, "decode", 4)
+    assert g2 is not g1 and g2.vm is not g1.vm
+    assert list(flow._compiled.values()) == [compiled]  # reused, not compiled again
+    got = g2.vm["main"](*g2.args)[0].numpy()
+    assert_logits_match(got, _torch_outputs(again, "decode", 4)[0].numpy(), FP32_REL_RMS,
+                        "reloaded TVM vs PyTorch with the new weights")
+    flow.close(again)
+
+
 def test_tuned_kernels_are_reused_across_depths(tmp_path: Path) -> None:
     """Tune depth 1 with 1 trial per kernel; depth 2 then finds every kernel in the database."""
     import tvm
