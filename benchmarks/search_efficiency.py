@@ -153,6 +153,10 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=None, help="profiles folder")
     ap.add_argument("--phase", default="decode")
     ap.add_argument("--widths", default="0.5:1:1/8", help="width axis, LO:HI:STEP or a list")
+    ap.add_argument("--attn-widths", default="",
+                    help="attention widths as an axis of their own ('groups': every width that keeps all KV groups, "
+                         "1/0.667/0.333 for SmolLM2; or a list); --widths are then MLP widths. "
+                         "Default: one width ratio")
     ap.add_argument("--depths", default=None, help="depths to use (default: the strategy's, largest 16)")
     ap.add_argument("--seq-len", type=int, default=64, help="evaluation window (tokens)")
     ap.add_argument("--windows", type=int, default=16, help="full evaluation budget (windows per shape)")
@@ -190,7 +194,15 @@ def main() -> None:
 
     strat = Strategy.load(args.strategy)
     depths = parse_ints(args.depths) if args.depths else tuple(sorted(strat.depths)[-16:])
-    space = SearchSpace.from_strategy(args.strategy, model=args.model, widths=_widths(args.widths), depths=depths)
+    attn: tuple[float, ...] | None = None
+    if args.attn_widths == "groups":
+        from amoeba_core.shape import ModelGeometry
+
+        attn = ModelGeometry(**strat.geometry).attn_widths_all_groups()
+    elif args.attn_widths:
+        attn = _widths(args.attn_widths)
+    space = SearchSpace.from_strategy(args.strategy, model=args.model, widths=_widths(args.widths), depths=depths,
+                                      attn_widths=attn)
     table = AccuracyTable(args.run / "accuracy.parquet")
     ladders = [parse_ints(x) for x in args.rungs.split(";") if x.strip()]
     # The exhaustive pass scores the full budget in one go; every lower rung of any ladder is a prefix
@@ -202,12 +214,14 @@ def main() -> None:
            for lad in ladders}
     shapes = space.shapes()
     full_tokens = mf.tokens(-1)
-    print(f"space: {len(space.depths)} depths x {len(space.widths)} widths = {space.size} shapes "
+    axes = (f"{len(space.attn_widths)} attention x {len(space.widths)} MLP widths" if space.attn_widths
+            else f"{len(space.widths)} widths")
+    print(f"space: {len(space.depths)} depths x {axes} = {space.size} shapes "
           f"({space.model}, {args.device}/{args.flow} {args.phase}); full budget {mf.rungs[-1]} x {args.seq_len} "
           f"tokens; ladders {[list(m.rungs) for m in mfs.values()]}", flush=True)
     t0 = time.perf_counter()
     # Width by width, shallow to deep: the evaluator reuses the hidden states of a shared prefix.
-    for k, s in enumerate(sorted(shapes, key=lambda s: (s.width, s.depth)), 1):
+    for k, s in enumerate(sorted(shapes, key=lambda s: (s.attn_width or 0.0, s.width, s.depth)), 1):
         mf.score(s, -1)
         if k % 8 == 0 or k == len(shapes):
             dt = time.perf_counter() - t0
@@ -296,7 +310,9 @@ def main() -> None:
         "benchmark": "search_efficiency", "quick": args.quick, "strategy": rel(args.strategy),
         "model": space.model, "device": args.device, "flow": args.flow, "phase": args.phase,
         "latency_table": table_origin, "latency_sources": lat_sources,
-        "space": {"depths": list(space.depths), "widths": list(space.widths), "size": space.size},
+        "space": {"depths": list(space.depths), "widths": list(space.widths), "size": space.size,
+                  **({"attn_widths": list(space.attn_widths), "widths_are": "MLP widths"}
+                     if space.attn_widths else {})},
         "accuracy": {"metric": "next-token top-1 (held-out val split), 90% bootstrap interval over windows",
                      "seq_len": args.seq_len, "full_budget_windows": mf.rungs[-1],
                      "window_choice": "windows evenly spaced over the val split, rungs take them in bit-reversal "

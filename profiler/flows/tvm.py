@@ -6,9 +6,8 @@ Route: ``torch.export`` of an explicit-KV-cache LLaMA (``_kv_llama``: fixed-shap
 ``{"kind": "llvm", "num-cores": T}`` -> ``relax.VirtualMachine``. Weights stay graph inputs
 (``keep_params_as_input``), so compiling does not embed them. Graphs are compiled lazily, one
 per (phase, prompt_len), during the first (warm-up) ``run_once`` of a shape; the executable is
-kept by the flow, so a rebuild between the paired protocol's rounds (on by default here) only
-loads it again: a new VM and new weight tensors, i.e. a fresh load, as for ONNX Runtime and
-llama.cpp.
+kept by the flow, so a rebuild between the paired protocol's rounds (``--rebuild``; off by default
+for TVM, see ``rebuild_between_rounds``) only loads it again: a new VM and new weight tensors.
 
 Before compiling, ``FuseTransposeMatmul`` turns every ``x @ W.T`` (a ``permute_dims`` of the
 weight feeding a ``matmul``) into one ``NT_matmul`` kernel. Without it the imported graph
@@ -115,11 +114,13 @@ class TvmArtifact:
 class TvmFlow(Flow):
     name: ClassVar[str] = "tvm"
     install_hint: ClassVar[str] = INSTALL
-    # A rebuild is a reload: a fresh VM and fresh weight tensors from the compiled executable
-    # (kept per shape in ``self._compiled``; compiling is deterministic for a given tuning
-    # database, so it is not redone). Without it tuned d6-w1 and d12-w0.75 decode moved 10-12%
-    # between two runs while their one-load intervals did not overlap.
-    rebuild_between_rounds: ClassVar[bool] = True
+    # A rebuild (``--rebuild``) is a reload: a fresh VM and fresh weight tensors from the compiled
+    # executable (kept per shape in ``self._compiled``; not compiled again). Off by default: on the
+    # 2-core VM it did not make two runs agree (reproducibility.py, tuned: 15% of rows within 5%
+    # with reloads vs 75% without; ratios alone 70% vs 75%). Two processes a minute apart timed
+    # d6-w0.75 / d30-w1 at 0.274-0.286 and 0.253-0.264 (two compiles of each shape per process),
+    # while the reference itself went from 36 to 43 ms: the ratio moved with the host's speed.
+    rebuild_between_rounds: ClassVar[bool] = False
 
     def __init__(self, config: FlowConfig | None = None) -> None:
         super().__init__(config)
