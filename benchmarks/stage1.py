@@ -24,6 +24,7 @@ counts as not beaten), ``dp_not_worse_all_depths`` (ShortGPT never significantly
 per-depth verdicts. Scores are cached in runs/stage1-bench/ (a killed run resumes).
 
     python benchmarks/stage1.py                      # metrics ppl and kl x budgets 1, 2 and 4 windows
+    python benchmarks/stage1.py --settings ppl:1,ppl:2,ppl:4,ppl:8,kl:1,kl:2,kl:4   # explicit settings
     python benchmarks/stage1.py --quick              # depths 24/18, budget 1, 4 random subsets
 """
 
@@ -94,8 +95,13 @@ def main() -> None:
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     for m in metrics:
         check_depth_metric(m)
+    settings = [(m, b) for m in metrics for b in budgets]
+    if args.settings:
+        settings = [(x.split(":")[0].strip(), int(x.split(":")[1])) for x in args.settings.split(",") if x.strip()]
+        for m, _ in settings:
+            check_depth_metric(m)
     if args.quick:
-        depths, budgets, args.random, args.test_windows = [24, 18], [1], 4, 2
+        depths, settings, args.random, args.test_windows = [24, 18], [(metrics[0], 1)], 4, 2
         args.out = args.out.with_name("stage1_quick.json")
     t0, load0 = time.perf_counter(), loadavg()
     loaded = load_model(args.model)
@@ -108,13 +114,12 @@ def main() -> None:
     randoms = {d: [tuple(sorted(rng.sample(range(n), d))) for _ in range(args.random)] for d in depths}
 
     selections: dict[str, dict] = {}  # "<metric>:<budget>" -> layers per method
-    for metric in metrics:
-        for b in budgets:
-            layers, stats, calib_ids = run_dp(loaded, min(depths), b, cache_dir / "dp_scores.jsonl", metric)
-            influence = block_influence(loaded, calib_ids)
-            selections[f"{metric}:{b}"] = {"dp": {d: layers[d] for d in depths},
-                                           "shortgpt": block_influence_layers(influence, depths),
-                                           "dp_stats": stats, "block_influence": [round(x, 5) for x in influence]}
+    for metric, b in settings:
+        layers, stats, calib_ids = run_dp(loaded, min(depths), b, cache_dir / "dp_scores.jsonl", metric)
+        influence = block_influence(loaded, calib_ids)
+        selections[f"{metric}:{b}"] = {"dp": {d: layers[d] for d in depths},
+                                       "shortgpt": block_influence_layers(influence, depths),
+                                       "dp_stats": stats, "block_influence": [round(x, 5) for x in influence]}
     last = drop_last(n, depths)
 
     texts = {}
@@ -168,12 +173,14 @@ def main() -> None:
 
     result = {
         "benchmark": "stage1",
-        "command": "python benchmarks/stage1.py" + (" --quick" if args.quick else ""),
+        "command": "python benchmarks/stage1.py" + (" --quick" if args.quick else "")
+                   + (f" --settings {args.settings}" if args.settings else ""),
         "model": loaded.source,
         "fingerprint": loaded.fingerprint,
         "depths": depths,
-        "calib_windows": budgets,
-        "dp_metrics": metrics,
+        "calib_windows": sorted({b for _, b in settings}),
+        "dp_metrics": sorted({m for m, _ in settings}),
+        "settings": [f"{m}:{b}" for m, b in settings],
         "budget_key": "<DP metric>:<calibration windows>; ShortGPT uses the same windows (its layers do not depend on the metric)",
         "seq_len": SEQ,
         "threads": args.threads,

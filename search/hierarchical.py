@@ -22,6 +22,10 @@ objective. The scheme spends accuracy evaluations where they can still move the 
    between two evaluated depths of the column (best case: the deeper one's accuracy).
    Depth candidates stay in the pool. Evaluate the largest optimistic gain first; a depth whose
    candidates cannot add ``tol`` of the box is no longer promising and gets no more evaluations.
+   With attention and MLP widths as separate axes (``space.attn_widths``) the width index has no
+   accuracy order, so step 3 is replaced by a bound over the partial order of shapes: every open
+   shape is a candidate whose best case is the lowest best case of the evaluated shapes at least
+   as deep and at least as wide on both axes (:meth:`HierarchicalSearch._bound_candidates`).
 4. Stop when no candidate gains more than ``tol`` of the box, or after ``max_evaluations``.
 
 Over-budget shapes are never evaluated (hard constraint). The scheme is deterministic; every
@@ -33,9 +37,11 @@ the scheme reasons with is a shape's latest (highest-rung) score. After each scr
 halving over the evaluation budget: a shape below the full budget is promoted one rung while its
 accuracy interval still reaches the current front, i.e. no shape at most as slow is better by a
 paired difference whose interval excludes 0 (:func:`amoeba_core.stats.paired_diff` on the
-windows both have scored; ``prune_level`` 98% by default, stricter than the 90% reported
-everywhere, because a shape is tested against several faster ones). Promotions go in order of optimistic gain (hypervolume its interval's
-upper end would add to the front of full-budget shapes). By default the exploration only screens;
+windows both have scored, at least ``MIN_PAIRED_WINDOWS`` (8) of them; ``prune_level`` 98% by
+default, stricter than the 90% reported everywhere, because a shape is tested against several
+faster ones). Promotions go in order of optimistic gain (hypervolume its interval's upper end
+would add to the front of full-budget shapes; below 8 windows that upper end is widened to a
+Wilson bound over the rung's tokens, :func:`_upper`). By default the exploration only screens;
 promotion starts when it ends, first for shapes on the front of current estimates, then for the
 rest whose interval still reaches the front (``promote_early``: raise front shapes while
 exploring; on the SmolLM2 benchmark screening first reached 99% of the front for fewer tokens).
@@ -61,6 +67,30 @@ log = logging.getLogger(__name__)
 # A screened shape stops when a faster-or-equal shape beats it by a paired interval at this level that
 # excludes 0 (two-sided 98%: 1% one-sided error per comparison, as a shape is compared with several).
 PRUNE_LEVEL = 0.98
+# ... and only on at least this many shared windows: a bootstrap over 2 windows excludes 0 whenever
+# both differences have the same sign (on the 240-shape SmolLM2 space, ladders starting at 2 windows
+# pruned front shapes that way and never reached 99% of the front).
+MIN_PAIRED_WINDOWS = 8
+
+
+def _upper(rec: Any) -> float:
+    """Upper end of a screened shape's top-1 interval, for optimism.
+
+    Below ``MIN_PAIRED_WINDOWS`` windows a bootstrap over windows is degenerate (over 2 windows
+    its upper end is about the better window's accuracy), so the interval is widened to at least
+    a Wilson bound over the rung's tokens at ``PRUNE_LEVEL`` (tokens of a window are correlated, so
+    this is still optimistic about the precision; it only keeps a cheap score from closing a region).
+    """
+    hi = rec.interval()[1]
+    n_win = len(rec.window_correct or ())
+    if 0 < n_win < MIN_PAIRED_WINDOWS and rec.window_count:
+        n = float(sum(rec.window_count))
+        p = float(sum(rec.window_correct)) / n
+        z = 2.326  # two-sided 98%
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        hi = max(hi, centre + half)
+    return float(hi)
 
 
 def run_hierarchical(problem: SearchProblem, max_evaluations: int | None = None, tol: float = 1e-3,
@@ -96,6 +126,10 @@ class HierarchicalSearch:
         # Best case of an evaluated shape for the candidates' optimism: its interval's upper end when
         # the accuracy carries one (a noisy low score must not close a region), else the value.
         self._best: dict[tuple[int, int], float] = {}
+        # (attention, MLP) width per width index: one ratio sets both unless the space has an attention axis
+        wv = np.array([(w.attn, w.mlp) if hasattr(w, "mlp") else (w, w) for w in space.width_axis], dtype=float)
+        self.two_axes = bool(space.attn_widths)
+        self.wider = (wv[:, None, :] >= wv[None, :, :]).all(axis=2)  # wider[j2, j]: j2 at least as wide on both axes
         self.feasible_depths = [i for i in range(self.D) if self.ok[i].any()]
         self.widest = {i: int(np.flatnonzero(self.ok[i]).max()) for i in self.feasible_depths}
         self.narrowest = {i: int(np.flatnonzero(self.ok[i]).min()) for i in self.feasible_depths}
@@ -135,7 +169,7 @@ class HierarchicalSearch:
         shape = self._shape(k)
         known = len(self.p.history)
         rec = self.p.screen(shape, rung)
-        self.recs[k], self.acc[k], self._best[k] = rec, rec.top1_acc, max(rec.top1_acc, rec.interval()[1])
+        self.recs[k], self.acc[k], self._best[k] = rec, rec.top1_acc, max(rec.top1_acc, _upper(rec))
         if len(self.p.history) > known:
             self.p.record(self.study, self.p.history[-1])
 
@@ -152,7 +186,7 @@ class HierarchicalSearch:
             if hit is None:
                 r = self.recs[t]
                 m = min(len(s.window_correct or ()), len(r.window_correct or ()))
-                if m == 0:
+                if m < MIN_PAIRED_WINDOWS:
                     hit = False
                 else:
                     d = paired_diff(r.window_correct[:m], s.window_correct[:m], r.window_count[:m], n_boot=1000,
@@ -182,7 +216,7 @@ class HierarchicalSearch:
             base = hypervolume(dl, da, self.ref_lat, self.ref_acc) if decided else 0.0
 
             def gain(k: tuple[int, int]) -> tuple[float, float, float]:
-                hi = self.recs[k].interval()[1]
+                hi = _upper(self.recs[k])
                 hv = hypervolume(np.append(dl, self.lat[k]), np.append(da, hi), self.ref_lat, self.ref_acc)
                 return (hv - base, hi, -float(self.lat[k]))
 
@@ -262,6 +296,30 @@ class HierarchicalSearch:
                     out.append((mids[len(mids) // 2], j, max(self._best[(a, j)], self._best[(b, j)])))
         return out
 
+    def _bound_candidates(self) -> list[tuple[int, int, float]]:
+        """Every open feasible shape, its best case bounded through the partial order of shapes.
+
+        With attention and MLP widths as separate axes the width index is not ordered by accuracy
+        (d, a0.333, m0.625 is usually worse than d, a1, m0.5), so the midpoint rules of
+        :meth:`_width_candidates` do not hold. A shape's accuracy cannot exceed that of any
+        evaluated shape at least as deep and at least as wide on both axes: its best case is the
+        smallest such best case (the largest best case seen when none dominates it).
+        """
+        if not self._best:
+            return []
+        best = np.full((self.D, self.W), np.inf)
+        for (i, j), b in self._best.items():
+            best[i, j] = b
+        top = max(self._best.values())
+        out = []
+        for j in range(self.W):
+            sub = best[:, self.wider[:, j]]  # evaluated shapes at least as wide as j, every depth
+            bound = np.minimum.accumulate(sub[::-1], axis=0)[::-1].min(axis=1)  # ... and at least as deep
+            for i in self.feasible_depths:
+                if self.ok[i, j] and (i, j) not in self.acc:
+                    out.append((i, j, float(bound[i]) if np.isfinite(bound[i]) else top))
+        return out
+
     def _step(self, cands: list[tuple[int, int, float]], tol: float) -> bool:
         if not cands or self._done():
             return False
@@ -300,5 +358,9 @@ class HierarchicalSearch:
             self._promote()
         while self._step(self._depth_candidates(), self.depth_tol):
             pass
+        if self.two_axes:
+            while self._step(self._bound_candidates(), self.tol):
+                pass
+            return
         while self._step(self._depth_candidates() + self._width_candidates(), self.tol):
             pass

@@ -72,3 +72,34 @@ def test_cli_search_and_query_with_attention_axis(strategy_path: Path, profiles:
                                    "--attn-widths", "0.75", "--root", str(profiles)])
     assert bad.exit_code != 0 and "attention width 0.75" in bad.output + str(bad.exception)
     assert not (tmp_path / "x").exists()
+
+
+def test_hierarchical_reaches_the_front_over_attention_and_mlp_widths() -> None:
+    """The width index of a two-axis space has no accuracy order (d, a0.25, m1 is worse than d, a1, m0.75
+    here); the search bounds a shape by the evaluated shapes at least as deep and as wide on both axes,
+    so it still reaches 99% of the exhaustive front's hypervolume after a third of the space at most."""
+    import numpy as np
+
+    from search.pareto import hypervolume
+    from search.space import fine_widths
+
+    depths = range(17, 33)
+    space = SearchSpace("llama2-7b", tuple(depths), fine_widths(0.5, 1.0, 1 / 8), {d: tuple(range(d)) for d in depths},
+                        attn_widths=(0.25, 0.5, 0.75, 1.0))
+    root = Path(__file__).resolve().parents[2] / "device_profiles"
+    lat = LatencyObjective("a5000", "pytorch", "llama2-7b", root=root)
+
+    def acc(s: SubnetShape) -> float:  # smooth, monotone in depth and both widths; attention matters more
+        return float(1 - np.exp(-s.depth * 0.15) * (1.3 - s.attn_width) ** 0.8 * (1.2 - s.width) ** 0.3)
+
+    shapes = space.shapes()
+    assert acc(space.shape(24, 1.0, 0.25)) < acc(space.shape(24, 0.75, 1.0))  # index order is not accuracy order
+    ref = (max(lat(s).ms for s in shapes) * 1.01, min(acc(s) for s in shapes))
+    full = hypervolume([lat(s).ms for s in shapes], [acc(s) for s in shapes], *ref)
+    p = SearchProblem(space, acc, lat)
+    run_hierarchical(p, tol=0.0)
+    hv = [hypervolume([e.latency_ms for e in p.history[:k]], [e.accuracy for e in p.history[:k]], *ref)
+          for k in range(1, len(p.history) + 1)]
+    assert hv[-1] >= 0.99 * full
+    needed = next(k for k, h in enumerate(hv, 1) if h >= 0.99 * full)
+    assert needed <= space.size // 3, (needed, space.size)  # 77 of 320 when written

@@ -115,7 +115,8 @@ def test_multifidelity_hierarchical_reaches_the_front_for_fewer_tokens(tmp_path:
 
 
 def test_a_significantly_beaten_shape_is_not_promoted(tmp_path: Path) -> None:
-    # Two shapes on the same windows: the slower one is worse on every window -> screened, never promoted.
+    # Two shapes on the same windows: the slower one is worse on every window -> screened, never promoted
+    # (the paired test needs MIN_PAIRED_WINDOWS = 8 shared windows, hence a first rung of 8).
     space = SearchSpace.first_layers("llama2-7b", (31, 32), (1.0,))
     lat = LatencyObjective("a5000", "pytorch", "llama2-7b", root=REPO / "device_profiles")
 
@@ -123,12 +124,12 @@ def test_a_significantly_beaten_shape_is_not_promoted(tmp_path: Path) -> None:
         good = s.depth == 31  # the faster shape is the better one
         return ([100.0] * len(idx), [40.0 if good else 20.0] * len(idx), [63.0] * len(idx))
 
-    mf = MultiFidelityAccuracy(run_windows, AccuracyTable(tmp_path / "a.parquet"), "t", 16, 64, (4, 16))
+    mf = MultiFidelityAccuracy(run_windows, AccuracyTable(tmp_path / "a.parquet"), "t", 16, 64, (8, 16))
     p = SearchProblem(space, mf, lat)
     run_hierarchical(p, tol=0.0)
     assert [e.shape.depth for e in p.history] == [31]
     assert p.rung_of == {space.shape(31, 1.0).key: 1, space.shape(32, 1.0).key: 0}
-    assert p.tokens == 16 * 64 + 4 * 64
+    assert p.tokens == 16 * 64 + 8 * 64
 
 
 @pytest.mark.slow  # lm-eval start-up and two subnet evaluations: about a minute on 2 cores
