@@ -19,6 +19,8 @@ the lowest accuracy of the space) is the target's 100%.
 
     python benchmarks/search_efficiency.py            # SmolLM2 strategy, cpu-host pytorch decode
     python benchmarks/search_efficiency.py --quick    # tiny random model, a fresh tiny table
+    python benchmarks/search_efficiency.py --attn-widths groups --out benchmarks/results/search_efficiency_axes.json
+        # depth x attention width (1/0.667/0.333) x MLP width: 240 shapes
 
 Without a cpu-host latency table for the model, a sparse one is profiled first
 (``amoeba profile --sparse``: 3 depths x the widths, decode; the rest of the space is predicted).
@@ -44,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from amoeba_core.shape import parse_ints  # noqa: E402
+from benchmarks._profile_run import loadavg  # noqa: E402
 
 METHODS = ("hierarchical-mf", "hierarchical", "nsga2", "tpe", "random")
 
@@ -88,7 +91,8 @@ def ensure_table(device: str, flow: str, model: str, phase: str, depths: tuple[i
         for col in ("threads", "protocol"):
             if col in rows:
                 desc += f", {col} {sorted(str(v) for v in rows[col].dropna().unique())}"
-        return desc + "); other shapes from its predictor"
+        used = f"; rows timed with {m.threads} thread(s) used" if getattr(m, "threads", None) is not None else ""
+        return desc + f"){used}; other shapes from its predictor"
     except AmoebaError as e:
         if device != "cpu-host":
             raise
@@ -219,7 +223,7 @@ def main() -> None:
     print(f"space: {len(space.depths)} depths x {axes} = {space.size} shapes "
           f"({space.model}, {args.device}/{args.flow} {args.phase}); full budget {mf.rungs[-1]} x {args.seq_len} "
           f"tokens; ladders {[list(m.rungs) for m in mfs.values()]}", flush=True)
-    t0 = time.perf_counter()
+    t0, load0 = time.perf_counter(), loadavg()
     # Width by width, shallow to deep: the evaluator reuses the hidden states of a shared prefix.
     for k, s in enumerate(sorted(shapes, key=lambda s: (s.attn_width or 0.0, s.width, s.depth)), 1):
         mf.score(s, -1)
@@ -321,8 +325,9 @@ def main() -> None:
                      "full_budget_tokens_per_shape": full_tokens, "exhaustive_tokens": exhaustive_tokens,
                      "exhaustive_seconds_this_run": round(exhaustive_s, 1), "rung_scores_run": mf.n_evaluated,
                      "exhaustive_eval_seconds": round(eval_seconds, 1),
-                     "exhaustive_eval_note": "sum of per-shape evaluation seconds stored with the scores (1 torch "
-                                             "thread, host shared with other jobs, load average ~10 on 2 cores)",
+                     "exhaustive_eval_note": "sum of per-shape evaluation seconds stored with the scores (each "
+                                             "from the run that first scored the shape; this run's threads and "
+                                             "load average under environment)",
                      "rungs_ci": rung_ci},
         "target_fraction": args.target, "reference_point": {"latency_ms": ref[0], "accuracy": ref[1]},
         "exhaustive": {"hypervolume": hv_full, "front": [shapes[i].grid_key for i in front],
@@ -343,7 +348,8 @@ def main() -> None:
         "goals": {"best_cost_fraction_max": 0.15, "random_over_best_min": 3.0,
                   "met": summary[best]["cost_fraction"] <= 0.15 and summary[best]["random_over_method"] >= 3.0},
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "optuna": optuna.__version__, "threads": torch.get_num_threads()},
+                        "optuna": optuna.__version__, "threads": torch.get_num_threads(),
+                        "loadavg_before": load0, "loadavg_after": loadavg()},
     }, indent=2))
     print(f"wrote {rel(out)}")
 

@@ -82,6 +82,8 @@ def main() -> None:
                          "pydoc topics has 61 of 256 tokens, all taken by 64; standard-library docs 142)")
     ap.add_argument("--random", type=int, default=40, help="random layer subsets per depth")
     ap.add_argument("--random-windows", type=int, default=1, help="windows (of the test ones) the random subsets use")
+    ap.add_argument("--settings", default="",
+                    help="explicit DP settings '<metric>:<windows>,...' (e.g. ppl:8,kl:4) instead of metrics x budgets")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true")

@@ -56,6 +56,7 @@ import logging
 import os
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
@@ -76,6 +77,7 @@ def ffi_is_broken(tvm_version: str, ffi_version: str) -> bool:
     return tvm_version.startswith("0.27") and ffi >= (0, 1, 15)
 
 
+KEEP_COMPILED = 8  # executables a flow keeps for reloads (code only: weights are graph inputs)
 TUNED_OPS: tuple[str, ...] = ("matmul", "softmax", "mean")  # substrings of the kernels worth tuning
 
 
@@ -135,7 +137,9 @@ class TvmFlow(Flow):
         if self.trials < 0:
             raise AmoebaError("tvm flow: trials must be >= 0")
         self.threads = self.config.threads or len(os.sched_getaffinity(0))
-        self._compiled: dict[tuple[ModelGeometry, str, int], Compiled] = {}
+        # the last KEEP_COMPILED executables (a block is the reference and up to 4 shapes, so a rebuild
+        # between its rounds always finds them); older ones are dropped
+        self._compiled: OrderedDict[tuple[ModelGeometry, str, int], Compiled] = OrderedDict()
         if self.config.threads:
             os.environ["TVM_NUM_THREADS"] = str(self.config.threads)  # read when TVM's pool starts
 
@@ -190,8 +194,11 @@ class TvmFlow(Flow):
         compiled = self._compiled.get(ck)
         if compiled is None:
             compiled = self._compiled[ck] = self._compile(module, inputs)
+            while len(self._compiled) > KEEP_COMPILED:
+                self._compiled.popitem(last=False)
             how = "compiled"
         else:
+            self._compiled.move_to_end(ck)
             how = "loaded"
         named = dict(module.named_parameters(remove_duplicate=False))  # tied weights appear under both names
         dev = tvm.cpu()
