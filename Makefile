@@ -73,7 +73,9 @@ demo: install
 bench: install-all
 	$(BIN)/python benchmarks/ort_thread_pool.py
 	$(BIN)/python benchmarks/reproducibility.py
+	$(BIN)/python benchmarks/reproducibility.py --flows "tvm:trials=32" --merge
 	$(BIN)/python benchmarks/predictor_accuracy.py
+	$(BIN)/python benchmarks/predictor_accuracy.py --flows "tvm:trials=32" --merge
 	$(BIN)/python benchmarks/few_shot.py
 	$(BIN)/python benchmarks/width_axes.py
 	$(BIN)/python benchmarks/select_speed.py
