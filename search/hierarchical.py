@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import logging
 import math
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -86,7 +87,7 @@ def _upper(rec: Any) -> float:
     if 0 < n_win < MIN_PAIRED_WINDOWS and rec.window_count:
         n = float(sum(rec.window_count))
         p = float(sum(rec.window_correct)) / n
-        z = 2.326  # two-sided 98%
+        z = NormalDist().inv_cdf(0.5 + PRUNE_LEVEL / 2)  # two-sided PRUNE_LEVEL: 2.326 at 98%
         centre = (p + z * z / (2 * n)) / (1 + z * z / n)
         half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
         hi = max(hi, centre + half)
