@@ -96,13 +96,11 @@ def main() -> None:
     depths = sorted({int(d) for d in args.depths.split(",")}, reverse=True)
     budgets = [int(b) for b in args.calib_windows.split(",")]
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    for m in metrics:
-        check_depth_metric(m)
     settings = [(m, b) for m in metrics for b in budgets]
     if args.settings:
         settings = [(x.split(":")[0].strip(), int(x.split(":")[1])) for x in args.settings.split(",") if x.strip()]
-        for m, _ in settings:
-            check_depth_metric(m)
+    for m, _ in settings:
+        check_depth_metric(m)
     if args.quick:
         depths, settings, args.random, args.test_windows = [24, 18], [(metrics[0], 1)], 4, 2
         args.out = args.out.with_name("stage1_quick.json")

@@ -191,16 +191,16 @@ class TvmFlow(Flow):
         module = Prefill(art.core) if phase == "prefill" else Decode(art.core, prompt_len)
         inputs = example_inputs(art.core, phase, prompt_len)
         ck = (art.geometry, phase, prompt_len)
+        named = dict(module.named_parameters(remove_duplicate=False))  # tied weights appear under both names
         compiled = self._compiled.get(ck)
         if compiled is None:
-            compiled = self._compiled[ck] = self._compile(module, inputs)
+            compiled = self._compiled[ck] = self._compile(module, inputs, named)
             while len(self._compiled) > KEEP_COMPILED:
                 self._compiled.popitem(last=False)
             how = "compiled"
         else:
             self._compiled.move_to_end(ck)
             how = "loaded"
-        named = dict(module.named_parameters(remove_duplicate=False))  # tied weights appear under both names
         dev = tvm.cpu()
         vm = relax.VirtualMachine(compiled.executable, dev)
         with torch.no_grad():
@@ -211,7 +211,7 @@ class TvmFlow(Flow):
         art.graphs[key] = Graph(vm, args)
         return art.graphs[key]
 
-    def _compile(self, module: Any, inputs: tuple[Any, ...]) -> Compiled:
+    def _compile(self, module: Any, inputs: tuple[Any, ...], named: dict[str, Any]) -> Compiled:
         import torch
         import tvm
         from tvm import relax
@@ -222,7 +222,6 @@ class TvmFlow(Flow):
         mod = from_exported_program(ep, keep_params_as_input=True)
         mod, params = relax.frontend.detach_params(mod)
         names = tuple(ep.graph_signature.parameters)
-        named = dict(module.named_parameters(remove_duplicate=False))
         if len(names) != len(params["main"]) or any(tuple(named[n].shape) != tuple(p.shape)
                                                     for n, p in zip(names, params["main"])):
             raise AmoebaError("tvm flow: the imported graph's weights do not follow torch.export's parameter order")
