@@ -21,6 +21,8 @@ the lowest accuracy of the space) is the target's 100%.
     python benchmarks/search_efficiency.py --quick    # tiny random model, a fresh tiny table
     python benchmarks/search_efficiency.py --attn-widths groups --out benchmarks/results/search_efficiency_axes.json
         # depth x attention width (1/0.667/0.333) x MLP width: 240 shapes
+    python benchmarks/search_efficiency.py --windows 64 --run runs/bench-search-mf64 \
+        --out benchmarks/results/search_efficiency_64w.json     # full budget 64 x 64 tokens per shape
 
 Without a cpu-host latency table for the model, a sparse one is profiled first
 (``amoeba profile --sparse``: 3 depths x the widths, decode; the rest of the space is predicted).
@@ -72,6 +74,22 @@ def quick_setup(work: Path) -> tuple[Path, Path]:
         m = load_model("tiny")
         Strategy.trivial(m.geometry, m.fingerprint, "tiny", widths=(1.0, 0.75, 0.5)).save(strategy)
     return strategy, root
+
+
+def default_rungs(windows: int) -> str:
+    """Ladders run when --rungs is not given (each must end at the full budget ``windows``)."""
+    w = int(windows)
+    if w <= 16:
+        lads = [(2, 8, w), (2, 4, w), (2, w), (4, w)]
+    else:
+        lads = [(2, 8, w // 2, w), (2, 8, w), (4, 16, w), (4, w // 2, w)]
+    out: list[str] = []
+    for lad in lads:
+        rungs = sorted({r for r in lad if 1 <= r <= w})
+        text = ",".join(map(str, rungs))
+        if len(rungs) > 1 and text not in out:
+            out.append(text)
+    return ";".join(out)
 
 
 def ensure_table(device: str, flow: str, model: str, phase: str, depths: tuple[int, ...],
@@ -164,8 +182,9 @@ def main() -> None:
     ap.add_argument("--depths", default=None, help="depths to use (default: the strategy's, largest 16)")
     ap.add_argument("--seq-len", type=int, default=64, help="evaluation window (tokens)")
     ap.add_argument("--windows", type=int, default=16, help="full evaluation budget (windows per shape)")
-    ap.add_argument("--rungs", default="2,8,16;2,4,16;2,16;4,16", help="fidelity rungs of the multi-fidelity search (window counts, "
-                    "the last = --windows); several ladders separated by ';' are each run and reported")
+    ap.add_argument("--rungs", default=None, help="fidelity rungs of the multi-fidelity search (window counts, "
+                    "the last = --windows); several ladders separated by ';' are each run and reported. Default: "
+                    "2,8,16;2,4,16;2,16;4,16 for 16 windows, else 2,8,W/2,W;2,8,W;4,16,W;4,W/2,W (W = --windows)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--target", type=float, default=0.99)
     ap.add_argument("--run", type=Path, default=REPO / "runs/bench-search-mf")
@@ -192,6 +211,8 @@ def main() -> None:
         args.strategy, args.root = quick_setup(work)
         args.run, args.seeds, args.seq_len, args.windows, args.rungs = work / "run", min(args.seeds, 2), 32, 8, "2,8"
         args.widths = "0.5:1:1/8"
+    if args.rungs is None:
+        args.rungs = default_rungs(args.windows)
     if not args.strategy.is_file():
         sys.exit(f"error: strategy {args.strategy} not found (make one with `amoeba select`, or use --quick)")
     from amoeba_core.strategy import Strategy
