@@ -23,7 +23,8 @@ depth where the two pick different layers; a depth where they pick the same laye
 counts as not beaten), ``dp_not_worse_all_depths`` (ShortGPT never significantly better), and the
 per-depth verdicts. Scores are cached in runs/stage1-bench/ (a killed run resumes).
 
-    python benchmarks/stage1.py                      # metrics ppl and kl x budgets 1, 2, 4 and 8 windows
+    python benchmarks/stage1.py        # metrics ppl and kl x budgets 1, 2, 4, 8 and 16 windows
+                                       # (from nothing: each 16-window DP took ~50 min at 1 thread)
     python benchmarks/stage1.py --settings ppl:1,ppl:2,ppl:4,ppl:8,kl:1,kl:2,kl:4   # explicit settings
     python benchmarks/stage1.py --quick              # depths 24/18, budget 1, 4 random subsets
 """
@@ -76,7 +77,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--depths", default="27,24,21,18,15")
-    ap.add_argument("--calib-windows", default="1,2,4,8", help="DP/ShortGPT calibration budgets (windows of 256 tokens)")
+    ap.add_argument("--calib-windows", default="1,2,4,8,16",
+                    help="DP/ShortGPT calibration budgets (windows of 256 tokens)")
     ap.add_argument("--metrics", default="ppl,kl", help="DP calibration metrics: ppl (perplexity), kl (KL from the full model)")
     ap.add_argument("--test-windows", type=int, default=64,
                     help="windows per held-out text for DP/ShortGPT/drop-last (capped at the text's windows: "
