@@ -362,7 +362,9 @@ def main() -> None:
                                      "deterministic, one run",
                      "hierarchical-mf[...]": "screens at the first rung of the ladder; promotes one rung while no "
                                              "faster-or-equal shape is better by a paired 98% interval excluding 0 "
-                                             "and the interval's upper end adds hypervolume to the full-budget front",
+                                             "and the interval's upper end adds hypervolume to the full-budget front; "
+                                             "the most-raised open shape is raised first (its ladder is finished before "
+                                             "cheaper rungs of others), by optimistic gain among those",
                      "cost": "tokens run through the model (windows x seq_len), charged as if evaluated "
                              "(scores come from the exhaustive pass's cache)"},
         "results": results, "summary": summary, "best_method": best,
