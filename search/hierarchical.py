@@ -45,10 +45,10 @@ end would add to the front of full-budget shapes; below 8 windows that upper end
 Wilson bound over the rung's tokens, :func:`_upper`). By default the exploration only screens;
 promotion starts when it ends, first for shapes on the front of current estimates, then for the
 rest whose interval still reaches the front (``promote_early``: raise front shapes while
-exploring). Replayed on benchmarks/search_efficiency.py's SmolLM2 caches, screening first reached 99%
-of the front for fewer tokens on the 80-shape space and on the 240-shape space at a 64-window full
-budget (ladder 2/8/64: 0.19 vs 0.25 of the exhaustive tokens); promoting early did better only on the
-240-shape space at 16 windows (2/8/16: 0.28 vs 0.34).
+exploring). In scratch replays of benchmarks/search_efficiency.py's SmolLM2 caches (not in its result
+files), screening first reached 99% of the front for fewer tokens on the 80-shape space and on the
+240-shape space at a 64-window full budget (ladder 2/8/64: 0.19 vs 0.25 of the exhaustive tokens);
+promoting early did better only on the 240-shape space at 16 windows (2/8/16: 0.28 vs 0.34).
 Optuna's pruners do not support
 multi-objective studies, so this lives here. Full-budget shapes are finished trials (lower rungs as
 intermediate values, step = windows); shapes that never reached the full budget are PRUNED trials
