@@ -36,6 +36,10 @@ def select(
                                               "found best on held-out text)."),
     depth_metric: str = typer.Option("ppl", help="What the depth DP minimises on the calibration windows: ppl "
                                                  "(perplexity) or kl (KL divergence from the full model)."),
+    calib_balance: bool = typer.Option(False, "--calib-balance/--no-calib-balance",
+                                       help="Take an equal share of the calibration windows from each text source "
+                                            "(pydoc topics, standard-library docs) instead of spreading them over "
+                                            "the split (about 31%/69%)."),
     stats_windows: int = typer.Option(4, help="Calibration windows for width statistics."),
     val_windows: int = typer.Option(2, help="Validation windows for choosing the width metric."),
     threads: int = typer.Option(0, help="torch threads (0: default)."),
@@ -72,7 +76,8 @@ def select(
 
         strategy = select_strategy(loaded, min_depth, w, cache_dir=cache_dir, calib_seq_len=calib_seq_len,
                                    calib_windows=calib_windows, stats_windows=stats_windows,
-                                   val_windows=val_windows, progress=progress, depth_metric=depth_metric)
+                                   val_windows=val_windows, progress=progress, depth_metric=depth_metric,
+                                   calib_balance=calib_balance)
     total = time.perf_counter() - t0
     from amoeba_core.data import data_record
 
@@ -80,7 +85,7 @@ def select(
                               data=data_record(calib_seq_len=calib_seq_len, calib_windows=calib_windows,
                                                depth_metric=depth_metric,
                                                stats_windows=stats_windows, val_windows=val_windows,
-                                               window_choice="spread"))
+                                               window_choice="balanced" if calib_balance else "spread"))
     strategy.save(out)
     st = strategy.stats
     console.print(f"depth DP: {st['dp_evaluations']} evaluations ({st['dp_evaluations_from_cache']} from cache) "

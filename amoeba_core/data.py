@@ -241,6 +241,34 @@ def spread_windows(
     return every[pick], [owner[i] for i in pick]
 
 
+def balanced_windows(
+    tokenizer: PreTrainedTokenizerBase, split: str, seq_len: int, n: int, seed: int = 0
+) -> tuple[torch.LongTensor, list[int]]:
+    """``n`` windows of a whole split (``calib``), an equal share from each source's part (the
+    remainder to the first sources), each share spread over its part as :func:`spread_windows`
+    does; with each window's document index (numbered over the split's parts in order).
+
+    A spread over the whole split samples the sources in proportion to their text: the
+    calibration split is about 31% pydoc topics and 69% standard-library docs, so a selection
+    calibrated that way sees mostly one kind of text. Equal shares weigh both kinds alike."""
+    import torch
+
+    name, _, source = check_split(split).partition("-")
+    if source:
+        raise AmoebaError(f"balanced windows need a whole split (e.g. {name!r}), got the source part {split!r}")
+    if n < len(SOURCES):
+        raise AmoebaError(f"balanced windows need at least one window per source ({len(SOURCES)}), got {n}")
+    parts, owners, offset = [], [], 0
+    for i, src in enumerate(SOURCES):
+        docs = split_docs(f"{name}-{src}", seed)
+        k = n // len(SOURCES) + (1 if i < n % len(SOURCES) else 0)
+        ids, owner = spread_windows(tokenizer, docs, seq_len, k)
+        parts.append(ids)
+        owners.extend(o + offset for o in owner)
+        offset += len(docs)
+    return torch.cat(parts), owners
+
+
 def token_windows(
     tokenizer: PreTrainedTokenizerBase, docs: list[str], seq_len: int, max_windows: int | None = None
 ) -> torch.LongTensor:

@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from amoeba_core.data import split_docs, spread_windows, window_docs
+from amoeba_core.data import balanced_windows, split_docs, spread_windows, window_docs
 from amoeba_core.errors import AmoebaError
 from amoeba_core.model import LoadedModel
 from amoeba_core.shape import SubnetShape
@@ -199,7 +199,9 @@ class Evaluator:
 
     ``cache`` is a JSON-lines file; every new score is appended, so a killed run loses
     at most the shape it was computing. ``spread``: the ``max_windows`` windows are spread evenly
-    over the whole split (:func:`amoeba_core.data.spread_windows`) instead of being its first ones. ``memo_mb`` bounds the memoised prefix states.
+    over the whole split (:func:`amoeba_core.data.spread_windows`) instead of being its first ones;
+    ``balance``: an equal share of them from each source, each spread over its part
+    (:func:`amoeba_core.data.balanced_windows`). ``memo_mb`` bounds the memoised prefix states.
     """
 
     def __init__(
@@ -216,6 +218,7 @@ class Evaluator:
         windows: torch.LongTensor | None = None,
         window_doc: Sequence[int] | None = None,
         spread: bool = False,
+        balance: bool = False,
     ) -> None:
         import torch
 
@@ -230,6 +233,9 @@ class Evaluator:
         if windows is not None:
             self.ids = windows
             self.window_doc = None if window_doc is None else tuple(int(d) for d in window_doc)
+        elif balance and max_windows is not None:  # an equal share of the budget from each source
+            self.ids, docs = balanced_windows(loaded.tokenizer, split, seq_len, max_windows, seed)
+            self.window_doc = tuple(docs)
         elif spread and max_windows is not None:  # the budget sampled over the whole split
             self.ids, docs = spread_windows(loaded.tokenizer, split_docs(split, seed), seq_len, max_windows)
             self.window_doc = tuple(docs)

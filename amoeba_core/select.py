@@ -33,6 +33,7 @@ def select_strategy(
     width_candidates: tuple[str, ...] = ("flap-bias", "flap", "wanda"),
     progress: Progress | None = None,
     depth_metric: str = "ppl",
+    calib_balance: bool = False,
 ) -> Strategy:
     """Run the depth DP on calibration perplexity (or KL from the full model: ``depth_metric``),
     rank widths, choose the width metric on val.
@@ -48,7 +49,8 @@ def select_strategy(
         widths = (1.0, *widths)
     t_start = time.perf_counter()
     cache = Path(cache_dir) / "dp_scores.jsonl" if cache_dir is not None else None
-    result, calib = select_depth(loaded, min_depth, calib_seq_len, calib_windows, cache, progress, depth_metric)
+    result, calib = select_depth(loaded, min_depth, calib_seq_len, calib_windows, cache, progress, depth_metric,
+                                 balance=calib_balance)
     total = n_dp_evaluations(n, min_depth)
 
     t_w = time.perf_counter()
@@ -98,18 +100,21 @@ def select_depth(
     cache: Path | str | None = None,
     progress: Progress | None = None,
     metric: str = "ppl",
+    balance: bool = False,
 ) -> tuple[DepthResult, Evaluator]:
     """Depth half of Stage 1: the DP on calibration perplexity (``metric="ppl"``) or on the mean
     KL divergence from the full model's next-token distribution (``"kl"``,
     :class:`~amoeba_core.evaluate.DistillEvaluator`); its result and the calibration evaluator
-    (its ``ids`` are the calibration windows; ``cache`` a JSON-lines score cache)."""
+    (its ``ids`` are the calibration windows; ``cache`` a JSON-lines score cache). ``balance``: half
+    of the windows from each source of the calibration split instead of a spread over all of it
+    (:func:`amoeba_core.data.balanced_windows`)."""
     check_min_depth(loaded.geometry.n_layers, min_depth)
     check_depth_metric(metric)
     # spread over the whole split: its first windows are all from one source (pydoc topics), and a DP
     # calibrated on one source alone picked layers that lost to ShortGPT on the other (benchmarks/stage1.py)
     cls = DistillEvaluator if metric == "kl" else Evaluator
     calib = cls(loaded, None, split="calib", seq_len=calib_seq_len, max_windows=calib_windows, cache=cache,
-                spread=True)
+                spread=True, balance=balance)
 
     def value(score: ShapeScore) -> float:  # calibration perplexity, or mean KL per token (nats)
         return score.ppl if metric == "ppl" else score.nll

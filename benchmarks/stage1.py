@@ -8,7 +8,8 @@ standard-library module documentation: disjoint documents, never seen by any sel
 * ``dp``        the depth DP of :mod:`amoeba_core.depth` (AmoebaLLM Stage 1) on calibration perplexity
   (``ppl``) or on the KL divergence from the full model's next-token distribution (``kl``, ``--metrics``),
 * ``shortgpt``  ShortGPT block influence (1 - cos(h_in, h_out)) on the same calibration windows
-  (spread evenly over the calibration split, as `amoeba select` takes them),
+  (spread evenly over the calibration split, as `amoeba select` takes them; or, for the
+  ``--balanced`` settings, half from each source, as `amoeba select --calib-balance` takes them),
 * ``drop_last`` the first ``d`` layers,
 * ``random``    ``--random`` (40) uniformly random layer subsets of size ``d`` (seeded).
 
@@ -18,12 +19,13 @@ interval of the difference (``dp - shortgpt``; "not significant" when it contain
 subsets are scored on ``--random-windows`` of those windows (the cost: 40 subsets x depths x 2
 texts), with DP and ShortGPT on the same windows, so ``dp_beats_random_share`` is a paired count.
 
-Per text and DP setting (``<metric>:<windows>``): ``dp_beats_shortgpt_all_depths`` (the paired interval lies below 0 at every
+Per text and DP setting (``<metric>:<windows>``, ``:bal`` appended for source-balanced windows): ``dp_beats_shortgpt_all_depths`` (the paired interval lies below 0 at every
 depth where the two pick different layers; a depth where they pick the same layers is a tie and
 counts as not beaten), ``dp_not_worse_all_depths`` (ShortGPT never significantly better), and the
 per-depth verdicts. Scores are cached in runs/stage1-bench/ (a killed run resumes).
 
-    python benchmarks/stage1.py        # metrics ppl and kl x budgets 1, 2, 4, 8 and 16 windows
+    python benchmarks/stage1.py        # metrics ppl and kl x budgets 1, 2, 4, 8 and 16 windows, and
+                                       # ppl:4/8/16 with source-balanced windows
                                        # (from nothing: each 16-window DP took ~50 min at 1 thread)
     python benchmarks/stage1.py --settings ppl:1,ppl:2,ppl:4,ppl:8,kl:1,kl:2,kl:4   # explicit settings
     python benchmarks/stage1.py --quick              # depths 24/18, budget 1, 4 random subsets
@@ -63,11 +65,13 @@ def _score(s: ShapeScore) -> dict:
     return {"ppl": round(s.ppl, 3), "ppl_ci90": _ci(s), "top1_acc": round(s.top1_acc, 4), "tokens": s.n_tokens}
 
 
-def run_dp(loaded, min_depth: int, windows: int, cache: Path, metric: str) -> tuple[dict[int, tuple[int, ...]], dict, object]:
+def run_dp(loaded, min_depth: int, windows: int, cache: Path, metric: str,
+           balance: bool = False) -> tuple[dict[int, tuple[int, ...]], dict, object]:
     """The depth DP exactly as `amoeba select` runs it (:func:`amoeba_core.select.select_depth`); its layers,
     stats and calibration windows (ShortGPT gets the same ones)."""
-    r, calib = select_depth(loaded, min_depth, SEQ, windows, cache, metric=metric)
-    print(f"  DP on calibration {metric} with {windows} window(s): {r.n_evaluations} evaluations "
+    r, calib = select_depth(loaded, min_depth, SEQ, windows, cache, metric=metric, balance=balance)
+    print(f"  DP on calibration {metric} with {windows} {'source-balanced' if balance else 'spread'} window(s): "
+          f"{r.n_evaluations} evaluations "
           f"({r.n_cached} cached) in {r.seconds:.0f} s", flush=True)
     return r.layers, {"evaluations": r.n_evaluations, "cached": r.n_cached,
                       "seconds": round(r.seconds, 1), "calib_tokens": calib.n_tokens}, calib.ids
@@ -85,8 +89,12 @@ def main() -> None:
                          "pydoc topics has 61 of 256 tokens, all taken by 64; standard-library docs 142)")
     ap.add_argument("--random", type=int, default=40, help="random layer subsets per depth")
     ap.add_argument("--random-windows", type=int, default=1, help="windows (of the test ones) the random subsets use")
+    ap.add_argument("--balanced", default="ppl:4,ppl:8,ppl:16",
+                    help="settings '<metric>:<windows>,...' also run with source-balanced calibration windows "
+                         "(half from each source, `amoeba select --calib-balance`); '' for none")
     ap.add_argument("--settings", default="",
-                    help="explicit DP settings '<metric>:<windows>,...' (e.g. ppl:8,kl:4) instead of metrics x budgets")
+                    help="explicit DP settings '<metric>:<windows>[:bal],...' (e.g. ppl:8,kl:4,ppl:16:bal) instead of "
+                         "metrics x budgets and --balanced")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true")
@@ -98,13 +106,20 @@ def main() -> None:
     depths = sorted({int(d) for d in args.depths.split(",")}, reverse=True)
     budgets = [int(b) for b in args.calib_windows.split(",")]
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    settings = [(m, b) for m in metrics for b in budgets]
+    def parse(spec: str, bal: bool = False) -> tuple[str, int, bool]:
+        parts = [p.strip() for p in spec.split(":")]
+        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "bal") or not parts[1].isdigit():
+            raise SystemExit(f"error: a setting is '<metric>:<windows>[:bal]', got {spec!r}")
+        return parts[0], int(parts[1]), bal or len(parts) == 3
+
+    settings = [(m, b, False) for m in metrics for b in budgets]
+    settings += [parse(x, True) for x in args.balanced.split(",") if x.strip()]
     if args.settings:
-        settings = [(x.split(":")[0].strip(), int(x.split(":")[1])) for x in args.settings.split(",") if x.strip()]
-    for m, _ in settings:
+        settings = [parse(x) for x in args.settings.split(",") if x.strip()]
+    for m, _, _ in settings:
         check_depth_metric(m)
     if args.quick:
-        depths, settings, args.random, args.test_windows = [24, 18], [(metrics[0], 1)], 4, 2
+        depths, settings, args.random, args.test_windows = [24, 18], [(metrics[0], 1, False)], 4, 2
         args.out = args.out.with_name("stage1_quick.json")
     t0, load0 = time.perf_counter(), loadavg()
     loaded = load_model(args.model)
@@ -116,11 +131,11 @@ def main() -> None:
     rng = random.Random(args.seed)
     randoms = {d: [tuple(sorted(rng.sample(range(n), d))) for _ in range(args.random)] for d in depths}
 
-    selections: dict[str, dict] = {}  # "<metric>:<budget>" -> layers per method
-    for metric, b in settings:
-        layers, stats, calib_ids = run_dp(loaded, min(depths), b, cache_dir / "dp_scores.jsonl", metric)
+    selections: dict[str, dict] = {}  # "<metric>:<budget>[:bal]" -> layers per method
+    for metric, b, bal in settings:
+        layers, stats, calib_ids = run_dp(loaded, min(depths), b, cache_dir / "dp_scores.jsonl", metric, bal)
         influence = block_influence(loaded, calib_ids)
-        selections[f"{metric}:{b}"] = {"dp": {d: layers[d] for d in depths},
+        selections[f"{metric}:{b}" + (":bal" if bal else "")] = {"dp": {d: layers[d] for d in depths},
                                        "shortgpt": block_influence_layers(influence, depths),
                                        "dp_stats": stats, "block_influence": [round(x, 5) for x in influence]}
     last = drop_last(n, depths)
@@ -180,10 +195,12 @@ def main() -> None:
         "model": loaded.source,
         "fingerprint": loaded.fingerprint,
         "depths": depths,
-        "calib_windows": sorted({b for _, b in settings}),
-        "dp_metrics": sorted({m for m, _ in settings}),
-        "settings": [f"{m}:{b}" for m, b in settings],
-        "budget_key": "<DP metric>:<calibration windows>; ShortGPT uses the same windows (its layers do not depend on the metric)",
+        "calib_windows": sorted({b for _, b, _ in settings}),
+        "dp_metrics": sorted({m for m, _, _ in settings}),
+        "settings": [f"{m}:{b}" + (":bal" if bal else "") for m, b, bal in settings],
+        "budget_key": "<DP metric>:<calibration windows>[:bal]; windows spread over the calibration split (about 31% "
+                      "pydoc topics, 69% standard-library docs by characters) or, with ':bal', half from each source; "
+                      "ShortGPT uses the same windows (its layers do not depend on the metric)",
         "seq_len": SEQ,
         "threads": args.threads,
         "data": data_record(seq_len=SEQ, windows=args.test_windows),

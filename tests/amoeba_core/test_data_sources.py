@@ -108,3 +108,24 @@ def test_spread_windows_sample_the_whole_split(tiny: LoadedModel, strategy) -> N
     assert (ev.ids == ids).all() and ev.score(strategy.shape(3, 0.75)).ci_unit == "document"
     first = Evaluator(tiny, strategy, split="val", seq_len=32, max_windows=12)
     assert (first.ids == every[:12]).all() and first.windows_id != ev.windows_id
+
+
+def test_balanced_windows_take_half_from_each_source(tiny: LoadedModel, strategy) -> None:  # noqa: ANN001
+    from amoeba_core.data import balanced_windows, spread_windows
+    from amoeba_core.evaluate import Evaluator
+
+    ids, own = balanced_windows(tiny.tokenizer, "calib", 32, 7)
+    topics, t_own = spread_windows(tiny.tokenizer, split_docs("calib-topics"), 32, 4)
+    stdlib, s_own = spread_windows(tiny.tokenizer, split_docs("calib-stdlib"), 32, 3)
+    assert ids.shape == (7, 32) and (ids[:4] == topics).all() and (ids[4:] == stdlib).all()
+    n_topics = len(split_docs("calib-topics"))  # document numbers run over the whole split
+    assert own == t_own + [o + n_topics for o in s_own] and max(t_own) < n_topics <= min(own[4:])
+    # a plain spread gives the sources their share of the text, not half each
+    spread, _ = spread_windows(tiny.tokenizer, split_docs("calib"), 32, 7)
+    assert not (spread == ids).all()
+    ev = Evaluator(tiny, strategy, split="calib", seq_len=32, max_windows=7, spread=True, balance=True)
+    assert (ev.ids == ids).all() and ev.window_doc == tuple(own)
+    with pytest.raises(AmoebaError, match="whole split"):
+        balanced_windows(tiny.tokenizer, "calib-topics", 32, 4)
+    with pytest.raises(AmoebaError, match="at least one window per source"):
+        balanced_windows(tiny.tokenizer, "calib", 32, 1)
