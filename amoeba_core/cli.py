@@ -38,8 +38,8 @@ def select(
                                                  "(perplexity) or kl (KL divergence from the full model)."),
     calib_balance: bool = typer.Option(False, "--calib-balance/--no-calib-balance",
                                        help="Take an equal share of the calibration windows from each text source "
-                                            "(pydoc topics, standard-library docs) instead of spreading them over "
-                                            "the split (about 31%/69%)."),
+                                            "(pydoc topics, standard-library docs; at least one each) instead of "
+                                            "spreading them over the split (about 31%/69%)."),
     stats_windows: int = typer.Option(4, help="Calibration windows for width statistics."),
     val_windows: int = typer.Option(2, help="Validation windows for choosing the width metric."),
     threads: int = typer.Option(0, help="torch threads (0: default)."),
@@ -49,11 +49,12 @@ def select(
 
     from amoeba_core.depth import check_min_depth
     from amoeba_core.model import load_model
-    from amoeba_core.select import check_depth_metric, select_strategy
+    from amoeba_core.select import check_calib_windows, check_depth_metric, select_strategy
     from amoeba_core.shape import parse_widths
 
     w = parse_widths(widths)
     check_depth_metric(depth_metric)
+    check_calib_windows(calib_windows, calib_balance)
     if out.suffix not in (".yaml", ".yml"):
         raise AmoebaError(f"--out must be a .yaml file, got {out}")
     if out.exists() and out.is_dir():

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from amoeba_core.data import split_docs, spread_windows
+from amoeba_core.data import SOURCES, split_docs, spread_windows
 from amoeba_core.depth import DepthResult, check_min_depth, dp_depth, n_dp_evaluations
 from amoeba_core.errors import AmoebaError
 from amoeba_core.evaluate import DistillEvaluator, Evaluator, ShapeScore
@@ -45,6 +45,7 @@ def select_strategy(
     check_min_depth(n, min_depth)
     widths = tuple(loaded.geometry.check_width(w) for w in widths)  # before any cache file is written
     check_depth_metric(depth_metric)
+    check_calib_windows(calib_windows, calib_balance)
     if 1.0 not in widths:
         widths = (1.0, *widths)
     t_start = time.perf_counter()
@@ -87,6 +88,16 @@ def select_strategy(
 DEPTH_METRICS = ("ppl", "kl")
 
 
+def check_calib_windows(calib_windows: int, balance: bool) -> None:
+    """Reject a calibration budget the window choice cannot meet (before anything is written)."""
+    if calib_windows < 1:
+        raise AmoebaError(f"calibration windows must be >= 1, got {calib_windows}")
+    if balance and calib_windows < len(SOURCES):
+        raise AmoebaError(f"source-balanced calibration takes one window per source at least ({len(SOURCES)}: "
+                          f"{', '.join(SOURCES)}), got {calib_windows}; pass --no-calib-balance to spread "
+                          f"{calib_windows} window(s) over the split")
+
+
 def check_depth_metric(metric: str) -> None:
     if metric not in DEPTH_METRICS:
         raise AmoebaError(f"depth metric must be one of {', '.join(DEPTH_METRICS)}, got {metric!r}")
@@ -105,11 +116,13 @@ def select_depth(
     """Depth half of Stage 1: the DP on calibration perplexity (``metric="ppl"``) or on the mean
     KL divergence from the full model's next-token distribution (``"kl"``,
     :class:`~amoeba_core.evaluate.DistillEvaluator`); its result and the calibration evaluator
-    (its ``ids`` are the calibration windows; ``cache`` a JSON-lines score cache). ``balance``: half
-    of the windows from each source of the calibration split instead of a spread over all of it
-    (:func:`amoeba_core.data.balanced_windows`)."""
+    (its ``ids`` are the calibration windows; ``cache`` a JSON-lines score cache). The windows are
+    spread over the whole calibration split (the standard-library docs get about 69% of them) or,
+    with ``balance``, half come from each source (:func:`amoeba_core.data.balanced_windows`;
+    benchmarks/stage1.py compares the two)."""
     check_min_depth(loaded.geometry.n_layers, min_depth)
     check_depth_metric(metric)
+    check_calib_windows(calib_windows, balance)
     # spread over the whole split: its first windows are all from one source (pydoc topics), and a DP
     # calibrated on one source alone picked layers that lost to ShortGPT on the other (benchmarks/stage1.py)
     cls = DistillEvaluator if metric == "kl" else Evaluator

@@ -65,11 +65,12 @@ def test_cli_select_eval_export(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert s.depths == [4, 3, 2] and s.stats["dp_evaluations"] == 5 and "total time" in capsys.readouterr().out
     assert _run(argv) == 0  # resumed: every DP shape comes from the cache
     assert Strategy.load(out).stats["dp_evaluations_from_cache"] == 5
-    assert Strategy.load(out).data["window_choice"] == "spread"
+    assert Strategy.load(out).data["window_choice"] == "spread"  # the default: spread over the split
     assert _run([*argv, "--calib-balance"]) == 0  # other calibration windows: new scores, recorded as balanced
     bal = Strategy.load(out)
     assert bal.data["window_choice"] == "balanced" and bal.stats["dp_evaluations_from_cache"] == 0
     assert _run(argv) == 0  # back to the spread windows: their scores are still cached
+    assert Strategy.load(out).stats["dp_evaluations_from_cache"] == 5
     assert _run(["eval", "--strategy", str(out), "--shape", "d3-w0.75", "--windows", "2", "--seq-len", "32"]) == 0
     assert "ppl" in capsys.readouterr().out
     assert _run(["export", "--strategy", str(out), "--shape", "d2-w0.75", "--format", "hf", "--out",
@@ -80,6 +81,8 @@ def test_cli_select_eval_export(tmp_path: Path, capsys: pytest.CaptureFixture[st
         ["eval", "--strategy", str(out), "--shape", "deep"],
         ["export", "--strategy", str(out), "--shape", "d2-w1", "--format", "onnx", "--out", str(tmp_path / "x")],
         ["select", "--model", "tiny", "--min-depth", "0", "--out", str(tmp_path / "z.yaml")],
+        ["select", "--model", "tiny", "--min-depth", "2", "--calib-windows", "1", "--calib-balance", "--out",
+         str(tmp_path / "z.yaml")],
         ["select", "--model", "nosuchmodel", "--min-depth", "2", "--out", str(tmp_path / "z.yaml")],
     ]
     for argv in bad:
