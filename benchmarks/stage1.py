@@ -77,6 +77,31 @@ def run_dp(loaded, min_depth: int, windows: int, cache: Path, metric: str,
                       "seconds": round(r.seconds, 1), "calib_tokens": calib.n_tokens}, calib.ids
 
 
+def val_pick(loaded, selections: dict[str, dict], depths: list[int], windows: int, cache: Path) -> dict:
+    """Per depth and method (DP, ShortGPT), the set with the lowest perplexity on ``windows`` val windows
+    (half from each source) among that method's sets of every setting: model selection on held-out
+    text that no selection and no reported number uses (val is disjoint from calib and test)."""
+    from amoeba_core.data import balanced_windows
+
+    ids, owner = balanced_windows(loaded.tokenizer, "val", SEQ, windows)
+    ev = Evaluator(loaded, None, split="val", windows=ids, window_doc=owner, seq_len=SEQ, cache=cache)
+    out: dict = {"dp": {}, "shortgpt": {}, "block_influence": None,
+                 "dp_stats": {"val_windows": int(ids.shape[0]), "val_tokens": ev.n_tokens, "from": list(selections),
+                              "val_ppl": {}}}
+    for method in ("dp", "shortgpt"):
+        for d in depths:
+            cands = sorted({tuple(sel[method][d]) for sel in selections.values()})
+            scores = ev.score_many([SubnetShape(c) for c in cands])
+            best = min(range(len(cands)), key=lambda i: scores[i].ppl)
+            out[method][d] = cands[best]
+            out["dp_stats"]["val_ppl"].setdefault(method, {})[str(d)] = {
+                "candidates": len(cands), "picked_ppl": round(scores[best].ppl, 3),
+                "from": [k for k, sel in selections.items() if tuple(sel[method][d]) == cands[best]]}
+            print(f"  val-pick {method} d{d}: {len(cands)} candidate sets, picked val ppl {scores[best].ppl:.2f} "
+                  f"(sets of {', '.join(out['dp_stats']['val_ppl'][method][str(d)]['from'])})", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -95,6 +120,9 @@ def main() -> None:
     ap.add_argument("--settings", default="",
                     help="explicit DP settings '<metric>:<windows>[:bal],...' (e.g. ppl:8,kl:4,ppl:16:bal) instead of "
                          "metrics x budgets and --balanced")
+    ap.add_argument("--val-pick", type=int, default=32,
+                    help="also 'val-pick': per depth, each method's layer set chosen among its sets of all settings "
+                         "above by perplexity on this many source-balanced val windows (0: off)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true")
@@ -138,6 +166,8 @@ def main() -> None:
         selections[f"{metric}:{b}" + (":bal" if bal else "")] = {"dp": {d: layers[d] for d in depths},
                                        "shortgpt": block_influence_layers(influence, depths),
                                        "dp_stats": stats, "block_influence": [round(x, 5) for x in influence]}
+    if args.val_pick and len(selections) > 1:
+        selections["val-pick"] = val_pick(loaded, selections, depths, args.val_pick, cache_dir / "val_scores.jsonl")
     last = drop_last(n, depths)
 
     texts = {}
