@@ -13,6 +13,10 @@ standard-library module documentation: disjoint documents, never seen by any sel
 * ``drop_last`` the first ``d`` layers,
 * ``random``    ``--random`` (40) uniformly random layer subsets of size ``d`` (seeded).
 
+With several settings, ``val-pick`` (``--val-pick`` windows, 32 by default) is one more selection: per
+depth, each method's set (DP and ShortGPT alike) chosen among its sets of all the settings by
+perplexity on source-balanced *val* windows, so the choice sees no test text.
+
 Scores are perplexities on ``--test-windows`` windows spread over each text, with 90% bootstrap
 intervals over documents (amoeba_core.stats). DP vs ShortGPT on the same windows gets a paired
 interval of the difference (``dp - shortgpt``; "not significant" when it contains 0). The random
