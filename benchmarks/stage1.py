@@ -69,10 +69,44 @@ def _score(s: ShapeScore) -> dict:
     return {"ppl": round(s.ppl, 3), "ppl_ci90": _ci(s), "top1_acc": round(s.top1_acc, 4), "tokens": s.n_tokens}
 
 
+def run_dp_worst(loaded, min_depth: int, windows: int, cache: Path) -> tuple[dict[int, tuple[int, ...]], dict, object]:
+    """The depth DP on the *worse* of the two sources: ``windows / 2`` calibration windows spread over each
+    source's part of the calibration split (the same windows as ``ppl:<windows>:bal``), and a removal set
+    scored by ``max over sources of (NLL - full model's NLL)``, i.e. the larger perplexity ratio to the full
+    model. A robust objective: a set must hold on both kinds of text, not on their mixture."""
+    import torch
+
+    from amoeba_core.data import SOURCES
+    from amoeba_core.depth import dp_depth
+
+    if windows < len(SOURCES):
+        raise SystemExit(f"error: worst:{windows} needs at least one window per source ({len(SOURCES)})")
+    n = loaded.geometry.n_layers
+    evs = [Evaluator(loaded, None, split=f"calib-{src}", seq_len=SEQ, cache=cache, spread=True,
+                     max_windows=windows // len(SOURCES) + (1 if i < windows % len(SOURCES) else 0))
+           for i, src in enumerate(SOURCES)]
+    full = SubnetShape(tuple(range(n)))
+    base = [ev.score(full).nll for ev in evs]
+
+    def many(shapes: list[SubnetShape]) -> list[float]:
+        per = [ev.score_many(shapes) for ev in evs]
+        return [max(per[i][k].nll - base[i] for i in range(len(evs))) for k in range(len(shapes))]
+
+    r = dp_depth(n, min_depth, metric=lambda sh: many([sh])[0], metric_many=many,
+                 is_cached=lambda sh: all(ev.key(sh) in ev._scores for ev in evs))  # noqa: SLF001
+    ids = torch.cat([ev.ids for ev in evs])
+    print(f"  DP on the worse source's NLL increase with {windows} source-balanced window(s): {r.n_evaluations} "
+          f"evaluations ({r.n_cached} cached) in {r.seconds:.0f} s", flush=True)
+    return r.layers, {"evaluations": r.n_evaluations, "cached": r.n_cached, "seconds": round(r.seconds, 1),
+                      "calib_tokens": int(ids.numel())}, ids
+
+
 def run_dp(loaded, min_depth: int, windows: int, cache: Path, metric: str,
            balance: bool = False) -> tuple[dict[int, tuple[int, ...]], dict, object]:
     """The depth DP exactly as `amoeba select` runs it (:func:`amoeba_core.select.select_depth`); its layers,
-    stats and calibration windows (ShortGPT gets the same ones)."""
+    stats and calibration windows (ShortGPT gets the same ones). Metric ``worst``: :func:`run_dp_worst`."""
+    if metric == "worst":
+        return run_dp_worst(loaded, min_depth, windows, cache)
     r, calib = select_depth(loaded, min_depth, SEQ, windows, cache, metric=metric, balance=balance)
     print(f"  DP on calibration {metric} with {windows} {'source-balanced' if balance else 'spread'} window(s): "
           f"{r.n_evaluations} evaluations "
@@ -118,6 +152,9 @@ def main() -> None:
                          "pydoc topics has 61 of 256 tokens, all taken by 64; standard-library docs 142)")
     ap.add_argument("--random", type=int, default=40, help="random layer subsets per depth")
     ap.add_argument("--random-windows", type=int, default=1, help="windows (of the test ones) the random subsets use")
+    ap.add_argument("--worst", default="8",
+                    help="budgets also run with the DP on the worse source's NLL increase (setting 'worst:<windows>', "
+                         "source-balanced windows; :func:`run_dp_worst`); '' for none")
     ap.add_argument("--balanced", default="ppl:4,ppl:8,ppl:16",
                     help="settings '<metric>:<windows>,...' also run with source-balanced calibration windows "
                          "(half from each source, `amoeba select --calib-balance`); '' for none")
@@ -146,10 +183,12 @@ def main() -> None:
 
     settings = [(m, b, False) for m in metrics for b in budgets]
     settings += [parse(x, True) for x in args.balanced.split(",") if x.strip()]
+    settings += [("worst", int(x), True) for x in args.worst.split(",") if x.strip()]
     if args.settings:
         settings = [parse(x) for x in args.settings.split(",") if x.strip()]
     for m, _, _ in settings:
-        check_depth_metric(m)
+        if m != "worst":  # benchmark-only: the DP on the worse source (run_dp_worst; always source-balanced)
+            check_depth_metric(m)
     if args.quick:
         depths, settings, args.random, args.test_windows = [24, 18], [(metrics[0], 1, False)], 4, 2
         args.out = args.out.with_name("stage1_quick.json")
@@ -167,7 +206,7 @@ def main() -> None:
     for metric, b, bal in settings:
         layers, stats, calib_ids = run_dp(loaded, min(depths), b, cache_dir / "dp_scores.jsonl", metric, bal)
         influence = block_influence(loaded, calib_ids)
-        selections[f"{metric}:{b}" + (":bal" if bal else "")] = {"dp": {d: layers[d] for d in depths},
+        selections[f"{metric}:{b}" + (":bal" if bal and metric != "worst" else "")] = {"dp": {d: layers[d] for d in depths},
                                        "shortgpt": block_influence_layers(influence, depths),
                                        "dp_stats": stats, "block_influence": [round(x, 5) for x in influence]}
     if args.val_pick and len(selections) > 1:
@@ -231,8 +270,8 @@ def main() -> None:
         "depths": depths,
         "calib_windows": sorted({b for _, b, _ in settings}),
         "dp_metrics": sorted({m for m, _, _ in settings}),
-        "settings": [f"{m}:{b}" + (":bal" if bal else "") for m, b, bal in settings],
-        "budget_key": "<DP metric>:<calibration windows>[:bal]; windows spread over the calibration split (about 31% "
+        "settings": [f"{m}:{b}" + (":bal" if bal and m != "worst" else "") for m, b, bal in settings],
+        "budget_key": "<DP metric>:<calibration windows>[:bal]; metric worst: the larger of the two sources' NLL increase over the full model, on source-balanced windows; windows spread over the calibration split (about 31% "
                       "pydoc topics, 69% standard-library docs by characters) or, with ':bal', half from each source; "
                       "ShortGPT uses the same windows (its layers do not depend on the metric)",
         "seq_len": SEQ,
