@@ -32,8 +32,8 @@ def select(
     out: Path = typer.Option(..., help="Strategy YAML to write."),
     calib_seq_len: int = typer.Option(256, help="Tokens per calibration window."),
     calib_windows: int = typer.Option(4, help="Calibration windows for the depth DP metric, spread evenly over the "
-                                              "calibration split (4 x 256 tokens: the budget benchmarks/stage1.py "
-                                              "found best on held-out text)."),
+                                              "calibration split (4 x 256 tokens keep select under 10 minutes; "
+                                              "benchmarks/stage1.py compares budgets up to 16 on held-out text)."),
     depth_metric: str = typer.Option("ppl", help="What the depth DP minimises on the calibration windows: ppl "
                                                  "(perplexity) or kl (KL divergence from the full model)."),
     calib_balance: bool = typer.Option(False, "--calib-balance/--no-calib-balance",
