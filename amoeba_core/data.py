@@ -241,6 +241,14 @@ def spread_windows(
     return every[pick], [owner[i] for i in pick]
 
 
+def source_shares(n: int) -> list[int]:
+    """Windows per source (in :data:`SOURCES` order) when ``n`` are shared equally, the remainder to
+    the first sources; at least one each."""
+    if n < len(SOURCES):
+        raise AmoebaError(f"balanced windows need at least one window per source ({len(SOURCES)}), got {n}")
+    return [n // len(SOURCES) + (1 if i < n % len(SOURCES) else 0) for i in range(len(SOURCES))]
+
+
 def balanced_windows(
     tokenizer: PreTrainedTokenizerBase, split: str, seq_len: int, n: int, seed: int = 0
 ) -> tuple[torch.LongTensor, list[int]]:
@@ -256,12 +264,9 @@ def balanced_windows(
     name, _, source = check_split(split).partition("-")
     if source:
         raise AmoebaError(f"balanced windows need a whole split (e.g. {name!r}), got the source part {split!r}")
-    if n < len(SOURCES):
-        raise AmoebaError(f"balanced windows need at least one window per source ({len(SOURCES)}), got {n}")
     parts, owners, offset = [], [], 0
-    for i, src in enumerate(SOURCES):
+    for src, k in zip(SOURCES, source_shares(n)):
         docs = split_docs(f"{name}-{src}", seed)
-        k = n // len(SOURCES) + (1 if i < n % len(SOURCES) else 0)
         ids, owner = spread_windows(tokenizer, docs, seq_len, k)
         parts.append(ids)
         owners.extend(o + offset for o in owner)

@@ -45,7 +45,6 @@ def select_strategy(
     check_min_depth(n, min_depth)
     widths = tuple(loaded.geometry.check_width(w) for w in widths)  # before any cache file is written
     check_depth_metric(depth_metric)
-    check_calib_windows(calib_windows, calib_balance)
     if 1.0 not in widths:
         widths = (1.0, *widths)
     t_start = time.perf_counter()

@@ -49,7 +49,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from amoeba_core.data import data_record, spread_windows, split_docs  # noqa: E402
+from amoeba_core.data import SOURCES, data_record, spread_windows, split_docs  # noqa: E402
 from amoeba_core.depth import block_influence, block_influence_layers, drop_last  # noqa: E402
 from amoeba_core.evaluate import Evaluator, ShapeScore, compare  # noqa: E402
 from amoeba_core.model import load_model  # noqa: E402
@@ -77,15 +77,12 @@ def run_dp_worst(loaded, min_depth: int, windows: int, cache: Path) -> tuple[dic
     model. A robust objective: a set must hold on both kinds of text, not on their mixture."""
     import torch
 
-    from amoeba_core.data import SOURCES
+    from amoeba_core.data import source_shares
     from amoeba_core.depth import dp_depth
 
-    if windows < len(SOURCES):
-        raise SystemExit(f"error: worst:{windows} needs at least one window per source ({len(SOURCES)})")
     n = loaded.geometry.n_layers
-    evs = [Evaluator(loaded, None, split=f"calib-{src}", seq_len=SEQ, cache=cache, spread=True,
-                     max_windows=windows // len(SOURCES) + (1 if i < windows % len(SOURCES) else 0))
-           for i, src in enumerate(SOURCES)]
+    evs = [Evaluator(loaded, None, split=f"calib-{src}", seq_len=SEQ, cache=cache, spread=True, max_windows=k)
+           for src, k in zip(SOURCES, source_shares(windows))]
     full = SubnetShape(tuple(range(n)))
     base = [ev.score(full).nll for ev in evs]
 
@@ -187,9 +184,11 @@ def main() -> None:
     settings += [("worst", int(x), True) for x in args.worst.split(",") if x.strip()]
     if args.settings:
         settings = [parse(x) for x in args.settings.split(",") if x.strip()]
-    for m, _, _ in settings:
+    for m, b, _ in settings:
         if m != "worst":  # benchmark-only: the DP on the worse source (run_dp_worst; always source-balanced)
             check_depth_metric(m)
+        elif b < len(SOURCES):
+            raise SystemExit(f"error: worst:{b} needs at least one window per source ({len(SOURCES)})")
     if args.quick:
         depths, settings, args.random, args.test_windows = [24, 18], [(metrics[0], 1, False)], 4, 2
         args.out = args.out.with_name("stage1_quick.json")
