@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -71,10 +72,12 @@ def _segments(spec: str, segments: int, seconds: float, threads: int) -> dict:
                 proc.kill()
                 proc.wait()
         s = np.asarray(times)
-        out.append({"competitor": competitor, "calls": int(s.shape[1]), "ref_ms": round(float(np.median(s[0])) * 1e3, 3),
+        out.append({"competitor": competitor, "calls": int(s.shape[1]),
+                    "ref_ms": round(float(np.median(s[0])) * 1e3, 3),
                     "ratios": [round(float(np.median(s[i] / s[0])), 5) for i in range(1, len(arts))],
                     "loadavg": loadavg()})
-        print(f"  {spec} segment {seg} ({'competitor' if competitor else 'quiet'}): reference {out[-1]['ref_ms']:.2f} ms, "
+        kind = "competitor" if competitor else "quiet"
+        print(f"  {spec} segment {seg} ({kind}): reference {out[-1]['ref_ms']:.2f} ms, "
               f"ratios {out[-1]['ratios']}", flush=True)
     for a in arts:
         flow.close(a)
@@ -131,6 +134,7 @@ def main() -> None:
            "model": MODEL, "phase": "decode", "prompt_len": 128, "threads": args.threads,
            "shapes": [f"d{d}-w{w:.3f}" for d, w in SHAPES], "reference": "d30-w1.000",
            "segments": args.segments, "seconds": args.seconds,
+           "env": {k: v for k, v in os.environ.items() if k.startswith(("TVM_", "OMP_", "MKL_", "ORT_"))},
            "competitor": "python busy loop, 5 ms on / 5 ms asleep, one process (every other segment)",
            "results": results, "loadavg_before": load0, "loadavg_after": loadavg(),
            "wall_seconds": round(time.perf_counter() - t0, 1)}
