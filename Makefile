@@ -72,6 +72,7 @@ demo: install
 # names the flags of the runs behind its figures where they differ). Long: run on a quiet host.
 bench: install-all
 	$(BIN)/python benchmarks/ort_thread_pool.py
+	$(BIN)/python benchmarks/ratio_drift.py
 	$(BIN)/python benchmarks/reproducibility.py
 	$(BIN)/python benchmarks/reproducibility.py --flows "tvm:trials=32" --merge
 	$(BIN)/python benchmarks/predictor_accuracy.py
