@@ -3,7 +3,10 @@
 For each depth of ``--depths`` (default 27/24/21/18/15 of 30; full width) and each calibration
 budget of ``--calib-windows`` (windows of 256 tokens of the calibration split), four ways to pick
 the layers are scored side by side on two held-out texts (the test split's pydoc topics and its
-standard-library module documentation: disjoint documents, never seen by any selection):
+standard-library module documentation: disjoint documents, never seen by any selection) and, with
+``--ood-text`` (default), on a third from another source that no selection and no choice among
+selections saw either (``ood-readmes``: the README descriptions in the installed metadata of the
+project's core dependencies, :func:`readme_docs`; package versions and text digests are recorded):
 
 * ``dp``        the depth DP of :mod:`amoeba_core.depth` (AmoebaLLM Stage 1) on calibration perplexity
   (``ppl``) or on the KL divergence from the full model's next-token distribution (``kl``, ``--metrics``),
@@ -60,6 +63,35 @@ from benchmarks._profile_run import loadavg  # noqa: E402
 
 TEXTS = ("test-topics", "test-stdlib")
 SEQ = 256
+# The third held-out text (``--ood-text``): the long descriptions (READMEs) in the installed metadata of
+# the project's core dependencies. Another source than both the calibration split's (pydoc topics,
+# standard-library module docs) and the test split's: markdown prose, badges, code and install notes.
+# Each is cut to its first OOD_CHARS characters (some carry a whole changelog after the README).
+OOD_TEXT = "ood-readmes"
+OOD_PACKAGES = ("torch", "transformers", "accelerate", "peft", "numpy", "pandas", "pyarrow", "pydantic", "typer",
+                "rich", "optuna", "fastapi", "uvicorn", "gguf", "pyyaml")
+OOD_CHARS = 20_000
+
+
+def readme_docs() -> tuple[list[str], dict]:
+    """The ``--ood-text`` documents and what they were: package, version, characters, text digest per
+    document (the text changes with the installed versions, so a result names them)."""
+    import hashlib
+    import importlib.metadata as md
+
+    docs, record = [], {}
+    for name in OOD_PACKAGES:
+        try:
+            meta = md.metadata(name)
+        except md.PackageNotFoundError:
+            continue
+        text = (meta.get_payload() or meta.get("Description") or "").strip()[:OOD_CHARS]
+        if len(text) < 1_000:  # a one-line description is not a document
+            continue
+        docs.append(text)
+        record[name] = {"version": meta["Version"], "characters": len(text),
+                        "sha256_16": hashlib.sha256(text.encode()).hexdigest()[:16]}
+    return docs, record
 
 
 def _ci(s: ShapeScore) -> list[float] | None:
@@ -162,6 +194,9 @@ def main() -> None:
     ap.add_argument("--val-pick", type=int, default=32,
                     help="also 'val-pick': per depth, each method's layer set chosen among its sets of all settings "
                          "above by perplexity on this many source-balanced val windows (0: off)")
+    ap.add_argument("--ood-text", action=argparse.BooleanOptionalAction, default=True,
+                    help=f"also score every selection on a third held-out text from another source ('{OOD_TEXT}': "
+                         "the installed core dependencies' README descriptions)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true")
@@ -213,9 +248,16 @@ def main() -> None:
         selections["val-pick"] = val_pick(loaded, selections, depths, args.val_pick, cache_dir / "val_scores.jsonl")
     last = drop_last(n, depths)
 
+    held_out = {text: (split_docs(text), None) for text in TEXTS}
+    if args.ood_text:
+        docs, record = readme_docs()
+        if docs:
+            held_out[OOD_TEXT] = (docs, record)
+        else:
+            print(f"  no {OOD_TEXT} text: none of {', '.join(OOD_PACKAGES)} has a README in its metadata", flush=True)
     texts = {}
-    for text in TEXTS:
-        ids, owner = spread_windows(loaded.tokenizer, split_docs(text), SEQ, args.test_windows)
+    for text, (docs, source) in held_out.items():
+        ids, owner = spread_windows(loaded.tokenizer, docs, SEQ, args.test_windows)
         ev = Evaluator(loaded, None, split=text, windows=ids, window_doc=owner, seq_len=SEQ,
                        cache=cache_dir / "test_scores.jsonl")
         k = min(args.random_windows, int(ids.shape[0]))
@@ -260,6 +302,8 @@ def main() -> None:
                 "depths": len(rows),
             }
         texts[text] = {"tokens": ev.n_tokens, "documents": len(set(owner)), "random_tokens": ev_small.n_tokens,
+                       **({"source": {"what": "README descriptions in installed package metadata, first "
+                                              f"{OOD_CHARS} characters each", "packages": source}} if source else {}),
                        "budgets": per_budget}
 
     result = {
