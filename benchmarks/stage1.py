@@ -4,9 +4,10 @@ For each depth of ``--depths`` (default 27/24/21/18/15 of 30; full width) and ea
 budget of ``--calib-windows`` (windows of 256 tokens of the calibration split), four ways to pick
 the layers are scored side by side on two held-out texts (the test split's pydoc topics and its
 standard-library module documentation: disjoint documents, never seen by any selection) and, with
-``--ood-text`` (default), on a third from another source that no selection and no choice among
+``--extra-texts`` (default: both), on texts from other sources that no selection and no choice among
 selections saw either (``ood-readmes``: the README descriptions in the installed metadata of the
-project's core dependencies, :func:`readme_docs`; package versions and text digests are recorded):
+project's core dependencies, :func:`readme_docs`; ``ood-idle``: IDLE's documentation shipped in
+idlelib, :func:`idle_docs`; versions and text digests are recorded):
 
 * ``dp``        the depth DP of :mod:`amoeba_core.depth` (AmoebaLLM Stage 1) on calibration perplexity
   (``ppl``) or on the KL divergence from the full model's next-token distribution (``kl``, ``--metrics``),
@@ -44,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import shlex
 import sys
 import time
@@ -63,20 +65,30 @@ from benchmarks._profile_run import loadavg  # noqa: E402
 
 TEXTS = ("test-topics", "test-stdlib")
 SEQ = 256
-# The third held-out text (``--ood-text``): the long descriptions (READMEs) in the installed metadata of
-# the project's core dependencies. Another source than both the calibration split's (pydoc topics,
-# standard-library module docs) and the test split's: markdown prose, badges, code and install notes.
-# Each is cut to its first OOD_CHARS characters (some carry a whole changelog after the README).
-OOD_TEXT = "ood-readmes"
+# Held-out texts from other sources (``--extra-texts``), seen by no selection and by no choice among
+# selections: other registers than the calibration split's (pydoc topics, standard-library module docs).
+# Each document is cut to its first EXTRA_CHARS characters (some READMEs carry a whole changelog).
+EXTRA_CHARS = 20_000
+# ood-readmes: the long descriptions (READMEs) in the installed metadata of the project's core
+# dependencies: markdown prose, badges, code and install notes.
 OOD_PACKAGES = ("torch", "transformers", "accelerate", "peft", "numpy", "pandas", "pyarrow", "pydantic", "typer",
                 "rich", "optuna", "fastapi", "uvicorn", "gguf", "pyyaml")
-OOD_CHARS = 20_000
+# ood-idle: IDLE's documentation shipped with Python (idlelib: its help page with the HTML tags removed,
+# README, change logs, to-do list, extension notes, credits): a user manual and changelog prose. idlelib is
+# not among the standard-library modules the calibration/test text renders (amoeba_core/_pydoc_text.py).
+IDLE_FILES = ("help.html", "README.txt", "NEWS.txt", "NEWS2x.txt", "HISTORY.txt", "TODO.txt", "extend.txt",
+              "CREDITS.txt")
+
+
+def _doc_record(text: str, **what: str) -> dict:
+    import hashlib
+
+    return {**what, "characters": len(text), "sha256_16": hashlib.sha256(text.encode()).hexdigest()[:16]}
 
 
 def readme_docs() -> tuple[list[str], dict]:
-    """The ``--ood-text`` documents and what they were: package, version, characters, text digest per
+    """The ``ood-readmes`` documents and what they were: package, version, characters, text digest per
     document (the text changes with the installed versions, so a result names them)."""
-    import hashlib
     import importlib.metadata as md
 
     docs, record = [], {}
@@ -85,13 +97,57 @@ def readme_docs() -> tuple[list[str], dict]:
             meta = md.metadata(name)
         except md.PackageNotFoundError:
             continue
-        text = (meta.get_payload() or meta.get("Description") or "").strip()[:OOD_CHARS]
+        text = (meta.get_payload() or meta.get("Description") or "").strip()[:EXTRA_CHARS]
         if len(text) < 1_000:  # a one-line description is not a document
             continue
         docs.append(text)
-        record[name] = {"version": meta["Version"], "characters": len(text),
-                        "sha256_16": hashlib.sha256(text.encode()).hexdigest()[:16]}
-    return docs, record
+        record[name] = _doc_record(text, version=meta["Version"])
+    return docs, {"what": f"README descriptions in installed package metadata, first {EXTRA_CHARS} characters each",
+                  "packages": record}
+
+
+def idle_docs() -> tuple[list[str], dict]:
+    """The ``ood-idle`` documents (:data:`IDLE_FILES` of this Python's idlelib) and what they were."""
+    import html
+    import html.parser
+    import idlelib
+    import platform
+
+    class _Text(html.parser.HTMLParser):
+        def __init__(self) -> None:
+            super().__init__(convert_charrefs=True)
+            self.parts: list[str] = []
+            self.skip = 0
+
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            self.skip += tag in ("script", "style")
+
+        def handle_endtag(self, tag: str) -> None:
+            self.skip -= tag in ("script", "style") and self.skip > 0
+
+        def handle_data(self, data: str) -> None:
+            if not self.skip:
+                self.parts.append(data)
+
+    folder = Path(idlelib.__file__).parent
+    docs, record = [], {}
+    for name in IDLE_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if name.endswith(".html"):
+            parser = _Text()
+            parser.feed(text)
+            text = html.unescape("".join(parser.parts))
+        text = re.sub(r"\n{3,}", "\n\n", "\n".join(line.rstrip() for line in text.strip().splitlines()))[:EXTRA_CHARS]
+        docs.append(text)
+        record[name] = _doc_record(text)
+    return docs, {"what": f"IDLE's documentation in Python {platform.python_version()}'s idlelib (help.html without "
+                          f"tags), first {EXTRA_CHARS} characters each", "files": record}
+
+
+EXTRA_TEXTS = {"ood-readmes": readme_docs, "ood-idle": idle_docs}
 
 
 def _ci(s: ShapeScore) -> list[float] | None:
@@ -194,9 +250,10 @@ def main() -> None:
     ap.add_argument("--val-pick", type=int, default=32,
                     help="also 'val-pick': per depth, each method's layer set chosen among its sets of all settings "
                          "above by perplexity on this many source-balanced val windows (0: off)")
-    ap.add_argument("--ood-text", action=argparse.BooleanOptionalAction, default=True,
-                    help=f"also score every selection on a third held-out text from another source ('{OOD_TEXT}': "
-                         "the installed core dependencies' README descriptions)")
+    ap.add_argument("--extra-texts", default=",".join(EXTRA_TEXTS),
+                    help="also score every selection on these held-out texts from other sources (ood-readmes: the "
+                         "installed core dependencies' README descriptions; ood-idle: IDLE's documentation in "
+                         "idlelib); '' for none")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true")
@@ -224,6 +281,10 @@ def main() -> None:
             check_depth_metric(m)
         elif b < len(SOURCES):
             raise SystemExit(f"error: worst:{b} needs at least one window per source ({len(SOURCES)})")
+    extra = [x.strip() for x in args.extra_texts.split(",") if x.strip()]
+    unknown = [x for x in extra if x not in EXTRA_TEXTS]
+    if unknown:
+        raise SystemExit(f"error: unknown --extra-texts {unknown}; known: {', '.join(EXTRA_TEXTS)}")
     if args.quick:
         depths, settings, args.random, args.test_windows = [24, 18], [(metrics[0], 1, False)], 4, 2
         args.out = args.out.with_name("stage1_quick.json")
@@ -249,12 +310,12 @@ def main() -> None:
     last = drop_last(n, depths)
 
     held_out = {text: (split_docs(text), None) for text in TEXTS}
-    if args.ood_text:
-        docs, record = readme_docs()
+    for name in extra:
+        docs, record = EXTRA_TEXTS[name]()
         if docs:
-            held_out[OOD_TEXT] = (docs, record)
+            held_out[name] = (docs, record)
         else:
-            print(f"  no {OOD_TEXT} text: none of {', '.join(OOD_PACKAGES)} has a README in its metadata", flush=True)
+            print(f"  no {name} text here: {record['what']}", flush=True)
     texts = {}
     for text, (docs, source) in held_out.items():
         ids, owner = spread_windows(loaded.tokenizer, docs, SEQ, args.test_windows)
@@ -302,8 +363,7 @@ def main() -> None:
                 "depths": len(rows),
             }
         texts[text] = {"tokens": ev.n_tokens, "documents": len(set(owner)), "random_tokens": ev_small.n_tokens,
-                       **({"source": {"what": "README descriptions in installed package metadata, first "
-                                              f"{OOD_CHARS} characters each", "packages": source}} if source else {}),
+                       **({"source": source} if source else {}),
                        "budgets": per_budget}
 
     result = {
