@@ -33,8 +33,8 @@ def select(
     calib_seq_len: int = typer.Option(256, help="Tokens per calibration window."),
     calib_windows: int = typer.Option(4, help="Calibration windows for the depth DP metric, spread evenly over the "
                                               "calibration split (4 x 256 tokens keep select under 10 minutes; "
-                                              "benchmarks/stage1.py compares budgets up to 16 on three held-out "
-                                              "texts; with --depth-metric kl, 16 was never worse than ShortGPT)."),
+                                              "benchmarks/stage1.py compares budgets up to 16 on four held-out "
+                                              "texts; with --depth-metric kl, 16 was never worse than ShortGPT on any)."),
     depth_metric: str = typer.Option("ppl", help="What the depth DP minimises on the calibration windows: ppl "
                                                  "(perplexity) or kl (KL divergence from the full model)."),
     calib_balance: bool = typer.Option(False, "--calib-balance/--no-calib-balance",
