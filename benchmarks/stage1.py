@@ -120,10 +120,12 @@ def idle_docs() -> tuple[list[str], dict]:
             self.skip = 0
 
         def handle_starttag(self, tag: str, attrs: list) -> None:
-            self.skip += tag in ("script", "style")
+            if tag in ("script", "style"):  # code, not text
+                self.skip += 1
 
         def handle_endtag(self, tag: str) -> None:
-            self.skip -= tag in ("script", "style") and self.skip > 0
+            if tag in ("script", "style") and self.skip:
+                self.skip -= 1
 
         def handle_data(self, data: str) -> None:
             if not self.skip:
