@@ -35,7 +35,9 @@ per-depth verdicts. Scores are cached in runs/stage1-bench/ (a killed run resume
     python benchmarks/stage1.py        # metrics ppl and kl x budgets 1, 2, 4, 8 and 16 windows, and
                                        # ppl:4/8/16 with source-balanced windows, worst:8 (the DP on the
                                        # worse source) and val-pick
-                                       # (from nothing: each 16-window DP took ~50 min at 1 thread)
+                                       # (from nothing: each 16-window DP took ~50 min at 1 thread;
+                                       # scoring the 15 selections on one new text ~28 min at 2 threads)
+    python benchmarks/stage1.py --extra-texts ''     # the two test texts only
     python benchmarks/stage1.py --settings ppl:1,ppl:2,ppl:4,ppl:8,kl:1,kl:2,kl:4   # explicit settings
     python benchmarks/stage1.py --quick              # depths 24/18, budget 1, 4 random subsets
 """
