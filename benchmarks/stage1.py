@@ -56,8 +56,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from amoeba_core.data import SOURCES, data_record, spread_windows, split_docs  # noqa: E402
+from amoeba_core.data import SOURCES, data_record, source_shares, spread_windows, split_docs  # noqa: E402
 from amoeba_core.depth import block_influence, block_influence_layers, drop_last  # noqa: E402
+from amoeba_core.errors import AmoebaError  # noqa: E402
 from amoeba_core.evaluate import Evaluator, ShapeScore, compare  # noqa: E402
 from amoeba_core.model import load_model  # noqa: E402
 from amoeba_core.select import check_depth_metric, select_depth  # noqa: E402
@@ -154,6 +155,11 @@ def idle_docs() -> tuple[list[str], dict]:
 EXTRA_TEXTS = {"ood-readmes": readme_docs, "ood-idle": idle_docs}
 
 
+def setting_label(metric: str, windows: int, balanced: bool) -> str:
+    """``<metric>:<windows>[:bal]``; ``worst`` is always source-balanced, so it carries no ``:bal``."""
+    return f"{metric}:{windows}" + (":bal" if balanced and metric != "worst" else "")
+
+
 def _ci(s: ShapeScore) -> list[float] | None:
     return None if s.ppl_lo is None else [round(s.ppl_lo, 3), round(s.ppl_hi, 3)]  # type: ignore[arg-type]
 
@@ -169,7 +175,6 @@ def run_dp_worst(loaded, min_depth: int, windows: int, cache: Path) -> tuple[dic
     model. A robust objective: a set must hold on both kinds of text, not on their mixture."""
     import torch
 
-    from amoeba_core.data import source_shares
     from amoeba_core.depth import dp_depth
 
     n = loaded.geometry.n_layers
@@ -283,8 +288,11 @@ def main() -> None:
     for m, b, _ in settings:
         if m != "worst":  # benchmark-only: the DP on the worse source (run_dp_worst; always source-balanced)
             check_depth_metric(m)
-        elif b < len(SOURCES):
-            raise SystemExit(f"error: worst:{b} needs at least one window per source ({len(SOURCES)})")
+        else:
+            try:
+                source_shares(b)  # the split its windows need, checked before the model loads
+            except AmoebaError as e:
+                raise SystemExit(f"error: worst:{b}: {e}") from None
     extra = [x.strip() for x in args.extra_texts.split(",") if x.strip()]
     unknown = [x for x in extra if x not in EXTRA_TEXTS]
     if unknown:
@@ -306,7 +314,7 @@ def main() -> None:
     for metric, b, bal in settings:
         layers, stats, calib_ids = run_dp(loaded, min(depths), b, cache_dir / "dp_scores.jsonl", metric, bal)
         influence = block_influence(loaded, calib_ids)
-        selections[f"{metric}:{b}" + (":bal" if bal and metric != "worst" else "")] = {"dp": {d: layers[d] for d in depths},
+        selections[setting_label(metric, b, bal)] = {"dp": {d: layers[d] for d in depths},
                                        "shortgpt": block_influence_layers(influence, depths),
                                        "dp_stats": stats, "block_influence": [round(x, 5) for x in influence]}
     if args.val_pick and len(selections) > 1:
@@ -378,7 +386,7 @@ def main() -> None:
         "depths": depths,
         "calib_windows": sorted({b for _, b, _ in settings}),
         "dp_metrics": sorted({m for m, _, _ in settings}),
-        "settings": [f"{m}:{b}" + (":bal" if bal and m != "worst" else "") for m, b, bal in settings],
+        "settings": [setting_label(m, b, bal) for m, b, bal in settings],
         "budget_key": "<DP metric>:<calibration windows>[:bal]; metric worst: the larger of the two sources' NLL increase over the full model, on source-balanced windows; windows spread over the calibration split (about 31% "
                       "pydoc topics, 69% standard-library docs by characters) or, with ':bal', half from each source; "
                       "ShortGPT uses the same windows (its layers do not depend on the metric)",
