@@ -140,6 +140,23 @@ def first_reach(problem: Any, ref: tuple[float, float], target: float) -> int | 
     return None
 
 
+def spending(problem: Any, until: int | None, exhaustive_tokens: int) -> list[dict[str, Any]] | None:
+    """Where a multi-fidelity method's tokens went up to ``until`` (its first reach of the target):
+    per rung, the shapes that reached it and the tokens spent raising shapes to it."""
+    mf = problem.fidelity
+    if mf is None or until is None:
+        return None
+    shapes = [set() for _ in mf.rungs]
+    tokens = [0] * len(mf.rungs)
+    for (spent, _), (key, rung, cost) in zip(problem.events, problem.steps):
+        if spent > until:
+            break
+        shapes[rung].add(key)
+        tokens[rung] += cost
+    return [{"windows": n, "shapes": len(shapes[r]), "tokens": tokens[r], "fraction": tokens[r] / exhaustive_tokens}
+            for r, n in enumerate(mf.rungs)]
+
+
 def oracle_shapes(L: list[float], A: list[float], ref: tuple[float, float], target: float) -> int:
     """Fewest shapes, picked greedily by hypervolume gain knowing every score, to reach ``target``."""
     from search.pareto import hypervolume
@@ -157,6 +174,19 @@ def oracle_shapes(L: list[float], A: list[float], ref: tuple[float, float], targ
         if hv_with(best) >= target:
             break
     return len(chosen)
+
+
+def shard(text: str, accuracy_only: bool) -> tuple[int, int]:
+    """``I/N`` as (I, N), checked; only the accuracy pass can be split."""
+    try:
+        part, parts = (int(x) for x in text.split("/"))
+    except ValueError:
+        sys.exit(f"error: --shard takes I/N (e.g. 0/2), got {text!r}")
+    if not 0 <= part < parts:
+        sys.exit(f"error: --shard {text}: need 0 <= I < N")
+    if not accuracy_only:
+        sys.exit("error: --shard splits the accuracy pass only; add --accuracy-only, then run once without it")
+    return part, parts
 
 
 def rel(path: Path) -> str:
@@ -191,7 +221,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny random model, fresh tiny table, 2 seeds")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--accuracy-only", action="store_true", help="only the exhaustive accuracy pass (fills the cache)")
+    ap.add_argument("--shard", default=None, metavar="I/N",
+                    help="with --accuracy-only: score only the I-th of N contiguous parts of the shapes (0-based), "
+                         "so N processes can fill one cache side by side (the cache file is locked per write)")
     args = ap.parse_args()
+    part_of = shard(args.shard, args.accuracy_only) if args.shard else None  # checked before the model loads
     logging.basicConfig(level=os.environ.get("AMOEBA_LOG", "WARNING"))
     import optuna
     import torch
@@ -246,11 +280,15 @@ def main() -> None:
           f"tokens; ladders {[list(m.rungs) for m in mfs.values()]}", flush=True)
     t0, load0 = time.perf_counter(), loadavg()
     # Width by width, shallow to deep: the evaluator reuses the hidden states of a shared prefix.
-    for k, s in enumerate(sorted(shapes, key=lambda s: (s.attn_width or 0.0, s.width, s.depth)), 1):
+    todo = sorted(shapes, key=lambda s: (s.attn_width or 0.0, s.width, s.depth))
+    if part_of is not None:
+        part, parts = part_of
+        todo = todo[len(todo) * part // parts: len(todo) * (part + 1) // parts]
+    for k, s in enumerate(todo, 1):
         mf.score(s, -1)
-        if k % 8 == 0 or k == len(shapes):
+        if k % 8 == 0 or k == len(todo):
             dt = time.perf_counter() - t0
-            print(f"  exhaustive {k}/{space.size} ({dt:.0f} s, {mf.tokens_run} tokens run here)", flush=True)
+            print(f"  exhaustive {k}/{len(todo)} ({dt:.0f} s, {mf.tokens_run} tokens run here)", flush=True)
     exhaustive_s = time.perf_counter() - t0
     if args.accuracy_only:
         print(f"accuracy pass done ({exhaustive_s:.0f} s)")
@@ -298,7 +336,8 @@ def main() -> None:
                 "full_budget_shapes_to_target": None if need is None else
                 sum(1 for t, e in p.events if e is not None and t <= need),
                 "shapes_scored": screened, "full_budget_shapes": len(p.history), "tokens_total": p.tokens,
-                "seconds": round(time.perf_counter() - t1, 3)})
+                "seconds": round(time.perf_counter() - t1, 3),
+                **({"spent_to_target_by_rung": spent} if (spent := spending(p, need, exhaustive_tokens)) else {})})
         fr = [r["cost_fraction"] for r in results[method]]
         print(f"  {method:16s} cost fraction to {args.target:.0%} HV: "
               f"{[None if f is None else round(f, 3) for f in fr]}", flush=True)

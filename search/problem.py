@@ -49,7 +49,8 @@ class SearchProblem:
     Cost is counted in evaluated tokens, whether a score was computed or read from the cache (so a
     benchmark can replay methods against one exhaustive pass): ``tokens`` is the running total and
     ``events`` lists ``(tokens so far, Evaluation or None)`` per scoring step (None: a screen at
-    a lower fidelity, which adds cost but no decided point). With a multi-fidelity accuracy
+    a lower fidelity, which adds cost but no decided point), ``steps`` the shape, the rung it reached
+    (0 without fidelity rungs) and the tokens of each of those steps. With a multi-fidelity accuracy
     (:class:`search.objectives.MultiFidelityAccuracy`), :meth:`screen` scores a shape at a lower
     rung; promoting it later costs only the windows it has not seen.
     """
@@ -61,6 +62,7 @@ class SearchProblem:
         self._seen: dict[str, Evaluation] = {}
         self.tokens = 0
         self.events: list[tuple[int, Evaluation | None]] = []
+        self.steps: list[tuple[str, int, int]] = []  # per event: (shape key, rung reached, tokens it cost)
         self.rung_of: dict[str, int] = {}  # multi-fidelity: highest rung scored per shape key
         self.screens: dict[str, AccuracyRecord] = {}  # multi-fidelity: latest record per shape key
 
@@ -97,6 +99,7 @@ class SearchProblem:
         self.history.append(ev)
         self.tokens += cost
         self.events.append((self.tokens, ev))
+        self.steps.append((shape.key, len(mf.rungs) - 1 if mf is not None else 0, cost))
         return ev
 
     def screen(self, shape: SubnetShape, rung: int) -> AccuracyRecord:
@@ -112,10 +115,12 @@ class SearchProblem:
         if have is not None and have >= rung:
             return self.screens[shape.key]
         rec = mf.score(shape, rung)
-        self.tokens += mf.cost(have, rung)
+        cost = mf.cost(have, rung)
+        self.tokens += cost
         self.rung_of[shape.key] = rung
         self.screens[shape.key] = rec
         self.events.append((self.tokens, None))
+        self.steps.append((shape.key, rung, cost))
         return rec
 
     def _evaluation(self, shape: SubnetShape, acc: AccuracyRecord | float) -> Evaluation:

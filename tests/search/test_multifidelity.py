@@ -93,6 +93,15 @@ def test_multifidelity_hierarchical_reaches_the_front_for_fewer_tokens(tmp_path:
     # Cost: tokens charged; screens are cheap, promotions pay only their missing windows.
     assert p.tokens == sum(mf.cost(None, r) for r in p.rung_of.values())
     assert len(p.rung_of) > len(p.history)  # some shapes were screened and never promoted
+    # Every step is logged with its shape, rung and cost: they add up to the running total, each shape
+    # climbs one rung at a time, and its last logged rung is the one it holds.
+    assert len(p.steps) == len(p.events) and sum(c for _, _, c in p.steps) == p.tokens
+    assert [t for t, _ in p.events] == list(np.cumsum([c for _, _, c in p.steps]))
+    climbed: dict[str, list[int]] = {}
+    for key, rung, cost in p.steps:
+        climbed.setdefault(key, []).append(rung)
+        assert cost == mf.cost(climbed[key][-2] if len(climbed[key]) > 1 else None, rung)
+    assert all(r == list(range(r[0], r[-1] + 1)) and r[-1] == p.rung_of[k] for k, r in climbed.items())
     pts: list[tuple[float, float]] = []
     reach = None
     for tokens, ev in p.events:
