@@ -23,6 +23,10 @@ the lowest accuracy of the space) is the target's 100%.
         # depth x attention width (1/0.667/0.333) x MLP width: 240 shapes
     python benchmarks/search_efficiency.py --windows 64 --run runs/bench-search-mf64 \
         --out benchmarks/results/search_efficiency_64w.json     # full budget 64 x 64 tokens per shape
+    python benchmarks/search_efficiency.py ... --accuracy-only --shard 0/2 &    # the accuracy pass in two
+    python benchmarks/search_efficiency.py ... --accuracy-only --shard 1/2      # processes (same other flags),
+        # then the command once more without --accuracy-only/--shard: it finds every score cached
+        # (torch threads per process: AMOEBA_THREADS, default 2; 1 each for two shards on 2 cores)
 
 Without a cpu-host latency table for the model, a sparse one is profiled first
 (``amoeba profile --sparse``: 3 depths x the widths, decode; the rest of the space is predicted).
