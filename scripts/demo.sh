@@ -27,9 +27,10 @@ $AMOEBA search --strategy "$RUN/strategy.yaml" --device cpu-host --flow pytorch 
     --method hierarchical --run "$RUN" \
     ${DEMO_SEARCH_ARGS:---widths 0.5:1:1/16 --trials 60 --seq-len 128 --max-windows 4}
 
-step "4/5 query: best shape under 40 ms/token"
-$AMOEBA query --device cpu-host --flow pytorch --budget 40ms --run "$RUN"
+step "4/5 query: best shape within 75% of the full model's ms/token on this host"
+# A share of the full model, not a fixed time: a fixed 40ms has no answer on a slower or busier host.
+$AMOEBA query --device cpu-host --flow pytorch --budget 75% --run "$RUN"
 
 step "5/5 plot"
-$AMOEBA plot --run "$RUN" --budget 40ms
+$AMOEBA plot --run "$RUN" --budget 75%
 echo "demo finished in $(( $(date +%s) - t0 )) s"

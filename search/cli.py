@@ -16,8 +16,10 @@ _PHASE = typer.Option("decode", help="decode (ms/token), prefill (ms/prompt) or 
 
 
 def parse_budget(text: str) -> float:
-    """``40ms``, ``40 ms``, ``0.04s`` or ``40`` -> milliseconds."""
+    """``40ms``, ``40 ms``, ``0.04s`` or ``40`` -> milliseconds (``80%``: :func:`search.query.parse_share`)."""
     t = str(text).strip().lower().replace(" ", "")
+    if t.endswith("%"):
+        raise AmoebaError(f"a budget as a share of the full model ({text!r}) needs a latency table to resolve it")
     scale = 1.0
     if t.endswith("ms"):
         t = t[:-2]
@@ -238,7 +240,8 @@ def _task_objective(task: str, strategy: Path, table: object, source: Optional[s
 def query(
     device: str = typer.Option(..., help="Device name."),
     flow: str = typer.Option(..., help="Deployment flow."),
-    budget: str = typer.Option(..., help="Latency budget, e.g. 40ms or 0.04s."),
+    budget: str = typer.Option(..., help="Latency budget, e.g. 40ms or 0.04s, or a share of the full model's "
+                                         "latency on this device/flow, e.g. 80%."),
     phase: str = _PHASE,
     variant: Optional[str] = typer.Option(None, help="Table variant (weight type/build, e.g. q4_0); default: "
                                                      "the table's first, named in the answer."),
@@ -248,10 +251,16 @@ def query(
     """Best evaluated shape within a latency budget (exact over the stored shapes)."""
     from rich.console import Console
 
-    from search.query import QueryIndex, describe_latency
+    from search.query import QueryIndex, describe_latency, parse_share
 
-    ans = QueryIndex(run, root).best(device, flow, parse_budget(budget), phase, variant)
+    index = QueryIndex(run, root)
+    share = parse_share(budget)
+    budget_ms, how = (parse_budget(budget), None) if share is None else index.share_budget(share, device, flow, phase,
+                                                                                            variant)
+    ans = index.best(device, flow, budget_ms, phase, variant)
     console = Console(markup=False, highlight=False)
+    if how:
+        console.print(f"budget     {how}", highlight=False)
     where = f"{device}/{flow}" + (f" [{ans.variant}]" if ans.variant else "")
     if ans.variant_note:
         console.print(f"note       {ans.variant_note}", highlight=False)
@@ -279,7 +288,8 @@ def plot(
     run: Path = _RUN,
     out: Optional[Path] = typer.Option(None, help="Output folder (default: the run folder)."),
     phase: str = _PHASE,
-    budget: Optional[str] = typer.Option(None, help="Draw a budget line, e.g. 40ms."),
+    budget: Optional[str] = typer.Option(None, help="Draw a budget line, e.g. 40ms, or 80% of the full model's "
+                                                    "latency on each device/flow."),
     device: Optional[list[str]] = typer.Option(None, help="Only these devices (repeatable)."),
     flow: Optional[list[str]] = typer.Option(None, "--flow", help="Only these flows (repeatable)."),
     variant: Optional[str] = typer.Option(None, help="Latency-table variant to draw (default: the table's first, "
@@ -293,8 +303,11 @@ def plot(
     from rich.console import Console
 
     from search.plot import plot_fronts
+    from search.query import parse_share
 
-    paths = plot_fronts(run, out, phase, parse_budget(budget) if budget else None, device or None, root, variant,
+    # a share such as 80% is resolved per device/flow (each table's own full model)
+    line = None if not budget else budget.strip() if parse_share(budget) is not None else parse_budget(budget)
+    paths = plot_fronts(run, out, phase, line, device or None, root, variant,
                         compare or (), flow or None)
     if not paths:
         raise AmoebaError(f"no latency table matches the model of {run}" + (f" with variant {variant!r}" if variant

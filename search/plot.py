@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, Sequence
 from amoeba_core.errors import AmoebaError
 from amoeba_core.shape import parse_shape
 from search.objectives import LatencyObjective
-from search.query import Point, QueryIndex
+from search.query import Point, QueryIndex, parse_share
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,21 @@ class FrontPlotData(NamedTuple):
     variant_note: str | None = None
     label: str = "Pareto front"
     others: tuple[tuple[str, list[Point]], ...] = ()  # (label, front) of compared runs
+    budget_label: str | None = None  # the legend's words for the budget line (a share: how it was resolved)
 
 
 def front_data(index: QueryIndex, device: str, flow: str, phase: str = "decode",
-               budget_ms: float | None = None, variant: str | None = None,
+               budget_ms: float | str | None = None, variant: str | None = None,
                compare: Sequence[tuple[str, QueryIndex]] = (), label: str = "Pareto front") -> FrontPlotData:
+    """``budget_ms``: milliseconds, or a share of the full model's latency on this table such as ``"80%"``."""
     pts = _points(index, device, flow, phase, variant)
+    budget_label = None
+    if isinstance(budget_ms, str):
+        share = parse_share(budget_ms)
+        if share is None:
+            raise AmoebaError(f"a budget given as text must be a share such as 80%, got {budget_ms!r}")
+        budget_ms, how = index.share_budget(share, device, flow, phase, variant)
+        budget_label = f"budget {how.split(' (')[0]} = {budget_ms:.3g} ms"
     wmax, dmax = max(index.space.widths), max(index.space.depths)
     amax = max(index.space.attn_widths, default=None)  # separate attention axis: full = widest of both
     depth_only = sorted((p for p in pts if p.width == wmax and parse_shape(p.key).attn_width == amax),
@@ -66,7 +75,8 @@ def front_data(index: QueryIndex, device: str, flow: str, phase: str = "decode",
         except AmoebaError as e:
             log.warning("%s has no front on %s/%s: %s", name, device, flow, e)
     return FrontPlotData(device, flow, phase, index.model, pts, _front(index, device, flow, phase, variant), depth_only,
-                         width_only, drop_last, budget_ms, _strategy_label(index), taken, note, label, tuple(others))
+                         width_only, drop_last, budget_ms, _strategy_label(index), taken, note, label, tuple(others),
+                         budget_label)
 
 
 def _points(index: QueryIndex, device: str, flow: str, phase: str, variant: str | None) -> list[Point]:
@@ -142,7 +152,7 @@ def draw(data: FrontPlotData, out: Path | str) -> Path:
         ax.scatter([p.latency_ms for p in extrapolated], [p.accuracy for p in extrapolated], s=90, marker="D",
                    facecolors="none", edgecolors="tab:red", label="latency extrapolated", zorder=5)
     if data.budget_ms is not None:
-        ax.axvline(data.budget_ms, c="k", ls="-.", lw=1, label=f"budget {data.budget_ms:g} ms")
+        ax.axvline(data.budget_ms, c="k", ls="-.", lw=1, label=data.budget_label or f"budget {data.budget_ms:g} ms")
     variant = f" [{data.variant}]" if data.variant else ""
     ax.set_xlabel(f"{data.phase} latency (ms) on {data.device} / {data.flow}{variant}")
     ax.set_ylabel("next-token top-1 accuracy (held-out)")
@@ -192,7 +202,7 @@ def run_label(run_dir: Path | str) -> str:
 
 
 def plot_fronts(run_dir: Path | str, out_dir: Path | str | None = None, phase: str = "decode",
-                budget_ms: float | None = None, devices: list[str] | None = None, root: Path | None = None,
+                budget_ms: float | str | None = None, devices: list[str] | None = None, root: Path | None = None,
                 variant: str | None = None, compare: Sequence[Path | str] = (),
                 flows: Sequence[str] | None = None) -> list[Path]:
     """One PNG per device/flow with a table for the run's model; returns the paths written.

@@ -193,6 +193,23 @@ class QueryIndex:
                         log.info("no %s index for %s/%s: %s", phase, device, flow, e)
 
     # -- queries ------------------------------------------------------------------------
+    def full_shape_key(self) -> str:
+        """The full-size shape of the run's space (deepest, full width): what a budget such as 80% is a share of."""
+        return f"d{max(self.space.depths)}-w1"
+
+    def full_latency(self, device: str, flow: str, phase: str = "decode", variant: str | None = None) -> ShapeLatency:
+        """Latency of :meth:`full_shape_key` on a table (checked as :meth:`index` checks it)."""
+        ix = self.index(device, flow, phase, variant)
+        return self.latency_objective(device, flow, phase, ix.variant).at(max(self.space.depths), 1.0)
+
+    def share_budget(self, share: float, device: str, flow: str, phase: str = "decode",
+                     variant: str | None = None) -> tuple[float, str]:
+        """``share`` of the full model's latency in ms, and a line saying how it was resolved."""
+        full = self.full_latency(device, flow, phase, variant)
+        ms = float(share) * full.ms
+        return ms, (f"{share * 100:g}% of {self.full_shape_key()} ({full.ms:.3f} ms, {describe_latency(full)}) "
+                    f"= {ms:.3f} ms")
+
     def front(self, device: str, flow: str, phase: str = "decode", variant: str | None = None) -> list[Point]:
         return self.index(device, flow, phase, variant).front()
 
@@ -224,6 +241,21 @@ class QueryIndex:
         return f"amoeba export --strategy {strategy} --shape {_grid(p)} --out exports/{_grid(p)}"
 
 
+def parse_share(text: str) -> float | None:
+    """``80%`` -> 0.8 (a budget as a share of the full model's latency on the table asked); None for a time."""
+    t = str(text).strip().replace(" ", "")
+    if not t.endswith("%"):
+        return None
+    try:
+        v = float(t[:-1]) / 100
+    except ValueError:
+        raise AmoebaError(f"budget must be a time such as 40ms or 0.04s, or a share of the full model such as 80%, "
+                          f"got {text!r}") from None
+    if not 0 < v < float("inf"):
+        raise AmoebaError(f"budget must be a positive share of the full model, got {text!r}")
+    return v
+
+
 def clip(text: object, n: int = 64) -> str:
     """``repr`` of user input, cut to ``n`` characters: an error never echoes a whole request."""
     s = str(text)
@@ -240,7 +272,7 @@ def variant_note(taken: str | None, variants: tuple[str, ...]) -> str | None:
 
 def describe_latency(p: Point) -> str:
     """``measured``, ``predicted 3.1-3.6 ms, extrapolated`` ...: where a latency came from."""
-    parts = [p.latency_source]
+    parts = [getattr(p, "latency_source", None) or getattr(p, "source", "")]  # a Point or a ShapeLatency
     if p.lo_ms is not None and p.hi_ms is not None:
         parts.append(f"{p.lo_ms:.3f}-{p.hi_ms:.3f} ms")
     if p.extrapolated:

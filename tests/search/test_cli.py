@@ -2,10 +2,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from amoeba.cli import app
+from amoeba_core.errors import AmoebaError
 from search.cli import parse_budget
+from search.query import QueryIndex, parse_share
 
 
 def _run(*args: str) -> tuple[int, str]:
@@ -26,6 +29,33 @@ def test_query_prints_shape_latency_accuracy_and_export(run_dir: Path, profiles:
     code, out = _run("query", "--run", str(run_dir), "--root", str(profiles), "--device", "cpu-host", "--flow",
                      "pytorch", "--budget", "0.000001ms")
     assert code == 1 and "infeasible" in out and "fastest" in out
+
+
+def test_a_budget_as_a_share_of_the_full_model(run_dir: Path, profiles: Path) -> None:
+    assert parse_share("80%") == 0.8 and parse_share(" 12.5 % ") == 0.125 and parse_share("40ms") is None
+    for bad in ("x%", "0%", "-5%", "inf%", "nan%"):
+        with pytest.raises(AmoebaError, match="share|budget"):
+            parse_share(bad)
+    with pytest.raises(AmoebaError, match="latency table"):
+        parse_budget("80%")
+    # 60% of the full model's latency on the table: the answer is the best shape at or under that many ms
+    ix = QueryIndex(run_dir, profiles)
+    full = ix.full_latency("cpu-host", "pytorch")
+    code, out = _run("query", "--run", str(run_dir), "--root", str(profiles), "--device", "cpu-host", "--flow",
+                     "pytorch", "--budget", "60%")
+    exact = ix.best("cpu-host", "pytorch", 0.6 * full.ms)
+    assert code == (0 if exact.feasible else 1), out
+    assert f"60% of {ix.full_shape_key()} ({full.ms:.3f} ms" in out
+    if exact.feasible:
+        assert exact.shape is not None and exact.shape.key in out and exact.shape.latency_ms <= 0.6 * full.ms
+    code, out = _run("query", "--run", str(run_dir), "--root", str(profiles), "--device", "cpu-host", "--flow",
+                     "pytorch", "--budget", "1000%")
+    assert code == 0 and ix.best("cpu-host", "pytorch", 10 * full.ms).shape.key in out, out
+    # the plot's budget line: resolved on each device/flow's own table, the legend says how
+    from search.plot import front_data
+
+    data = front_data(ix, "cpu-host", "pytorch", budget_ms="60%")
+    assert data.budget_ms == pytest.approx(0.6 * full.ms) and data.budget_label.startswith("budget 60% of d")
 
 
 def test_query_errors(run_dir: Path, profiles: Path) -> None:
