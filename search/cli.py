@@ -157,7 +157,8 @@ def search(
                       f"evaluated", highlight=False)
     console.print(f"new accuracy evaluations: {accuracy.n_evaluated}; study {name!r} in {storage_url(storage, run)}",
                   highlight=False)
-    console.print(f"next: amoeba query --run {run} --device {device} --flow {flow} --budget <ms> --phase {phase}",
+    console.print(f"next: amoeba query --run {run} --device {device} --flow {flow} --budget <ms, or a share such as "
+                  f"75%> --phase {phase}",
                   highlight=False)
 
 
