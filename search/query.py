@@ -123,6 +123,7 @@ class QueryIndex:
         self._lock = threading.Lock()
         self._indexes: dict[tuple[str, str, str, str | None], _Index] = {}
         self._tables: dict[str, list[str]] | None = None
+        self._full: dict[tuple[str, str, str, str | None], ShapeLatency] = {}  # full model's latency per table
 
     # -- what is known -------------------------------------------------------------------
     def tables(self) -> dict[str, list[str]]:
@@ -200,7 +201,12 @@ class QueryIndex:
     def full_latency(self, device: str, flow: str, phase: str = "decode", variant: str | None = None) -> ShapeLatency:
         """Latency of :meth:`full_shape_key` on a table (checked as :meth:`index` checks it)."""
         ix = self.index(device, flow, phase, variant)
-        return self.latency_objective(device, flow, phase, ix.variant).at(max(self.space.depths), 1.0)
+        key = (device, flow, phase, ix.variant)
+        hit = self._full.get(key)
+        if hit is None:
+            hit = self._full[key] = self.latency_objective(device, flow, phase, ix.variant).at(max(self.space.depths),
+                                                                                              1.0)
+        return hit
 
     def share_budget(self, share: float, device: str, flow: str, phase: str = "decode",
                      variant: str | None = None) -> tuple[float, str]:

@@ -335,8 +335,24 @@ def create_app(run_dir: Path | str, root: Path | None = None, token: str | None 
 
     @app.get("/query", response_model=QueryOut)
     async def query(device: str = Query(..., max_length=200), flow: str = Query(..., max_length=200),
-                    budget_ms: float = Query(..., gt=0, allow_inf_nan=False, description="Latency budget in ms"),
+                    budget_ms: Optional[float] = Query(None, gt=0, allow_inf_nan=False,
+                                                       description="Latency budget in ms"),
+                    budget_share: Optional[float] = Query(None, gt=0, allow_inf_nan=False,
+                                                          description="Or the budget as a share of the full model's "
+                                                                      "latency on this table, e.g. 0.75 (answered "
+                                                                      "with the resolved budget_ms)"),
                     phase: Phase = "decode", variant: Optional[str] = Query(None, max_length=200)) -> Response:
+        if (budget_ms is None) == (budget_share is None):
+            return JSONResponse(status_code=422, content={"detail": "give one of budget_ms (milliseconds) or "
+                                                                    "budget_share (of the full model's latency)"})
+        if budget_share is not None:
+            share = budget_share
+
+            def body(s: Snapshot) -> bytes:
+                return query_body(s, device, flow, s.index.share_budget(share, device, flow, phase, variant)[0], phase,
+                                  variant)
+
+            return await answer(body)
         return await answer(lambda s: query_body(s, device, flow, budget_ms, phase, variant))
 
     @app.get("/runs", response_model=RunsOut)

@@ -73,6 +73,18 @@ def test_endpoints(client: httpx.Client) -> None:
     assert client.get("/openapi.json").json()["paths"].keys() >= {"/devices", "/query", "/fronts/{device}/{flow}"}
 
 
+def test_query_by_a_share_of_the_full_model(client: httpx.Client, measured_run: Path, profiles: Path) -> None:
+    from search.query import QueryIndex
+
+    full = QueryIndex(measured_run, profiles).full_latency("cpu-host", "pytorch")
+    for share in (0.6, 1.0, 5.0, 1e-6):
+        params = {"device": "cpu-host", "flow": "pytorch", "phase": "decode"}
+        by_share = client.get("/query", params={**params, "budget_share": share})
+        by_ms = client.get("/query", params={**params, "budget_ms": share * full.ms})
+        assert by_share.status_code == by_ms.status_code == 200, by_share.text
+        assert by_share.json() == by_ms.json() and by_share.json()["budget_ms"] == pytest.approx(share * full.ms)
+
+
 @pytest.mark.parametrize("params, status, reason", [
     ({"device": "nope", "flow": "pytorch", "budget_ms": 5}, 404, "known: cpu-host"),
     ({"device": "cpu-host", "flow": "onnx", "budget_ms": 5}, 404, "known: pytorch"),
@@ -81,6 +93,10 @@ def test_endpoints(client: httpx.Client) -> None:
     ({"device": "cpu-host", "flow": "pytorch", "budget_ms": "nan"}, 422, "finite"),
     ({"device": "cpu-host", "flow": "pytorch", "budget_ms": 5, "phase": "x"}, 422, "decode"),
     ({"device": "cpu-host", "flow": "pytorch"}, 422, "budget_ms"),
+    ({"device": "cpu-host", "flow": "pytorch", "budget_ms": 5, "budget_share": 0.5}, 422, "one of"),
+    ({"device": "cpu-host", "flow": "pytorch", "budget_share": 0}, 422, "greater than 0"),
+    ({"device": "cpu-host", "flow": "pytorch", "budget_share": "inf"}, 422, "finite"),
+    ({"device": "nope", "flow": "pytorch", "budget_share": 0.5}, 404, "known: cpu-host"),
     ({"device": "cpu-host", "flow": "pytorch", "budget_ms": 5, "variant": "q4_0"}, 404, "known: float32"),
 ])
 def test_bad_input_gets_4xx_with_a_reason(client: httpx.Client, params: dict, status: int, reason: str) -> None:
