@@ -56,8 +56,8 @@ def front_data(index: QueryIndex, device: str, flow: str, phase: str = "decode",
         share = parse_share(budget_ms)
         if share is None:
             raise AmoebaError(f"a budget given as text must be a share such as 80%, got {budget_ms!r}")
-        budget_ms, how = index.share_budget(share, device, flow, phase, variant)
-        budget_label = f"budget {how.split(' (')[0]} = {budget_ms:.3g} ms"
+        budget_ms = index.share_budget(share, device, flow, phase, variant)[0]
+        budget_label = f"budget {share * 100:g}% of {index.full_shape_key()} = {budget_ms:.3g} ms"
     wmax, dmax = max(index.space.widths), max(index.space.depths)
     amax = max(index.space.attn_widths, default=None)  # separate attention axis: full = widest of both
     depth_only = sorted((p for p in pts if p.width == wmax and parse_shape(p.key).attn_width == amax),

@@ -345,15 +345,13 @@ def create_app(run_dir: Path | str, root: Path | None = None, token: str | None 
         if (budget_ms is None) == (budget_share is None):
             return JSONResponse(status_code=422, content={"detail": "give one of budget_ms (milliseconds) or "
                                                                     "budget_share (of the full model's latency)"})
-        if budget_share is not None:
-            share = budget_share
 
-            def body(s: Snapshot) -> bytes:
-                return query_body(s, device, flow, s.index.share_budget(share, device, flow, phase, variant)[0], phase,
-                                  variant)
+        def body(s: Snapshot) -> bytes:
+            ms = budget_ms if budget_share is None else s.index.share_budget(budget_share, device, flow, phase,
+                                                                              variant)[0]
+            return query_body(s, device, flow, ms, phase, variant)
 
-            return await answer(body)
-        return await answer(lambda s: query_body(s, device, flow, budget_ms, phase, variant))
+        return await answer(body)
 
     @app.get("/runs", response_model=RunsOut)
     def runs() -> RunsOut:
