@@ -144,9 +144,11 @@ def first_reach(problem: Any, ref: tuple[float, float], target: float) -> int | 
     return None
 
 
-def spending(problem: Any, until: int | None, exhaustive_tokens: int) -> list[dict[str, Any]] | None:
+def spending(problem: Any, until: int | None, exhaustive_tokens: int,
+             front: set[str]) -> list[dict[str, Any]] | None:
     """Where a multi-fidelity method's tokens went up to ``until`` (its first reach of the target):
-    per rung, the shapes that reached it and the tokens spent raising shapes to it."""
+    per rung, the shapes that reached it (and how many of them are on the exhaustive front, keys
+    ``front``) and the tokens spent raising shapes to it."""
     mf = problem.fidelity
     if mf is None or until is None:
         return None
@@ -157,8 +159,8 @@ def spending(problem: Any, until: int | None, exhaustive_tokens: int) -> list[di
             break
         shapes[rung].add(key)
         tokens[rung] += cost
-    return [{"windows": n, "shapes": len(shapes[r]), "tokens": tokens[r], "fraction": tokens[r] / exhaustive_tokens}
-            for r, n in enumerate(mf.rungs)]
+    return [{"windows": n, "shapes": len(shapes[r]), "on_true_front": len(shapes[r] & front), "tokens": tokens[r],
+             "fraction": tokens[r] / exhaustive_tokens} for r, n in enumerate(mf.rungs)]
 
 
 def oracle_shapes(L: list[float], A: list[float], ref: tuple[float, float], target: float) -> int:
@@ -306,6 +308,9 @@ def main() -> None:
     ref = (max(L) * 1.01, min(A))
     hv_full = hypervolume(L, A, *ref)
     front = pareto_indices(L, A)
+    front_keys = {shapes[i].key for i in front}
+    front_acc = sorted(A[i] for i in front)
+    front_gap = statistics.median(b - a for a, b in zip(front_acc, front_acc[1:])) if len(front) > 1 else None
     target = args.target * hv_full
     exhaustive_tokens = space.size * full_tokens
     oracle = oracle_shapes(L, A, ref, target)
@@ -341,7 +346,8 @@ def main() -> None:
                 sum(1 for t, e in p.events if e is not None and t <= need),
                 "shapes_scored": screened, "full_budget_shapes": len(p.history), "tokens_total": p.tokens,
                 "seconds": round(time.perf_counter() - t1, 3),
-                **({"spent_to_target_by_rung": spent} if (spent := spending(p, need, exhaustive_tokens)) else {})})
+                **({"spent_to_target_by_rung": spent} if (spent := spending(p, need, exhaustive_tokens, front_keys))
+                   else {})})
         fr = [r["cost_fraction"] for r in results[method]]
         print(f"  {method:16s} cost fraction to {args.target:.0%} HV: "
               f"{[None if f is None else round(f, 3) for f in fr]}", flush=True)
@@ -396,6 +402,9 @@ def main() -> None:
         "target_fraction": args.target, "reference_point": {"latency_ms": ref[0], "accuracy": ref[1]},
         "exhaustive": {"hypervolume": hv_full, "front": [shapes[i].grid_key for i in front],
                        "front_share_of_space": len(front) / space.size,
+                       "front_median_accuracy_gap": front_gap,
+                       "front_gap_note": "median top-1 difference between front shapes adjacent in accuracy (compare "
+                                         "with rungs_ci's half-widths)",
                        "oracle_cost_fraction": oracle / space.size,
                        "oracle_note": "fewest shapes (greedy by hypervolume gain, chosen knowing the truth) whose "
                                       "full-budget scores reach the target: a floor no method can beat without "
