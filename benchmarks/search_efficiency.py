@@ -11,7 +11,9 @@ the lowest accuracy of the space) is the target's 100%.
    ``<run>/accuracy.parquet``. A re-run is free.
 2. The methods are replayed against that cache, each charged the tokens it would have evaluated:
    multi-fidelity hierarchical search (screen at the cheapest rung, promote while the interval
-   reaches the front), the same hierarchical scheme at the full budget only, and NSGA-II, TPE and
+   reaches the front; each ladder under the default promotion rule, the largest expected gain per
+   token first, and under the earlier one, ``-interval``), the same hierarchical scheme at the full
+   budget only, and NSGA-II, TPE and
    random search at the full budget (5 seeds each; the hierarchical schemes are deterministic).
    A method's front is made of the shapes it scored at the full budget, valued at those scores.
 3. ``cost_fraction`` = tokens until that front first reaches 99% of the exhaustive hypervolume /
@@ -240,7 +242,7 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("AMOEBA_THREADS", "2")))
     from search.cli import _widths
     from search.evolutionary import run_optuna
-    from search.hierarchical import run_hierarchical
+    from search.hierarchical import PROMOTIONS, run_hierarchical
     from search.objectives import AccuracyTable, LatencyObjective, MultiFidelityAccuracy
     from search.pareto import hypervolume, pareto_indices
     from search.problem import SearchProblem
@@ -274,16 +276,18 @@ def main() -> None:
     # of those windows (derived from the stored per-window sums, exactly what scoring them alone gives).
     mf = MultiFidelityAccuracy.from_stage1(args.strategy, table, split="val", seq_len=args.seq_len,
                                            max_windows=args.windows, rungs=(args.windows,))
-    mfs = {f"hierarchical-mf[{','.join(map(str, lad))}]":
+    # Each ladder under both promotion rules (search.hierarchical.PROMOTIONS), side by side on the same cache:
+    # "hierarchical-mf[...]" is the default ("value"), "hierarchical-mf-interval[...]" the earlier rule.
+    mfs = {f"hierarchical-mf{'' if rule == 'value' else '-' + rule}[{','.join(map(str, lad))}]":
            MultiFidelityAccuracy(mf.run_windows, table, mf.base, mf.rungs[-1], args.seq_len, lad, mf.window_doc)
-           for lad in ladders}
+           for rule in PROMOTIONS for lad in ladders}
     shapes = space.shapes()
     full_tokens = mf.tokens(-1)
     axes = (f"{len(space.attn_widths)} attention x {len(space.widths)} MLP widths" if space.attn_widths
             else f"{len(space.widths)} widths")
     print(f"space: {len(space.depths)} depths x {axes} = {space.size} shapes "
           f"({space.model}, {args.device}/{args.flow} {args.phase}); full budget {mf.rungs[-1]} x {args.seq_len} "
-          f"tokens; ladders {[list(m.rungs) for m in mfs.values()]}", flush=True)
+          f"tokens; ladders {[list(lad) for lad in ladders]}, promotion rules {list(PROMOTIONS)}", flush=True)
     t0, load0 = time.perf_counter(), loadavg()
     # Width by width, shallow to deep: the evaluator reuses the hidden states of a shared prefix.
     todo = sorted(shapes, key=lambda s: (s.attn_width or 0.0, s.width, s.depth))
@@ -328,7 +332,8 @@ def main() -> None:
             p = SearchProblem(space, mfs.get(method, full_only), latency)
             t1 = time.perf_counter()
             if method.startswith("hierarchical"):
-                run_hierarchical(p, tol=0.0, max_evaluations=space.size)
+                run_hierarchical(p, tol=0.0, max_evaluations=space.size,
+                                 promotion="interval" if method.startswith("hierarchical-mf-interval") else "value")
             else:
                 def reached(study: optuna.Study, _: object, p: SearchProblem = p) -> None:
                     hv = hypervolume([e.latency_ms for e in p.history], [e.accuracy for e in p.history], *ref)
@@ -391,7 +396,7 @@ def main() -> None:
                      "seq_len": args.seq_len, "full_budget_windows": mf.rungs[-1],
                      "window_choice": "windows evenly spaced over the val split, rungs take them in bit-reversal "
                                       "order (each rung contains the previous)",
-                     "ladders": [list(m.rungs) for m in mfs.values()],
+                     "ladders": [list(lad) for lad in ladders],
                      "full_budget_tokens_per_shape": full_tokens, "exhaustive_tokens": exhaustive_tokens,
                      "exhaustive_seconds_this_run": round(exhaustive_s, 1), "rung_scores_run": mf.n_evaluated,
                      "exhaustive_eval_seconds": round(eval_seconds, 1),
@@ -414,9 +419,14 @@ def main() -> None:
                                      "deterministic, one run",
                      "hierarchical-mf[...]": "screens at the first rung of the ladder; promotes one rung while no "
                                              "faster-or-equal shape is better by a paired 98% interval excluding 0 "
-                                             "and the interval's upper end adds hypervolume to the full-budget front; "
-                                             "the most-raised open shape is raised first (its ladder is finished before "
-                                             "cheaper rungs of others), by optimistic gain among those",
+                                             "and the upper end of its window-adjusted posterior adds hypervolume to "
+                                             "the full-budget front; the open shape with the largest expected "
+                                             "hypervolume gain per token left on its ladder is raised first "
+                                             "(promotion='value', the default)",
+                     "hierarchical-mf-interval[...]": "the same, with the earlier promotion rule "
+                                                      "(promotion='interval'): the most-raised open shape first (its "
+                                                      "ladder is finished before cheaper rungs of others), by the "
+                                                      "gain of its raw interval's upper end among those",
                      "cost": "tokens run through the model (windows x seq_len), charged as if evaluated "
                              "(scores come from the exhaustive pass's cache)"},
         "results": results, "summary": summary, "best_method": best,

@@ -39,10 +39,21 @@ accuracy interval still reaches the current front, i.e. no shape at most as slow
 paired difference whose interval excludes 0 (:func:`amoeba_core.stats.paired_diff` on the
 windows both have scored, at least ``MIN_PAIRED_WINDOWS`` (8) of them; ``prune_level`` 98% by
 default, stricter than the 90% reported everywhere, because a shape is tested against several
-faster ones). Promotions go to the most-raised open shape first (a shape's ladder is finished before cheaper
-rungs of others are run), among those in order of optimistic gain (hypervolume its interval's upper
-end would add to the front of full-budget shapes; below 8 windows that upper end is widened to a
-Wilson bound over the rung's tokens, :func:`_upper`). By default the exploration only screens;
+faster ones). Which open shape is raised next (``promotion``):
+
+- ``"value"`` (default): the one with the largest *expected* hypervolume gain per token left on its
+  ladder. The expectation is over a window-adjusted posterior of its full-budget score: every window's
+  difficulty is shared by all shapes, so once two shapes are at the full budget each window's offset
+  (``delta_w``) is known, a screened shape's estimate is the mean of its windows' accuracy minus their
+  offsets, and its sd is the pooled residual sd scaled to the windows still missing
+  (:meth:`HierarchicalSearch._posterior`; on the SmolLM2 caches the offsets take the per-window sd
+  from 0.063 to 0.045). The optimism that keeps a shape open is that posterior's upper end.
+- ``"interval"`` (the earlier rule): the most-raised open shape first (a shape's ladder is finished
+  before cheaper rungs of others are run), among those in order of optimistic gain (hypervolume its raw
+  interval's upper end would add to the front of full-budget shapes; below 8 windows that upper end is
+  widened to a Wilson bound over the rung's tokens, :func:`_upper`).
+
+By default the exploration only screens;
 promotion starts when it ends, first for shapes on the front of current estimates, then for the
 rest whose interval still reaches the front (``promote_early``: raise front shapes while
 exploring). In scratch replays of benchmarks/search_efficiency.py's SmolLM2 caches (not in its result
@@ -76,6 +87,7 @@ PRUNE_LEVEL = 0.98
 # both differences have the same sign (on the 240-shape SmolLM2 space, ladders starting at 2 windows
 # pruned front shapes that way and never reached 99% of the front).
 MIN_PAIRED_WINDOWS = 8
+PROMOTIONS = ("value", "interval")
 
 
 def _upper(rec: Any) -> float:
@@ -100,9 +112,17 @@ def _upper(rec: Any) -> float:
 
 def run_hierarchical(problem: SearchProblem, max_evaluations: int | None = None, tol: float = 1e-3,
                      depth_tol: float = 5e-3, storage: Any = None, study_name: str | None = None,
-                     ref_accuracy: float = 0.0, prune_level: float = PRUNE_LEVEL, promote_early: bool = False) -> Any:
-    """Run the scheme above; returns the Optuna study holding one trial per evaluated shape."""
+                     ref_accuracy: float = 0.0, prune_level: float = PRUNE_LEVEL, promote_early: bool = False,
+                     promotion: str = "value") -> Any:
+    """Run the scheme above; returns the Optuna study holding one trial per evaluated shape.
+
+    ``promotion`` (multi-fidelity only): ``"value"`` (default) raises the open shape with the largest expected
+    hypervolume gain per token left on its ladder; ``"interval"`` is the earlier rule (the most-raised open shape
+    first, by the gain of its raw interval's upper end)."""
     import optuna
+
+    if promotion not in PROMOTIONS:
+        raise ValueError(f"promotion must be one of {PROMOTIONS}, got {promotion!r}")
 
     study = optuna.create_study(storage=storage, study_name=study_name, directions=list(DIRECTIONS),
                                 load_if_exists=True)
@@ -112,6 +132,7 @@ def run_hierarchical(problem: SearchProblem, max_evaluations: int | None = None,
         study.set_user_attr("budget_ms", problem.budget_ms)
     search = HierarchicalSearch(problem, study, max_evaluations, tol, depth_tol, ref_accuracy, prune_level)
     search.eager = promote_early
+    search.promotion = promotion
     search.run()
     return study
 
@@ -145,6 +166,7 @@ class HierarchicalSearch:
         self._paired: dict[tuple[Any, ...], bool] = {}
         self._exploring = False
         self.eager = False  # promote_early: raise front shapes while exploring (default: screen first)
+        self.promotion = "value"
 
     # -- bookkeeping -------------------------------------------------------------------
     def _shape(self, k: tuple[int, int]) -> Any:
@@ -203,7 +225,7 @@ class HierarchicalSearch:
         return False
 
     def _promote(self, final: bool = False) -> None:
-        """Successive halving: raise shapes whose interval reaches the front, best gain first.
+        """Successive halving: raise shapes whose interval reaches the front, most valuable first.
 
         During exploration only shapes on the front of current estimates are raised; the others whose
         interval still reaches the front wait until exploration ends (``final``)."""
@@ -219,24 +241,77 @@ class HierarchicalSearch:
             dl = np.array([self.lat[k] for k in decided])
             da = np.array([self.acc[k] for k in decided])
             base = hypervolume(dl, da, self.ref_lat, self.ref_acc) if decided else 0.0
+            post = self._posterior(decided) if self.promotion != "interval" else None
+
+            def hv_gain(k: tuple[int, int], a: float) -> float:
+                return hypervolume(np.append(dl, self.lat[k]), np.append(da, a), self.ref_lat, self.ref_acc) - base
 
             def gain(k: tuple[int, int]) -> tuple[float, float, float]:
-                hi = _upper(self.recs[k])
-                hv = hypervolume(np.append(dl, self.lat[k]), np.append(da, hi), self.ref_lat, self.ref_acc)
-                return (hv - base, hi, -float(self.lat[k]))
+                hi = _upper(self.recs[k]) if post is None else post(k)[2]
+                return (hv_gain(k, hi), hi, -float(self.lat[k]))
 
             gains = {k: gain(k) for k in open_}
             floor = self.tol * self._box() if decided else -math.inf
             open_ = [k for k in open_ if gains[k][0] > max(floor, 0.0) or not decided]
             if not open_:
                 return
-            # Finish a shape's ladder before raising others: the most-raised open shape first (best gain among
-            # those). Its full-budget score lifts the decided front early, so cheaper shapes it beats never need
-            # raising. Replayed on the SmolLM2 caches (benchmarks/search_efficiency.py), against best gain first: at a
-            # 64-window full budget 9-26% fewer tokens to 99% of the front on all 8 ladder x space runs; at 16
-            # windows mixed (240 shapes within 0.01; 80 shapes 2/4/16 0.84 -> 0.70, 2/8/16 0.58 -> 0.61).
-            k = max(open_, key=lambda k: (self._rung(k), gains[k]))
+            # "value": raise the open shape with the largest expected hypervolume gain (its full-budget score under
+            # the window-adjusted posterior, 9-point Gauss-Hermite) per token still missing on its ladder, so a
+            # nearly-decided shape with a real chance of adding to the front goes before a cheap long shot.
+            # "interval" (the earlier rule): finish a shape's ladder before raising others, the most-raised open
+            # shape first, best upper-end gain among those. Chosen before replaying (benchmarks/search_efficiency.py,
+            # whose result files run both side by side).
+            if post is not None:
+                nodes, weights = np.polynomial.hermite_e.hermegauss(9)
+                weights = weights / weights.sum()
+
+                def value(k: tuple[int, int]) -> float:
+                    est, sd, _ = post(k)
+                    eg = sum(w * hv_gain(k, est + sd * x) for x, w in zip(nodes, weights))
+                    return eg / self.p.fidelity.cost(self._rung(k), self.top)
+
+                k = max(open_, key=lambda k: (value(k), gains[k]))
+            else:
+                k = max(open_, key=lambda k: (self._rung(k), gains[k]))
             self._raise(k, self._rung(k) + 1)
+
+    def _posterior(self, decided: list[tuple[int, int]]) -> Any:
+        """(estimate, sd, upper end) of a screened shape's full-budget top-1, window-adjusted.
+
+        Every window's difficulty is common to all shapes: ``delta_w`` = mean over full-budget shapes of
+        (window accuracy - full accuracy). A screened shape's estimate is the token-weighted mean of its
+        scored windows' (accuracy - delta_w); its sd ``sigma * sqrt((N - n) / (N n))`` with ``sigma`` the
+        pooled residual sd of the full-budget shapes' windows. With fewer than 2 full-budget shapes:
+        the raw score and its interval (:func:`_upper`)."""
+        z = NormalDist().inv_cdf(0.5 + self.prune_level / 2)
+
+        def raw(k: tuple[int, int]) -> tuple[float, float, float]:
+            hi = _upper(self.recs[k])
+            return self.acc[k], max(hi - self.acc[k], 0.0) / z, hi
+
+        if len(decided) < 2:
+            return raw
+        C = np.array([self.recs[k].window_correct for k in decided], dtype=float)
+        T = np.array([self.recs[k].window_count for k in decided], dtype=float)
+        A = C / np.maximum(T, 1)
+        full = C.sum(1, keepdims=True) / T.sum(1, keepdims=True)
+        delta = (A - full).mean(0)
+        res = A - full - delta
+        n_s, n_w = A.shape
+        sigma = float(np.sqrt((res ** 2).sum() / max((n_s - 1) * (n_w - 1), 1)))
+        N = n_w
+
+        def adjusted(k: tuple[int, int]) -> tuple[float, float, float]:
+            r = self.recs[k]
+            n = len(r.window_correct or ())
+            if n == 0 or n > N:
+                return raw(k)
+            c, t = np.array(r.window_correct, dtype=float), np.array(r.window_count, dtype=float)
+            est = float(((c / np.maximum(t, 1) - delta[:n]) * t).sum() / t.sum())
+            sd = sigma * math.sqrt(max(N - n, 0) / (N * n))
+            return est, sd, est + z * sd
+
+        return adjusted
 
     def _done(self) -> bool:
         return len(self.acc) >= self.max_evals

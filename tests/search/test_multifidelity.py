@@ -141,6 +141,40 @@ def test_a_significantly_beaten_shape_is_not_promoted(tmp_path: Path) -> None:
     assert p.tokens == 16 * 64 + 8 * 64
 
 
+def test_the_window_adjusted_posterior_removes_what_windows_share(tmp_path: Path) -> None:
+    # Window accuracy = shape effect + window offset, exactly (no residual): once two shapes are at the full
+    # budget, a shape screened on 4 of 16 windows has its full-budget score predicted exactly, with sd 0,
+    # although its 4 windows are easier than the average (the raw score is off by their offset).
+    import optuna
+
+    from search.hierarchical import HierarchicalSearch
+
+    space = SearchSpace.first_layers("llama2-7b", (30, 31, 32), (1.0,))
+    lat = LatencyObjective("a5000", "pytorch", "llama2-7b", root=REPO / "device_profiles")
+    offset = np.array([10, -6, 4, 8] + [-2] * 12)  # the first rung's windows (0, 8, 4, 12): +1 on average, all: -0.5
+    base = {30: 30, 31: 40, 32: 50}
+
+    def run_windows(s: SubnetShape, idx):
+        return ([100.0] * len(idx), [float(base[s.depth] + offset[i]) for i in idx], [100.0] * len(idx))
+
+    mf = MultiFidelityAccuracy(run_windows, AccuracyTable(tmp_path / "a.parquet"), "t", 16, 64, (4, 16))
+    search = HierarchicalSearch(SearchProblem(space, mf, lat), optuna.create_study(directions=["maximize", "minimize"]),
+                                None, 0.0, 0.0)
+    order = mf.order
+    for d in (31, 32):
+        search._raise((space.depths.index(d), 0), 1)
+    k = (space.depths.index(30), 0)
+    search._raise(k, 0)
+    assert list(order[:4]) == [0, 8, 4, 12]
+    assert search.acc[k] == pytest.approx(0.31)  # the raw score carries its windows' offset
+    est, sd, hi = search._posterior([(1, 0), (2, 0)])(k)
+    assert est == pytest.approx(0.30 + (offset.mean() / 100)) and sd == pytest.approx(0.0) and hi == pytest.approx(est)
+    # Fewer than two full-budget shapes: the raw score and its interval.
+    assert search._posterior([(1, 0)])(k)[0] == search.acc[k]
+    with pytest.raises(ValueError, match="promotion"):
+        run_hierarchical(SearchProblem(space, mf, lat), promotion="fastest")
+
+
 @pytest.mark.slow  # lm-eval start-up and two subnet evaluations: about a minute on 2 cores
 def test_search_objective_task_runs_lm_eval_on_the_subnet(strategy_path: Path, profiles: Path, tmp_path: Path) -> None:
     """`amoeba search --objective task:NAME` scores shapes with lm-eval (a local task) and stores the
