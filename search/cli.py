@@ -252,6 +252,7 @@ def query(
     """Best evaluated shape within a latency budget (exact over the stored shapes)."""
     from rich.console import Console
 
+    from amoeba_core.shape import parse_shape
     from search.query import QueryIndex, describe_latency, parse_share
 
     index = QueryIndex(run, root)
@@ -268,16 +269,16 @@ def query(
     if not ans.feasible:
         f = ans.fastest
         console.print(f"infeasible: {ans.message}", highlight=False)
-        console.print(f"fastest: d{f.depth}-w{f.width:.3f} {f.latency_ms:.3f} ms ({describe_latency(f)}), "
+        console.print(f"fastest: {parse_shape(f.key).grid_key} {f.latency_ms:.3f} ms ({describe_latency(f)}), "
                       f"top-1 {f.accuracy:.4f}", highlight=False)
         raise typer.Exit(1)
     p = ans.shape
     assert p is not None
-    console.print(f"shape      d{p.depth}-w{p.width:.3f}  ({p.key})", highlight=False)
+    console.print(f"shape      {parse_shape(p.key).grid_key}  ({p.key})", highlight=False)
     console.print(f"latency    {p.latency_ms:.3f} ms per {'token' if phase == 'decode' else phase} "
                   f"[{describe_latency(p)}] on {where}", highlight=False)
     pred = "n/a" if p.predicted_ms is None else f"{p.predicted_ms:.3f} ms"
-    meas = "not measured" if p.measured_ms is None else f"{p.measured_ms:.3f} ms"
+    meas = "— (this shape was not timed)" if p.measured_ms is None else f"{p.measured_ms:.3f} ms"
     console.print(f"predicted  {pred};  measured {meas}", highlight=False)
     ppl = "" if p.ppl is None else f", perplexity {p.ppl:.2f}"
     ci = "" if p.accuracy_lo is None or p.accuracy_hi is None else f" [{p.accuracy_lo:.4f}, {p.accuracy_hi:.4f}]"
