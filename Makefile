@@ -88,6 +88,7 @@ bench: install-all
 	$(BIN)/python benchmarks/search_efficiency.py --windows 64 --run runs/bench-search-mf64 --out benchmarks/results/search_efficiency_64w.json
 	$(BIN)/python benchmarks/search_efficiency.py --attn-widths groups --windows 128 --run runs/bench-search-mf128 --out benchmarks/results/search_efficiency_axes_128w.json
 	$(BIN)/python benchmarks/search_efficiency.py --attn-widths groups --windows 64 --seq-len 128 --run runs/bench-search-s128 --out benchmarks/results/search_efficiency_axes_64x128.json
+	$(BIN)/python benchmarks/search_efficiency.py --attn-widths groups --windows 32 --seq-len 256 --run runs/bench-search-s256 --out benchmarks/results/search_efficiency_axes_32x256.json
 	$(BIN)/python benchmarks/search_efficiency.py --attn-widths groups --windows 64 --run runs/bench-search-mf64 --device a5000 --out benchmarks/results/search_efficiency_axes_64w_a5000.json
 	$(BIN)/python benchmarks/search_efficiency.py --attn-widths groups --windows 128 --run runs/bench-search-mf128 --device a5000 --out benchmarks/results/search_efficiency_axes_128w_a5000.json
 	$(BIN)/python benchmarks/query_load.py
