@@ -281,8 +281,9 @@ class HierarchicalSearch:
         Every window's difficulty is common to all shapes: ``delta_w`` = mean over full-budget shapes of
         (window accuracy - full accuracy). A screened shape's estimate is the token-weighted mean of its
         scored windows' (accuracy - delta_w); its sd ``sigma * sqrt((N - n) / (N n))`` with ``sigma`` the
-        pooled residual sd of the full-budget shapes' windows. With fewer than 2 full-budget shapes:
-        the raw score and its interval (:func:`_upper`)."""
+        pooled residual sd of the full-budget shapes' windows. The offsets' own error is left out (it
+        shrinks as shapes reach the full budget; with the first few the sd is optimistic). With fewer
+        than 2 full-budget shapes: the raw score and its interval (:func:`_upper`)."""
         z = NormalDist().inv_cdf(0.5 + self.prune_level / 2)
 
         def raw(k: tuple[int, int]) -> tuple[float, float, float]:
