@@ -144,8 +144,10 @@ def search(
         t.add_column(c)
     for i in front:
         e = evs[i]
-        t.add_row(e.shape.grid_key, _ci(e.latency_ms, e.latency_lo, e.latency_hi, 3),
-                  e.latency_source + (", extrapolated" if e.extrapolated else ""),
+        ref = e.latency_source == "measured" and e.latency_lo == e.latency_hi == e.latency_ms  # a paired reference
+        t.add_row(e.shape.grid_key, f"{e.latency_ms:.3f}" if ref else _ci(e.latency_ms, e.latency_lo, e.latency_hi, 3),
+                  e.latency_source + (", the pairing's reference" if ref else "")
+                  + (", extrapolated" if e.extrapolated else ""),
                   _ci(e.accuracy, e.accuracy_lo, e.accuracy_hi, 4), "" if e.ppl is None else f"{e.ppl:.2f}")
     console.print(t)
     note = _variant_note(latency, variant)
