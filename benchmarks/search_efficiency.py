@@ -373,8 +373,10 @@ def main() -> None:
         print(f"{m:16s} {s['cost_fraction']:9.3f} {s['random_over_method']:8.2f}x")
 
     rung_ci = {}
-    for m in mfs.values():
+    for m in mfs.values():  # a window count shared by several ladders (or rules) is summarised once
         for r, n in enumerate(m.rungs):
+            if str(n) in rung_ci:
+                continue
             widths_ci = sorted((rec.top1_hi - rec.top1_lo) / 2 for rec in (m.score(s, r) for s in shapes))
             rung_ci[str(n)] = {"windows": n, "tokens": m.tokens(r),
                                "median_top1_ci90_half_width": statistics.median(widths_ci)}

@@ -103,7 +103,7 @@ def search(
     from search.objectives import AccuracyTable, LatencyObjective
     from search.pareto import pareto_indices
     from search.problem import SearchProblem
-    from search.query import write_meta
+    from search.query import is_pairing_reference, write_meta
     from search.space import SearchSpace
     from search.store import open_storage, storage_url, study_name
 
@@ -144,7 +144,7 @@ def search(
         t.add_column(c)
     for i in front:
         e = evs[i]
-        ref = e.latency_source == "measured" and e.latency_lo == e.latency_hi == e.latency_ms  # a paired reference
+        ref = is_pairing_reference(e.latency_source, e.latency_ms, e.latency_lo, e.latency_hi)
         t.add_row(e.shape.grid_key, f"{e.latency_ms:.3f}" if ref else _ci(e.latency_ms, e.latency_lo, e.latency_hi, 3),
                   e.latency_source + (", the pairing's reference" if ref else "")
                   + (", extrapolated" if e.extrapolated else ""),

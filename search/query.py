@@ -276,17 +276,20 @@ def variant_note(taken: str | None, variants: tuple[str, ...]) -> str | None:
     return f"variant {taken} taken (the table's first of {len(variants)}); others: {others} (choose with variant=)"
 
 
+def is_pairing_reference(source: str, ms: float | None, lo: float | None, hi: float | None) -> bool:
+    """A paired table's reference row: measured, its ratio to itself is 1 with no interval, so its interval
+    is its ms twice (its ms is the level the other rows' ratios are multiplied by; the host's drift is in the
+    table's header)."""
+    return source == "measured" and lo is not None and lo == hi == ms
+
+
 def describe_latency(p: Point) -> str:
     """``measured``, ``predicted 3.1-3.6 ms, extrapolated`` ...: where a latency came from."""
     parts = [getattr(p, "latency_source", None) or getattr(p, "source", "")]  # a Point or a ShapeLatency
-    if p.lo_ms is not None and p.hi_ms is not None:
-        ms = getattr(p, "latency_ms", None) or getattr(p, "ms", None)
-        if p.lo_ms == p.hi_ms == ms and parts[0] == "measured":
-            # A paired table's reference row: its ratio to itself is 1 with no interval, its ms is the level
-            # the other rows' ratios are multiplied by (the host's drift is in the table's header).
-            parts.append("the pairing's reference: ratio 1 by definition")
-        else:
-            parts.append(f"{p.lo_ms:.3f}-{p.hi_ms:.3f} ms")
+    if is_pairing_reference(parts[0], getattr(p, "latency_ms", None) or getattr(p, "ms", None), p.lo_ms, p.hi_ms):
+        parts.append("the pairing's reference: ratio 1 by definition")
+    elif p.lo_ms is not None and p.hi_ms is not None:
+        parts.append(f"{p.lo_ms:.3f}-{p.hi_ms:.3f} ms")
     if p.extrapolated:
         parts.append("extrapolated")
     return ", ".join(parts)
