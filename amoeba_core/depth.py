@@ -15,6 +15,12 @@ candidate keeps all layers before ``L[t-1]`` unchanged, so the evaluator's memoi
 hidden states make each evaluation run only the suffix. A killed run resumes through the
 evaluator's on-disk score cache.
 
+:func:`swap_refine` then improves a depth's set by local search on the same metric (swap one removed
+layer for one kept layer while that helps): the DP judges each layer only in the context of the sets it
+built so far, and on SmolLM2 another setting's d27 set scored better than the DP's on the DP's own
+calibration windows (``select_depth(refine=...)``, benchmarks/stage1.py
+``+swap`` settings).
+
 Baselines: ``drop_last`` (keep the first ``d`` layers) and ``block_influence`` (ShortGPT:
 remove the layers whose output is most similar to their input, by mean cosine similarity
 on calibration tokens).
@@ -48,6 +54,7 @@ class DepthResult:
     n_cached: int
     seconds: float
     trace: list[dict[str, object]] = field(default_factory=list)
+    refined: dict[int, SwapResult] = field(default_factory=dict)
 
 
 def n_dp_evaluations(n_layers: int, min_depth: int) -> int:
@@ -122,6 +129,76 @@ def dp_depth(
     layers = {n_layers - m: tuple(i for i in range(n_layers) if i not in s) for m, s in prev.items()}
     scores = {n_layers - m: scored[s] for m, s in prev.items()}
     return DepthResult(layers, scores, done, cached, time.perf_counter() - t0, trace)
+
+
+@dataclass
+class SwapResult:
+    """One depth's removal set after :func:`swap_refine`, and what the refinement did."""
+
+    removed: frozenset[int]
+    score: float
+    start_removed: frozenset[int]
+    start_score: float
+    passes: int
+    evaluations: int
+    screened: int
+    moves: list[dict[str, object]] = field(default_factory=list)
+
+
+def swap_candidates(n_layers: int, removed: frozenset[int]) -> list[frozenset[int]]:
+    """Every set that swaps one removed layer for one kept layer (the last layer stays kept)."""
+    kept = [i for i in range(n_layers - 1) if i not in removed]
+    return [(removed - {r}) | {k} for r in sorted(removed) for k in kept]
+
+
+def swap_refine(
+    n_layers: int,
+    removed: frozenset[int] | set[int] | tuple[int, ...],
+    metric_many: Callable[[list[SubnetShape]], list[float]],
+    screen_many: Callable[[list[SubnetShape]], list[float]] | None = None,
+    keep: int = 5,
+    max_passes: int = 4,
+) -> SwapResult:
+    """Local search from a removal set (e.g. the DP's): swap one removed layer for one kept one while
+    that lowers ``metric_many`` (lower is better; one value per shape).
+
+    The DP judges each layer in the context of the sets it has built so far, so its set is not the
+    optimum of its own metric (on SmolLM2 another setting's d27 set scored better on the DP's own
+    calibration windows). Each pass scores all ``m * (N - 1 - m)`` swaps; with ``screen_many`` (the
+    metric on fewer windows) they are screened with it and only the ``keep`` best are scored with
+    ``metric_many``. The best swap is taken when it beats the current set on ``metric_many``;
+    otherwise, or after ``max_passes`` passes, the search stops.
+    """
+    if keep < 1 or max_passes < 0:
+        raise AmoebaError(f"keep must be >= 1 and max_passes >= 0, got {keep} and {max_passes}")
+    cur = frozenset(removed)
+    if n_layers - 1 in cur or any(not 0 <= i < n_layers for i in cur):
+        raise AmoebaError(f"removal set {sorted(cur)} must lie in 0..{n_layers - 2} (the last layer is kept)")
+
+    def shape(r: frozenset[int]) -> SubnetShape:
+        return SubnetShape(tuple(i for i in range(n_layers) if i not in r))
+
+    cur_score = metric_many([shape(cur)])[0]
+    out = SwapResult(cur, cur_score, cur, cur_score, 0, 1, 0)
+    if not cur:
+        return out
+    for _ in range(max_passes):
+        cands = swap_candidates(n_layers, cur)
+        if screen_many is not None and len(cands) > keep:
+            pre = screen_many([shape(c) for c in cands])
+            out.screened += len(cands)
+            cands = [cands[i] for i in sorted(range(len(cands)), key=lambda i: pre[i])[:keep]]
+        vals = metric_many([shape(c) for c in cands])
+        out.evaluations += len(cands)
+        out.passes += 1
+        best = min(range(len(cands)), key=lambda i: vals[i])
+        if vals[best] >= cur_score:
+            break
+        out.moves.append({"restored": sorted(cur - cands[best]), "removed": sorted(cands[best] - cur),
+                          "before": cur_score, "after": vals[best]})
+        cur, cur_score = cands[best], vals[best]
+    out.removed, out.score = cur, cur_score
+    return out
 
 
 def drop_last(n_layers: int, depths: list[int]) -> dict[int, tuple[int, ...]]:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from amoeba_core.data import SOURCES, split_docs, spread_windows
-from amoeba_core.depth import DepthResult, check_min_depth, dp_depth, n_dp_evaluations
+from amoeba_core.depth import DepthResult, check_min_depth, dp_depth, n_dp_evaluations, swap_refine
 from amoeba_core.errors import AmoebaError
 from amoeba_core.evaluate import DistillEvaluator, Evaluator, ShapeScore
 from amoeba_core.model import LoadedModel
@@ -111,6 +112,7 @@ def select_depth(
     progress: Progress | None = None,
     metric: str = "ppl",
     balance: bool = False,
+    refine: Sequence[int] = (),
 ) -> tuple[DepthResult, Evaluator]:
     """Depth half of Stage 1: the DP on calibration perplexity (``metric="ppl"``) or on the mean
     KL divergence from the full model's next-token distribution (``"kl"``,
@@ -118,10 +120,12 @@ def select_depth(
     (its ``ids`` are the calibration windows; ``cache`` a JSON-lines score cache). The windows are
     spread over the whole calibration split (the standard-library docs get about 69% of them) or,
     with ``balance``, half come from each source (:func:`amoeba_core.data.balanced_windows`;
-    benchmarks/stage1.py compares the two)."""
+    benchmarks/stage1.py compares the two). ``refine``: depths whose DP set is then improved by
+    :func:`refine_depth` (swap local search on the same metric)."""
     check_min_depth(loaded.geometry.n_layers, min_depth)
     check_depth_metric(metric)
     check_calib_windows(calib_windows, balance)
+    check_refine_depths(loaded.geometry.n_layers, min_depth, refine)
     # spread over the whole split: its first windows are all from one source (pydoc topics), and a DP
     # calibrated on one source alone picked layers that lost to ShortGPT on the other (benchmarks/stage1.py)
     cls = DistillEvaluator if metric == "kl" else Evaluator
@@ -144,7 +148,66 @@ def select_depth(
         metric_many=lambda shapes: [value(x) for x in calib.score_many(shapes)],
     )
     log.info("DP: %d evaluations (%d from cache) in %.1f s", result.n_evaluations, result.n_cached, result.seconds)
+    if refine:
+        result = refine_depth(loaded, result, calib, refine, value, progress)
     return result, calib
+
+
+def check_refine_depths(n_layers: int, min_depth: int, depths: Sequence[int]) -> None:
+    """Reject depths the DP will not offer (before anything runs)."""
+    bad = sorted(d for d in set(depths) if not min_depth <= d <= n_layers)
+    if bad:
+        raise AmoebaError(f"cannot refine depths {bad}: the DP offers depths {min_depth}..{n_layers}")
+
+
+def screen_evaluator(calib: Evaluator, windows: int) -> Evaluator:
+    """The calibration metric on ``windows`` of ``calib``'s windows, evenly spaced (with source-balanced
+    windows the first and the last are from different sources), sharing its score cache."""
+    n = calib.n_windows
+    k = max(1, min(windows, n))
+    pick = sorted({round(i * (n - 1) / max(1, k - 1)) for i in range(k)}) if k > 1 else [0]
+    docs = None if calib.window_doc is None else [calib.window_doc[i] for i in pick]
+    cls = type(calib)
+    split = calib.split.removesuffix(":kl")
+    return cls(calib.loaded, None, split=split, seq_len=calib.seq_len, windows=calib.ids[pick], window_doc=docs,
+               cache=calib.cache)
+
+
+def refine_depth(
+    loaded: LoadedModel,
+    result: DepthResult,
+    calib: Evaluator,
+    depths: Sequence[int],
+    value: Callable[[ShapeScore], float],
+    progress: Progress | None = None,
+    screen_windows: int = 2,
+    keep: int = 5,
+    max_passes: int = 4,
+) -> DepthResult:
+    """:func:`~amoeba_core.depth.swap_refine` the DP's removal set at each of ``depths`` on the same
+    calibration metric (swaps screened on ``screen_windows`` of the windows, the ``keep`` best scored
+    on all of them); the refined sets replace the DP's there."""
+    n = loaded.geometry.n_layers
+    check_refine_depths(n, min(result.layers), depths)
+    screen = screen_evaluator(calib, screen_windows)
+    layers, scores, refined = dict(result.layers), dict(result.scores), dict(result.refined)
+    t0 = time.perf_counter()
+    for j, d in enumerate(sorted(set(depths), reverse=True)):
+        if progress is not None:
+            progress("swap refinement", j, len(set(depths)))
+        removed = frozenset(range(n)) - frozenset(result.layers[d])
+        r = swap_refine(n, removed, lambda shapes: [value(x) for x in calib.score_many(shapes)],
+                        screen_many=lambda shapes: [value(x) for x in screen.score_many(shapes)],
+                        keep=keep, max_passes=max_passes)
+        layers[d] = tuple(i for i in range(n) if i not in r.removed)
+        scores[d] = r.score
+        refined[d] = r
+        log.info("swap refinement d%d: %s -> %s (%.4f -> %.4f) in %d pass(es)", d, sorted(removed),
+                 sorted(r.removed), r.start_score, r.score, r.passes)
+    if progress is not None:
+        progress("swap refinement", len(set(depths)), len(set(depths)))
+    return replace(result, layers=layers, scores=scores, refined=refined,
+                   seconds=result.seconds + time.perf_counter() - t0)
 
 
 def select_width(

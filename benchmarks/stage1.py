@@ -155,9 +155,9 @@ def idle_docs() -> tuple[list[str], dict]:
 EXTRA_TEXTS = {"ood-readmes": readme_docs, "ood-idle": idle_docs}
 
 
-def setting_label(metric: str, windows: int, balanced: bool) -> str:
-    """``<metric>:<windows>[:bal]``; ``worst`` is always source-balanced, so it carries no ``:bal``."""
-    return f"{metric}:{windows}" + (":bal" if balanced and metric != "worst" else "")
+def setting_label(metric: str, windows: int, balanced: bool, swap: bool = False) -> str:
+    """``<metric>:<windows>[:bal][+swap]``; ``worst`` is always source-balanced, so it carries no ``:bal``."""
+    return f"{metric}:{windows}" + (":bal" if balanced and metric != "worst" else "") + ("+swap" if swap else "")
 
 
 def _ci(s: ShapeScore) -> list[float] | None:
@@ -196,18 +196,28 @@ def run_dp_worst(loaded, min_depth: int, windows: int, cache: Path) -> tuple[dic
                       "calib_tokens": int(ids.numel())}, ids
 
 
-def run_dp(loaded, min_depth: int, windows: int, cache: Path, metric: str,
-           balance: bool = False) -> tuple[dict[int, tuple[int, ...]], dict, object]:
+def run_dp(loaded, min_depth: int, windows: int, cache: Path, metric: str, balance: bool = False,
+           refine: list[int] | tuple[int, ...] = ()) -> tuple[dict[int, tuple[int, ...]], dict, object]:
     """The depth DP exactly as `amoeba select` runs it (:func:`amoeba_core.select.select_depth`); its layers,
-    stats and calibration windows (ShortGPT gets the same ones). Metric ``worst``: :func:`run_dp_worst`."""
+    stats and calibration windows (ShortGPT gets the same ones). Metric ``worst``: :func:`run_dp_worst`.
+    ``refine``: depths whose DP set is then improved by swaps on the same metric (``+swap`` settings)."""
     if metric == "worst":
         return run_dp_worst(loaded, min_depth, windows, cache)
-    r, calib = select_depth(loaded, min_depth, SEQ, windows, cache, metric=metric, balance=balance)
+    t0 = time.perf_counter()
+    r, calib = select_depth(loaded, min_depth, SEQ, windows, cache, metric=metric, balance=balance, refine=refine)
     print(f"  DP on calibration {metric} with {windows} {'source-balanced' if balance else 'spread'} window(s): "
           f"{r.n_evaluations} evaluations "
           f"({r.n_cached} cached) in {r.seconds:.0f} s", flush=True)
-    return r.layers, {"evaluations": r.n_evaluations, "cached": r.n_cached,
-                      "seconds": round(r.seconds, 1), "calib_tokens": calib.n_tokens}, calib.ids
+    stats = {"evaluations": r.n_evaluations, "cached": r.n_cached, "seconds": round(r.seconds, 1),
+             "calib_tokens": calib.n_tokens}
+    if refine:
+        stats["swap"] = {str(d): {"dp_removed": sorted(x.start_removed), "removed": sorted(x.removed),
+                                  "dp_calib": round(x.start_score, 4), "calib": round(x.score, 4),
+                                  "passes": x.passes, "evaluations": x.evaluations, "screened": x.screened,
+                                  "moves": x.moves}
+                         for d, x in sorted(r.refined.items(), reverse=True)}
+        stats["seconds_with_swaps"] = round(time.perf_counter() - t0, 1)
+    return r.layers, stats, calib.ids
 
 
 def val_pick(loaded, selections: dict[str, dict], depths: list[int], windows: int, cache: Path) -> dict:
@@ -274,18 +284,22 @@ def main() -> None:
     depths = sorted({int(d) for d in args.depths.split(",")}, reverse=True)
     budgets = [int(b) for b in args.calib_windows.split(",")]
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    def parse(spec: str, bal: bool = False) -> tuple[str, int, bool]:
-        parts = [p.strip() for p in spec.split(":")]
-        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "bal") or not parts[1].isdigit():
-            raise SystemExit(f"error: a setting is '<metric>:<windows>[:bal]', got {spec!r}")
-        return parts[0], int(parts[1]), bal or len(parts) == 3
+    def parse(spec: str, bal: bool = False) -> tuple[str, int, bool, bool]:
+        body, plus, suffix = spec.strip().partition("+")
+        parts = [p.strip() for p in body.split(":")]
+        if (len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "bal") or not parts[1].isdigit()
+                or (plus and suffix != "swap")):
+            raise SystemExit(f"error: a setting is '<metric>:<windows>[:bal][+swap]', got {spec!r}")
+        return parts[0], int(parts[1]), bal or len(parts) == 3, bool(plus)
 
-    settings = [(m, b, False) for m in metrics for b in budgets]
+    settings = [(m, b, False, False) for m in metrics for b in budgets]
     settings += [parse(x, True) for x in args.balanced.split(",") if x.strip()]
-    settings += [("worst", int(x), True) for x in args.worst.split(",") if x.strip()]
+    settings += [("worst", int(x), True, False) for x in args.worst.split(",") if x.strip()]
     if args.settings:
         settings = [parse(x) for x in args.settings.split(",") if x.strip()]
-    for m, b, _ in settings:
+    for m, b, _, swap in settings:
+        if swap and m == "worst":
+            raise SystemExit("error: +swap refines a DP on ppl or kl, not the benchmark-only worst metric")
         if m != "worst":  # benchmark-only: the DP on the worse source (run_dp_worst; always source-balanced)
             check_depth_metric(m)
         else:
@@ -298,7 +312,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"error: unknown --extra-texts {unknown}; known: {', '.join(EXTRA_TEXTS)}")
     if args.quick:
-        depths, settings, args.random, args.test_windows = [24, 18], [(metrics[0], 1, False)], 4, 2
+        depths, settings, args.random, args.test_windows = [24, 18], [(metrics[0], 1, False, False)], 4, 2
         args.out = args.out.with_name("stage1_quick.json")
     t0, load0 = time.perf_counter(), loadavg()
     loaded = load_model(args.model)
@@ -311,10 +325,11 @@ def main() -> None:
     randoms = {d: [tuple(sorted(rng.sample(range(n), d))) for _ in range(args.random)] for d in depths}
 
     selections: dict[str, dict] = {}  # "<metric>:<budget>[:bal]" -> layers per method
-    for metric, b, bal in settings:
-        layers, stats, calib_ids = run_dp(loaded, min(depths), b, cache_dir / "dp_scores.jsonl", metric, bal)
+    for metric, b, bal, swap in settings:
+        layers, stats, calib_ids = run_dp(loaded, min(depths), b, cache_dir / "dp_scores.jsonl", metric, bal,
+                                          refine=depths if swap else ())
         influence = block_influence(loaded, calib_ids)
-        selections[setting_label(metric, b, bal)] = {"dp": {d: layers[d] for d in depths},
+        selections[setting_label(metric, b, bal, swap)] = {"dp": {d: layers[d] for d in depths},
                                        "shortgpt": block_influence_layers(influence, depths),
                                        "dp_stats": stats, "block_influence": [round(x, 5) for x in influence]}
     if args.val_pick and len(selections) > 1:
@@ -384,9 +399,9 @@ def main() -> None:
         "model": loaded.source,
         "fingerprint": loaded.fingerprint,
         "depths": depths,
-        "calib_windows": sorted({b for _, b, _ in settings}),
-        "dp_metrics": sorted({m for m, _, _ in settings}),
-        "settings": [setting_label(m, b, bal) for m, b, bal in settings],
+        "calib_windows": sorted({s[1] for s in settings}),
+        "dp_metrics": sorted({s[0] for s in settings}),
+        "settings": [setting_label(*s) for s in settings],
         "budget_key": "<DP metric>:<calibration windows>[:bal]; metric worst: the larger of the two sources' NLL increase over the full model, on source-balanced windows; windows spread over the calibration split (about 31% "
                       "pydoc topics, 69% standard-library docs by characters) or, with ':bal', half from each source; "
                       "ShortGPT uses the same windows (its layers do not depend on the metric)",

@@ -1,0 +1,110 @@
+"""Swap refinement of the depth DP's removal sets (amoeba_core.depth.swap_refine, select_depth(refine=...))."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from amoeba_core.depth import dp_depth, swap_candidates, swap_refine
+from amoeba_core.errors import AmoebaError
+from amoeba_core.model import LoadedModel, _finish, random_llama, tiny_tokenizer
+from amoeba_core.select import screen_evaluator, select_depth
+from amoeba_core.shape import ModelGeometry, SubnetShape
+
+N = 8
+
+
+def _pairwise_cost(seed: int = 4):
+    """A removal cost with pairwise interactions, on which the DP's sets are not optimal (seed 4)."""
+    rng = random.Random(seed)
+    a = [rng.uniform(0, 1) for _ in range(N)]
+    b = {(i, j): rng.uniform(-0.6, 0.6) for i in range(N) for j in range(i + 1, N)}
+
+    def cost(removed) -> float:
+        r = sorted(removed)
+        return sum(a[i] for i in r) + sum(b[i, j] for i, j in itertools.combinations(r, 2))
+
+    return cost
+
+
+def test_swaps_reach_the_optimum_the_dp_misses() -> None:
+    cost = _pairwise_cost()
+    calls: list[int] = []
+
+    def many(shapes: list[SubnetShape]) -> list[float]:
+        calls.append(len(shapes))
+        return [cost(set(range(N)) - set(s.layers)) for s in shapes]
+
+    dp = dp_depth(N, 4, metric=lambda s: many([s])[0])
+    for d in (5, 4):
+        best = min(itertools.combinations(range(N - 1), N - d), key=cost)
+        dp_removed = frozenset(range(N)) - frozenset(dp.layers[d])
+        assert cost(dp_removed) > cost(best) + 1e-9  # the DP's set is not the optimum here
+        calls.clear()
+        r = swap_refine(N, dp_removed, many)
+        assert math.isclose(r.score, cost(best)) and r.removed == frozenset(best)
+        assert r.start_score == cost(dp_removed) and r.start_removed == dp_removed and N - 1 not in r.removed
+        scores = [m["after"] for m in r.moves]
+        assert r.moves and scores == sorted(scores, reverse=True) and scores[-1] == r.score
+        # every pass scores all m * (N - 1 - m) swaps; the start set once
+        m = N - d
+        assert calls == [1] + [m * (N - 1 - m)] * r.passes and r.evaluations == sum(calls)
+        assert r.passes == len(r.moves) + 1  # the last pass found no better swap
+
+
+def test_screening_scores_only_the_best_screened_swaps() -> None:
+    cost = _pairwise_cost()
+    full, screened = [], []
+
+    def many(shapes):
+        full.extend(shapes)
+        return [cost(set(range(N)) - set(s.layers)) for s in shapes]
+
+    def screen(shapes):  # the same order as the metric, on another scale: screening keeps the best swaps
+        screened.extend(shapes)
+        return [2 * cost(set(range(N)) - set(s.layers)) + 1 for s in shapes]
+
+    start = frozenset({0, 1, 2})
+    r = swap_refine(N, start, many, screen_many=screen, keep=2)
+    best = min(itertools.combinations(range(N - 1), 3), key=cost)
+    assert r.removed == frozenset(best)
+    assert len(full) == 1 + 2 * r.passes and r.screened == len(screened) == 3 * 4 * r.passes
+    assert len(swap_candidates(N, start)) == 3 * 4
+
+
+def test_bad_start_sets_are_refused() -> None:
+    with pytest.raises(AmoebaError, match="last layer"):
+        swap_refine(N, {2, N - 1}, lambda s: [0.0] * len(s))
+    with pytest.raises(AmoebaError, match="keep"):
+        swap_refine(N, {2}, lambda s: [0.0] * len(s), keep=0)
+
+
+@pytest.fixture(scope="module")
+def deep() -> LoadedModel:
+    g = replace(ModelGeometry.preset("tiny"), n_layers=10, name="tiny10")
+    return _finish(random_llama(g, "float32", seed=1), tiny_tokenizer(g.vocab), "tiny10")
+
+
+def test_select_depth_refines_the_asked_depths_on_its_own_metric(deep: LoadedModel, tmp_path: Path) -> None:
+    cache = tmp_path / "dp.jsonl"
+    plain, _ = select_depth(deep, 6, calib_seq_len=32, calib_windows=4, cache=cache)
+    refined, calib = select_depth(deep, 6, calib_seq_len=32, calib_windows=4, cache=cache, refine=(8, 6))
+    assert set(refined.refined) == {8, 6}
+    for d in plain.layers:
+        if d in (8, 6):
+            assert refined.scores[d] <= plain.scores[d]  # never worse than the DP's set on its metric
+            assert math.isclose(refined.scores[d], calib.score(SubnetShape(refined.layers[d])).ppl)
+            assert refined.refined[d].start_score == pytest.approx(plain.scores[d])
+            assert len(refined.layers[d]) == d and 9 in refined.layers[d]
+        else:
+            assert refined.layers[d] == plain.layers[d]
+    screen = screen_evaluator(calib, 2)
+    assert screen.n_windows == 2 and screen.cache == calib.cache
+    assert screen.ids.tolist() == [calib.ids[0].tolist(), calib.ids[-1].tolist()]
+    with pytest.raises(AmoebaError, match="cannot refine depths"):
+        select_depth(deep, 6, calib_seq_len=32, calib_windows=4, cache=cache, refine=(5,))
