@@ -55,6 +55,7 @@ class DepthResult:
     seconds: float
     trace: list[dict[str, object]] = field(default_factory=list)
     refined: dict[int, SwapResult] = field(default_factory=dict)
+    refine_seconds: float = 0.0
 
 
 def n_dp_evaluations(n_layers: int, min_depth: int) -> int:

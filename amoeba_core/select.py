@@ -35,6 +35,7 @@ def select_strategy(
     progress: Progress | None = None,
     depth_metric: str = "ppl",
     calib_balance: bool = False,
+    refine_depths: Sequence[int] = (),
 ) -> Strategy:
     """Run the depth DP on calibration perplexity (or KL from the full model: ``depth_metric``),
     rank widths, choose the width metric on val.
@@ -51,7 +52,7 @@ def select_strategy(
     t_start = time.perf_counter()
     cache = Path(cache_dir) / "dp_scores.jsonl" if cache_dir is not None else None
     result, calib = select_depth(loaded, min_depth, calib_seq_len, calib_windows, cache, progress, depth_metric,
-                                 balance=calib_balance)
+                                 balance=calib_balance, refine=refine_depths)
     total = n_dp_evaluations(n, min_depth)
 
     t_w = time.perf_counter()
@@ -77,6 +78,12 @@ def select_strategy(
             "dp_seconds": round(result.seconds, 2),
             "dp_calib_tokens": calib.n_windows * calib_seq_len,
             f"dp_calib_{depth_metric}": {str(d): round(v, 4) for d, v in sorted(result.scores.items(), reverse=True)},
+            **({"swap_refinement": {str(d): {"dp_removed": sorted(x.start_removed), "removed": sorted(x.removed),
+                                             "dp_calib": round(x.start_score, 4), "calib": round(x.score, 4),
+                                             "passes": x.passes, "evaluations": x.evaluations,
+                                             "screened": x.screened}
+                                    for d, x in sorted(result.refined.items(), reverse=True)},
+                "swap_seconds": round(result.refine_seconds, 2)} if result.refined else {}),
             "width_stats_tokens": stats_tokens,
             "width_metric_val_ppl": {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in report.items()},
             "width_seconds": round(time.perf_counter() - t_w, 2),
@@ -207,7 +214,7 @@ def refine_depth(
     if progress is not None:
         progress("swap refinement", len(set(depths)), len(set(depths)))
     return replace(result, layers=layers, scores=scores, refined=refined,
-                   seconds=result.seconds + time.perf_counter() - t0)
+                   refine_seconds=result.refine_seconds + time.perf_counter() - t0)
 
 
 def select_width(

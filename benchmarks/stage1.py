@@ -207,7 +207,9 @@ def run_dp(loaded, min_depth: int, windows: int, cache: Path, metric: str, balan
     r, calib = select_depth(loaded, min_depth, SEQ, windows, cache, metric=metric, balance=balance, refine=refine)
     print(f"  DP on calibration {metric} with {windows} {'source-balanced' if balance else 'spread'} window(s): "
           f"{r.n_evaluations} evaluations "
-          f"({r.n_cached} cached) in {r.seconds:.0f} s", flush=True)
+          f"({r.n_cached} cached) in {r.seconds:.0f} s"
+          + (f"; swaps at depths {', '.join(map(str, sorted(refine, reverse=True)))} in {r.refine_seconds:.0f} s"
+             if refine else ""), flush=True)
     stats = {"evaluations": r.n_evaluations, "cached": r.n_cached, "seconds": round(r.seconds, 1),
              "calib_tokens": calib.n_tokens}
     if refine:
@@ -216,6 +218,7 @@ def run_dp(loaded, min_depth: int, windows: int, cache: Path, metric: str, balan
                                   "passes": x.passes, "evaluations": x.evaluations, "screened": x.screened,
                                   "moves": x.moves}
                          for d, x in sorted(r.refined.items(), reverse=True)}
+        stats["swap_seconds"] = round(r.refine_seconds, 1)
         stats["seconds_with_swaps"] = round(time.perf_counter() - t0, 1)
     return r.layers, stats, calib.ids
 

@@ -108,3 +108,4 @@ def test_select_depth_refines_the_asked_depths_on_its_own_metric(deep: LoadedMod
     assert screen.ids.tolist() == [calib.ids[0].tolist(), calib.ids[-1].tolist()]
     with pytest.raises(AmoebaError, match="cannot refine depths"):
         select_depth(deep, 6, calib_seq_len=32, calib_windows=4, cache=cache, refine=(5,))
+
