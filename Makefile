@@ -81,6 +81,8 @@ bench: install-all
 	$(BIN)/python benchmarks/width_axes.py
 	$(BIN)/python benchmarks/select_speed.py
 	$(BIN)/python benchmarks/stage1.py
+	$(BIN)/python benchmarks/stage1.py --settings ppl:8:bal,ppl:8:bal+swap --val-pick 0 --out benchmarks/results/stage1_swap.json
+	$(BIN)/python benchmarks/stage1.py --settings ppl:16:bal,ppl:16:bal+swap --val-pick 0 --out benchmarks/results/stage1_swap16.json
 	$(BIN)/python benchmarks/stage2_ablation.py --steps 100
 	$(BIN)/python benchmarks/search_efficiency.py
 	$(BIN)/python benchmarks/search_efficiency.py --attn-widths groups --out benchmarks/results/search_efficiency_axes.json

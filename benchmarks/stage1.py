@@ -39,6 +39,9 @@ per-depth verdicts. Scores are cached in runs/stage1-bench/ (a killed run resume
                                        # scoring the 15 selections on one new text ~28 min at 2 threads)
     python benchmarks/stage1.py --extra-texts ''     # the two test texts only
     python benchmarks/stage1.py --settings ppl:1,ppl:2,ppl:4,ppl:8,kl:1,kl:2,kl:4   # explicit settings
+    python benchmarks/stage1.py --settings ppl:8:bal,ppl:8:bal+swap --val-pick 0 --out benchmarks/results/stage1_swap.json
+                                     # '+swap': the DP's set at each scored depth then improved by swaps on the
+                                     # same metric (amoeba_core.depth.swap_refine), side by side with the plain DP
     python benchmarks/stage1.py --quick              # depths 24/18, budget 1, 4 random subsets
 """
 
