@@ -270,7 +270,8 @@ def main() -> None:
                     help="settings '<metric>:<windows>,...' also run with source-balanced calibration windows "
                          "(half from each source, `amoeba select --calib-balance`); '' for none")
     ap.add_argument("--settings", default="",
-                    help="explicit DP settings '<metric>:<windows>[:bal][+swap],...' (e.g. ppl:8,kl:4,ppl:16:bal+swap) instead of "
+                    help="explicit DP settings '<metric>:<windows>[:bal][+swap],...' (e.g. ppl:8,kl:4,ppl:16:bal+swap) "
+                         "instead of "
                          "metrics x budgets and --balanced")
     ap.add_argument("--val-pick", type=int, default=32,
                     help="also 'val-pick': per depth, each method's layer set chosen among its sets of all settings "
