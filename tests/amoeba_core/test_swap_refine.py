@@ -109,3 +109,17 @@ def test_select_depth_refines_the_asked_depths_on_its_own_metric(deep: LoadedMod
     with pytest.raises(AmoebaError, match="cannot refine depths"):
         select_depth(deep, 6, calib_seq_len=32, calib_windows=4, cache=cache, refine=(5,))
 
+
+
+def test_select_strategy_records_what_the_swaps_did(deep: LoadedModel) -> None:
+    from amoeba_core.select import select_strategy
+
+    s = select_strategy(deep, 7, widths=(1.0,), calib_seq_len=32, calib_windows=2, stats_windows=1, val_windows=1,
+                        refine_depths=(8, 7))
+    sw = s.stats["swap_refinement"]
+    assert set(sw) == {"8", "7"} and s.stats["swap_seconds"] >= 0
+    for d in (8, 7):
+        assert sw[str(d)]["calib"] <= sw[str(d)]["dp_calib"]
+        assert sw[str(d)]["removed"] == sorted(set(range(10)) - set(s.depth_layers[d]))
+    assert "swap_refinement" not in select_strategy(deep, 9, widths=(1.0,), calib_seq_len=32, calib_windows=2,
+                                                    stats_windows=1, val_windows=1).stats
