@@ -18,8 +18,7 @@ evaluator's on-disk score cache.
 :func:`swap_refine` then improves a depth's set by local search on the same metric (swap one removed
 layer for one kept layer while that helps): the DP judges each layer only in the context of the sets it
 built so far, and on SmolLM2 another setting's d27 set scored better than the DP's on the DP's own
-calibration windows (``select_depth(refine=...)``, benchmarks/stage1.py
-``+swap`` settings).
+calibration windows (``select_depth(refine=...)``, benchmarks/stage1.py ``+swap`` settings).
 
 Baselines: ``drop_last`` (keep the first ``d`` layers) and ``block_influence`` (ShortGPT:
 remove the layers whose output is most similar to their input, by mean cosine similarity
@@ -144,6 +143,12 @@ class SwapResult:
     evaluations: int
     screened: int
     moves: list[dict[str, object]] = field(default_factory=list)
+
+    def record(self) -> dict[str, object]:
+        """What the refinement did, for a strategy's stats or a benchmark's JSON."""
+        return {"dp_removed": sorted(self.start_removed), "removed": sorted(self.removed),
+                "dp_calib": round(self.start_score, 4), "calib": round(self.score, 4),
+                "passes": self.passes, "evaluations": self.evaluations, "screened": self.screened}
 
 
 def swap_candidates(n_layers: int, removed: frozenset[int]) -> list[frozenset[int]]:

@@ -78,11 +78,7 @@ def select_strategy(
             "dp_seconds": round(result.seconds, 2),
             "dp_calib_tokens": calib.n_windows * calib_seq_len,
             f"dp_calib_{depth_metric}": {str(d): round(v, 4) for d, v in sorted(result.scores.items(), reverse=True)},
-            **({"swap_refinement": {str(d): {"dp_removed": sorted(x.start_removed), "removed": sorted(x.removed),
-                                             "dp_calib": round(x.start_score, 4), "calib": round(x.score, 4),
-                                             "passes": x.passes, "evaluations": x.evaluations,
-                                             "screened": x.screened}
-                                    for d, x in sorted(result.refined.items(), reverse=True)},
+            **({"swap_refinement": {str(d): x.record() for d, x in sorted(result.refined.items(), reverse=True)},
                 "swap_seconds": round(result.refine_seconds, 2)} if result.refined else {}),
             "width_stats_tokens": stats_tokens,
             "width_metric_val_ppl": {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in report.items()},
@@ -196,23 +192,25 @@ def refine_depth(
     on all of them); the refined sets replace the DP's there."""
     n = loaded.geometry.n_layers
     check_refine_depths(n, min(result.layers), depths)
-    screen = screen_evaluator(calib, screen_windows)
+    # screening on all the windows would score every swap twice and pick the same one
+    screen = screen_evaluator(calib, screen_windows) if screen_windows < calib.n_windows else None
+    screen_many = None if screen is None else (lambda shapes: [value(x) for x in screen.score_many(shapes)])
+    todo = sorted(set(depths), reverse=True)
     layers, scores, refined = dict(result.layers), dict(result.scores), dict(result.refined)
     t0 = time.perf_counter()
-    for j, d in enumerate(sorted(set(depths), reverse=True)):
+    for j, d in enumerate(todo):
         if progress is not None:
-            progress("swap refinement", j, len(set(depths)))
+            progress("swap refinement", j, len(todo))
         removed = frozenset(range(n)) - frozenset(result.layers[d])
         r = swap_refine(n, removed, lambda shapes: [value(x) for x in calib.score_many(shapes)],
-                        screen_many=lambda shapes: [value(x) for x in screen.score_many(shapes)],
-                        keep=keep, max_passes=max_passes)
+                        screen_many=screen_many, keep=keep, max_passes=max_passes)
         layers[d] = tuple(i for i in range(n) if i not in r.removed)
         scores[d] = r.score
         refined[d] = r
         log.info("swap refinement d%d: %s -> %s (%.4f -> %.4f) in %d pass(es)", d, sorted(removed),
                  sorted(r.removed), r.start_score, r.score, r.passes)
     if progress is not None:
-        progress("swap refinement", len(set(depths)), len(set(depths)))
+        progress("swap refinement", len(todo), len(todo))
     return replace(result, layers=layers, scores=scores, refined=refined,
                    refine_seconds=result.refine_seconds + time.perf_counter() - t0)
 

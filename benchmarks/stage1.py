@@ -216,11 +216,7 @@ def run_dp(loaded, min_depth: int, windows: int, cache: Path, metric: str, balan
     stats = {"evaluations": r.n_evaluations, "cached": r.n_cached, "seconds": round(r.seconds, 1),
              "calib_tokens": calib.n_tokens}
     if refine:
-        stats["swap"] = {str(d): {"dp_removed": sorted(x.start_removed), "removed": sorted(x.removed),
-                                  "dp_calib": round(x.start_score, 4), "calib": round(x.score, 4),
-                                  "passes": x.passes, "evaluations": x.evaluations, "screened": x.screened,
-                                  "moves": x.moves}
-                         for d, x in sorted(r.refined.items(), reverse=True)}
+        stats["swap"] = {str(d): {**x.record(), "moves": x.moves} for d, x in sorted(r.refined.items(), reverse=True)}
         stats["swap_seconds"] = round(r.refine_seconds, 1)
         stats["seconds_with_swaps"] = round(time.perf_counter() - t0, 1)
     return r.layers, stats, calib.ids
@@ -271,8 +267,7 @@ def main() -> None:
                          "(half from each source, `amoeba select --calib-balance`); '' for none")
     ap.add_argument("--settings", default="",
                     help="explicit DP settings '<metric>:<windows>[:bal][+swap],...' (e.g. ppl:8,kl:4,ppl:16:bal+swap) "
-                         "instead of "
-                         "metrics x budgets and --balanced")
+                         "instead of metrics x budgets and --balanced")
     ap.add_argument("--val-pick", type=int, default=32,
                     help="also 'val-pick': per depth, each method's layer set chosen among its sets of all settings "
                          "above by perplexity on this many source-balanced val windows (0: off)")

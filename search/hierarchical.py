@@ -47,7 +47,8 @@ faster ones). Which open shape is raised next (``promotion``):
   (``delta_w``) is known, a screened shape's estimate is the mean of its windows' accuracy minus their
   offsets, and its sd is the pooled residual sd scaled to the windows still missing
   (:meth:`HierarchicalSearch._posterior`; on the 128-window SmolLM2 cache the offsets took the per-window
-  sd from 0.063 to 0.045 in a scratch look, not in a result file). The optimism that keeps a shape open is that posterior's upper end.
+  sd from 0.063 to 0.045 in a scratch look, not in a result file). The optimism that keeps a shape open
+  is that posterior's upper end.
 - ``"interval"`` (the earlier rule): the most-raised open shape first (a shape's ladder is finished
   before cheaper rungs of others are run), among those in order of optimistic gain (hypervolume its raw
   interval's upper end would add to the front of full-budget shapes; below 8 windows that upper end is

@@ -120,6 +120,7 @@ def test_select_strategy_records_what_the_swaps_did(deep: LoadedModel) -> None:
     assert set(sw) == {"8", "7"} and s.stats["swap_seconds"] >= 0
     for d in (8, 7):
         assert sw[str(d)]["calib"] <= sw[str(d)]["dp_calib"]
+        assert sw[str(d)]["screened"] == 0  # 2 calibration windows: nothing fewer to screen on
         assert sw[str(d)]["removed"] == sorted(set(range(10)) - set(s.depth_layers[d]))
     assert "swap_refinement" not in select_strategy(deep, 9, widths=(1.0,), calib_seq_len=32, calib_windows=2,
                                                     stats_windows=1, val_windows=1).stats
