@@ -143,12 +143,15 @@ class SwapResult:
     evaluations: int
     screened: int
     moves: list[dict[str, object]] = field(default_factory=list)
+    # the best swap of the last pass when ``accept`` refused it (it scored lower, but not enough)
+    refused: dict[str, object] | None = None
 
     def record(self) -> dict[str, object]:
         """What the refinement did, for a strategy's stats or a benchmark's JSON."""
         return {"dp_removed": sorted(self.start_removed), "removed": sorted(self.removed),
                 "dp_calib": round(self.start_score, 4), "calib": round(self.score, 4),
-                "passes": self.passes, "evaluations": self.evaluations, "screened": self.screened}
+                "passes": self.passes, "evaluations": self.evaluations, "screened": self.screened,
+                **({"refused": self.refused} if self.refused else {})}
 
 
 def swap_candidates(n_layers: int, removed: frozenset[int]) -> list[frozenset[int]]:
@@ -164,6 +167,7 @@ def swap_refine(
     screen_many: Callable[[list[SubnetShape]], list[float]] | None = None,
     keep: int = 5,
     max_passes: int = 4,
+    accept: Callable[[SubnetShape, SubnetShape], bool] | None = None,
 ) -> SwapResult:
     """Local search from a removal set (e.g. the DP's): swap one removed layer for one kept one while
     that lowers ``metric_many`` (lower is better; one value per shape).
@@ -172,8 +176,10 @@ def swap_refine(
     optimum of its own metric (on SmolLM2 another setting's d27 set scored better on the DP's own
     calibration windows). Each pass scores all ``m * (N - 1 - m)`` swaps; with ``screen_many`` (the
     metric on fewer windows) they are screened with it and only the ``keep`` best are scored with
-    ``metric_many``. The best swap is taken when it beats the current set on ``metric_many``;
-    otherwise, or after ``max_passes`` passes, the search stops.
+    ``metric_many``. The best swap is taken when it beats the current set on ``metric_many`` (and,
+    with ``accept``, when ``accept(current, candidate)`` also says yes, e.g. a paired interval that
+    excludes no gain: :func:`amoeba_core.select.refine_depth`); otherwise, or after ``max_passes``
+    passes, the search stops.
     """
     if keep < 1 or max_passes < 0:
         raise AmoebaError(f"keep must be >= 1 and max_passes >= 0, got {keep} and {max_passes}")
@@ -199,6 +205,10 @@ def swap_refine(
         out.passes += 1
         best = min(range(len(cands)), key=lambda i: vals[i])
         if vals[best] >= cur_score:
+            break
+        if accept is not None and not accept(shape(cur), shape(cands[best])):
+            out.refused = {"restored": sorted(cur - cands[best]), "removed": sorted(cands[best] - cur),
+                           "before": cur_score, "after": vals[best]}
             break
         out.moves.append({"restored": sorted(cur - cands[best]), "removed": sorted(cands[best] - cur),
                           "before": cur_score, "after": vals[best]})

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 from amoeba_core.data import SOURCES, split_docs, spread_windows
 from amoeba_core.depth import DepthResult, check_min_depth, dp_depth, n_dp_evaluations, swap_refine
 from amoeba_core.errors import AmoebaError
-from amoeba_core.evaluate import DistillEvaluator, Evaluator, ShapeScore
+from amoeba_core.evaluate import DistillEvaluator, Evaluator, ShapeScore, compare
 from amoeba_core.model import LoadedModel
 from amoeba_core.shape import SubnetShape
 from amoeba_core.strategy import Strategy
@@ -36,6 +36,7 @@ def select_strategy(
     depth_metric: str = "ppl",
     calib_balance: bool = False,
     refine_depths: Sequence[int] = (),
+    refine_rule: str = "lower",
 ) -> Strategy:
     """Run the depth DP on calibration perplexity (or KL from the full model: ``depth_metric``),
     rank widths, choose the width metric on val.
@@ -47,12 +48,13 @@ def select_strategy(
     check_min_depth(n, min_depth)
     widths = tuple(loaded.geometry.check_width(w) for w in widths)  # before any cache file is written
     check_depth_metric(depth_metric)
+    check_refine_rule(refine_rule)
     if 1.0 not in widths:
         widths = (1.0, *widths)
     t_start = time.perf_counter()
     cache = Path(cache_dir) / "dp_scores.jsonl" if cache_dir is not None else None
     result, calib = select_depth(loaded, min_depth, calib_seq_len, calib_windows, cache, progress, depth_metric,
-                                 balance=calib_balance, refine=refine_depths)
+                                 balance=calib_balance, refine=refine_depths, refine_rule=refine_rule)
     total = n_dp_evaluations(n, min_depth)
 
     t_w = time.perf_counter()
@@ -79,7 +81,7 @@ def select_strategy(
             "dp_calib_tokens": calib.n_windows * calib_seq_len,
             f"dp_calib_{depth_metric}": {str(d): round(v, 4) for d, v in sorted(result.scores.items(), reverse=True)},
             **({"swap_refinement": {str(d): x.record() for d, x in sorted(result.refined.items(), reverse=True)},
-                "swap_seconds": round(result.refine_seconds, 2)} if result.refined else {}),
+                "swap_rule": refine_rule, "swap_seconds": round(result.refine_seconds, 2)} if result.refined else {}),
             "width_stats_tokens": stats_tokens,
             "width_metric_val_ppl": {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in report.items()},
             "width_seconds": round(time.perf_counter() - t_w, 2),
@@ -89,6 +91,9 @@ def select_strategy(
 
 
 DEPTH_METRICS = ("ppl", "kl")
+# when a swap replaces the current removal set (refine_depth): "lower", any lower calibration value;
+# "significant", a paired 90% interval of the calibration difference that lies below zero
+REFINE_RULES = ("lower", "significant")
 
 
 def check_calib_windows(calib_windows: int, balance: bool) -> None:
@@ -116,6 +121,7 @@ def select_depth(
     metric: str = "ppl",
     balance: bool = False,
     refine: Sequence[int] = (),
+    refine_rule: str = "lower",
 ) -> tuple[DepthResult, Evaluator]:
     """Depth half of Stage 1: the DP on calibration perplexity (``metric="ppl"``) or on the mean
     KL divergence from the full model's next-token distribution (``"kl"``,
@@ -124,9 +130,11 @@ def select_depth(
     spread over the whole calibration split (the standard-library docs get about 69% of them) or,
     with ``balance``, half come from each source (:func:`amoeba_core.data.balanced_windows`;
     benchmarks/stage1.py compares the two). ``refine``: depths whose DP set is then improved by
-    :func:`refine_depth` (swap local search on the same metric)."""
+    :func:`refine_depth` (swap local search on the same metric; ``refine_rule``: when a swap is taken,
+    see :data:`REFINE_RULES`)."""
     check_min_depth(loaded.geometry.n_layers, min_depth)
     check_depth_metric(metric)
+    check_refine_rule(refine_rule)
     check_calib_windows(calib_windows, balance)
     check_refine_depths(loaded.geometry.n_layers, min_depth, refine)
     # spread over the whole split: its first windows are all from one source (pydoc topics), and a DP
@@ -152,7 +160,7 @@ def select_depth(
     )
     log.info("DP: %d evaluations (%d from cache) in %.1f s", result.n_evaluations, result.n_cached, result.seconds)
     if refine:
-        result = refine_depth(loaded, result, calib, refine, value, progress)
+        result = refine_depth(loaded, result, calib, refine, value, progress, rule=refine_rule)
     return result, calib
 
 
@@ -161,6 +169,24 @@ def check_refine_depths(n_layers: int, min_depth: int, depths: Sequence[int]) ->
     bad = sorted(d for d in set(depths) if not min_depth <= d <= n_layers)
     if bad:
         raise AmoebaError(f"cannot refine depths {bad}: the DP offers depths {min_depth}..{n_layers}")
+
+
+def check_refine_rule(rule: str) -> None:
+    if rule not in REFINE_RULES:
+        raise AmoebaError(f"swap rule must be one of {', '.join(REFINE_RULES)}, got {rule!r}")
+
+
+def significant_gain(calib: Evaluator) -> Callable[[SubnetShape, SubnetShape], bool]:
+    """``accept(current, candidate)`` for :func:`~amoeba_core.depth.swap_refine`: True when the
+    candidate's calibration NLL (mean KL for the KL metric) is lower than the current set's with a
+    paired 90% interval that excludes 0, over ``calib``'s documents or windows. The sign of the
+    interval is the same for perplexity (``exp`` is monotone in every resample)."""
+
+    def accept(current: SubnetShape, candidate: SubnetShape) -> bool:
+        cur, cand = calib.score_many([current, candidate])  # both cached: the swap search scored them
+        return compare(cand, cur, "nll").diff.hi < 0
+
+    return accept
 
 
 def screen_evaluator(calib: Evaluator, windows: int) -> Evaluator:
@@ -186,12 +212,17 @@ def refine_depth(
     screen_windows: int = 2,
     keep: int = 5,
     max_passes: int = 4,
+    rule: str = "lower",
 ) -> DepthResult:
     """:func:`~amoeba_core.depth.swap_refine` the DP's removal set at each of ``depths`` on the same
     calibration metric (swaps screened on ``screen_windows`` of the windows, the ``keep`` best scored
-    on all of them); the refined sets replace the DP's there."""
+    on all of them); the refined sets replace the DP's there. ``rule="significant"`` takes a swap
+    only when its gain's paired interval excludes 0 (:func:`significant_gain`): at shallow cuts the
+    candidate sets differ by less than held-out texts do (benchmarks/stage1.py)."""
     n = loaded.geometry.n_layers
     check_refine_depths(n, min(result.layers), depths)
+    check_refine_rule(rule)
+    accept = significant_gain(calib) if rule == "significant" else None
     # screening on all the windows would score every swap twice and pick the same one
     screen = screen_evaluator(calib, screen_windows) if screen_windows < calib.n_windows else None
     screen_many = None if screen is None else (lambda shapes: [value(x) for x in screen.score_many(shapes)])
@@ -203,7 +234,7 @@ def refine_depth(
             progress("swap refinement", j, len(todo))
         removed = frozenset(range(n)) - frozenset(result.layers[d])
         r = swap_refine(n, removed, lambda shapes: [value(x) for x in calib.score_many(shapes)],
-                        screen_many=screen_many, keep=keep, max_passes=max_passes)
+                        screen_many=screen_many, keep=keep, max_passes=max_passes, accept=accept)
         layers[d] = tuple(i for i in range(n) if i not in r.removed)
         scores[d] = r.score
         refined[d] = r

@@ -7,7 +7,8 @@ standard-library module documentation: disjoint documents, never seen by any sel
 ``--extra-texts`` (default: both), on texts from other sources that no selection and no choice among
 selections saw either (``ood-readmes``: the README descriptions in the installed metadata of the
 project's core dependencies, :func:`readme_docs`; ``ood-idle``: IDLE's documentation shipped in
-idlelib, :func:`idle_docs`; versions and text digests are recorded):
+idlelib, :func:`idle_docs`; ``ood-licenses``: the license files of the installed distributions,
+:func:`license_docs`; versions and text digests are recorded):
 
 * ``dp``        the depth DP of :mod:`amoeba_core.depth` (AmoebaLLM Stage 1) on calibration perplexity
   (``ppl``) or on the KL divergence from the full model's next-token distribution (``kl``, ``--metrics``),
@@ -41,7 +42,8 @@ per-depth verdicts. Scores are cached in runs/stage1-bench/ (a killed run resume
     python benchmarks/stage1.py --settings ppl:1,ppl:2,ppl:4,ppl:8,kl:1,kl:2,kl:4   # explicit settings
     python benchmarks/stage1.py --settings ppl:8:bal,ppl:8:bal+swap --val-pick 0 --out benchmarks/results/stage1_swap.json
                                      # '+swap': the DP's set at each scored depth then improved by swaps on the
-                                     # same metric (amoeba_core.depth.swap_refine), side by side with the plain DP
+                                     # same metric (amoeba_core.depth.swap_refine), side by side with the plain DP;
+                                     # '+sigswap': only swaps whose paired interval on calibration excludes 0
     python benchmarks/stage1.py --quick              # depths 24/18, budget 1, 4 random subsets
 """
 
@@ -155,12 +157,57 @@ def idle_docs() -> tuple[list[str], dict]:
                           f"tags), first {EXTRA_CHARS} characters each", "files": record}
 
 
-EXTRA_TEXTS = {"ood-readmes": readme_docs, "ood-idle": idle_docs}
+LICENSE_NAMES = ("license", "licence", "copying", "notice")
 
 
-def setting_label(metric: str, windows: int, balanced: bool, swap: bool = False) -> str:
-    """``<metric>:<windows>[:bal][+swap]``; ``worst`` is always source-balanced, so it carries no ``:bal``."""
-    return f"{metric}:{windows}" + (":bal" if balanced and metric != "worst" else "") + ("+swap" if swap else "")
+def _shingles(text: str, k: int = 5) -> set[tuple[str, ...]]:
+    words = re.findall(r"[a-z]+", text.lower())
+    return {tuple(words[i:i + k]) for i in range(max(1, len(words) - k + 1))}
+
+
+def license_docs() -> tuple[list[str], dict]:
+    """The ``ood-licenses`` documents: the license files in the metadata of every installed distribution
+    (``*.dist-info/LICENSE*``, ``licenses/*``, ``COPYING*``, ``NOTICE*``), in order of distribution name
+    and path, first :data:`EXTRA_CHARS` characters each. Legal prose, a register neither calibration
+    source has. Most MIT/BSD/Apache files differ only in names and years, so a file is kept only if
+    fewer than half of its word 5-grams occur in one file already kept."""
+    import importlib.metadata as md
+
+    docs, record, kept = [], {}, []
+    dists = sorted(md.distributions(), key=lambda d: (d.metadata["Name"] or "").lower())
+    for dist in dists:
+        name = dist.metadata["Name"]
+        for f in sorted(dist.files or [], key=str):
+            parts = [x.lower() for x in f.parts]
+            if not any(x.endswith(".dist-info") for x in parts[:-1]) or not parts[-1].startswith(LICENSE_NAMES):
+                continue
+            try:
+                text = Path(str(f.locate())).read_text(encoding="utf-8", errors="replace").strip()[:EXTRA_CHARS]
+            except OSError:
+                continue
+            sh = _shingles(text)
+            if len(text) < 500 or any(len(sh & other) >= len(sh) / 2 for other in kept):
+                continue  # a stub, or a near-copy of a license already kept
+            kept.append(sh)
+            docs.append(text)
+            record[f"{name}:{f.as_posix()}"] = _doc_record(text, version=dist.version)
+    return docs, {"what": f"license files in installed distributions' metadata, near-copies dropped (half "
+                          f"their word 5-grams in a kept file), first {EXTRA_CHARS} characters each",
+                  "files": record}
+
+
+EXTRA_TEXTS = {"ood-readmes": readme_docs, "ood-idle": idle_docs, "ood-licenses": license_docs}
+
+
+# '+swap': every lower-scoring swap is taken; '+sigswap': only one whose paired 90% interval on the
+# calibration windows excludes 0 (amoeba_core.select.REFINE_RULES)
+SWAP_RULES = {"swap": "lower", "sigswap": "significant"}
+
+
+def setting_label(metric: str, windows: int, balanced: bool, swap: str = "") -> str:
+    """``<metric>:<windows>[:bal][+swap|+sigswap]``; ``worst`` is always source-balanced, so it carries no
+    ``:bal``."""
+    return f"{metric}:{windows}" + (":bal" if balanced and metric != "worst" else "") + (f"+{swap}" if swap else "")
 
 
 def _ci(s: ShapeScore) -> list[float] | None:
@@ -200,23 +247,28 @@ def run_dp_worst(loaded, min_depth: int, windows: int, cache: Path) -> tuple[dic
 
 
 def run_dp(loaded, min_depth: int, windows: int, cache: Path, metric: str, balance: bool = False,
-           refine: list[int] | tuple[int, ...] = ()) -> tuple[dict[int, tuple[int, ...]], dict, object]:
+           refine: list[int] | tuple[int, ...] = (), refine_rule: str = "lower",
+           ) -> tuple[dict[int, tuple[int, ...]], dict, object]:
     """The depth DP exactly as `amoeba select` runs it (:func:`amoeba_core.select.select_depth`); its layers,
     stats and calibration windows (ShortGPT gets the same ones). Metric ``worst``: :func:`run_dp_worst`.
-    ``refine``: depths whose DP set is then improved by swaps on the same metric (``+swap`` settings)."""
+    ``refine``: depths whose DP set is then improved by swaps on the same metric (``+swap`` settings;
+    ``+sigswap``: ``refine_rule="significant"``)."""
     if metric == "worst":
         return run_dp_worst(loaded, min_depth, windows, cache)
     t0 = time.perf_counter()
-    r, calib = select_depth(loaded, min_depth, SEQ, windows, cache, metric=metric, balance=balance, refine=refine)
+    r, calib = select_depth(loaded, min_depth, SEQ, windows, cache, metric=metric, balance=balance, refine=refine,
+                            refine_rule=refine_rule)
     print(f"  DP on calibration {metric} with {windows} {'source-balanced' if balance else 'spread'} window(s): "
           f"{r.n_evaluations} evaluations "
           f"({r.n_cached} cached) in {r.seconds:.0f} s"
-          + (f"; swaps at depths {', '.join(map(str, sorted(refine, reverse=True)))} in {r.refine_seconds:.0f} s"
+          + (f"; swaps ({refine_rule}) at depths {', '.join(map(str, sorted(refine, reverse=True)))} in "
+             f"{r.refine_seconds:.0f} s"
              if refine else ""), flush=True)
     stats = {"evaluations": r.n_evaluations, "cached": r.n_cached, "seconds": round(r.seconds, 1),
              "calib_tokens": calib.n_tokens}
     if refine:
         stats["swap"] = {str(d): {**x.record(), "moves": x.moves} for d, x in sorted(r.refined.items(), reverse=True)}
+        stats["swap_rule"] = refine_rule
         stats["swap_seconds"] = round(r.refine_seconds, 1)
         stats["seconds_with_swaps"] = round(time.perf_counter() - t0, 1)
     return r.layers, stats, calib.ids
@@ -266,7 +318,8 @@ def main() -> None:
                     help="settings '<metric>:<windows>,...' also run with source-balanced calibration windows "
                          "(half from each source, `amoeba select --calib-balance`); '' for none")
     ap.add_argument("--settings", default="",
-                    help="explicit DP settings '<metric>:<windows>[:bal][+swap],...' (e.g. ppl:8,kl:4,ppl:16:bal+swap) "
+                    help="explicit DP settings '<metric>:<windows>[:bal][+swap|+sigswap],...' "
+                         "(e.g. ppl:8,ppl:16:bal+sigswap) "
                          "instead of metrics x budgets and --balanced")
     ap.add_argument("--val-pick", type=int, default=32,
                     help="also 'val-pick': per depth, each method's layer set chosen among its sets of all settings "
@@ -274,7 +327,7 @@ def main() -> None:
     ap.add_argument("--extra-texts", default=",".join(EXTRA_TEXTS),
                     help="also score every selection on these held-out texts from other sources (ood-readmes: the "
                          "installed core dependencies' README descriptions; ood-idle: IDLE's documentation in "
-                         "idlelib); '' for none")
+                         "idlelib; ood-licenses: the installed distributions' license files); '' for none")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true")
@@ -286,17 +339,17 @@ def main() -> None:
     depths = sorted({int(d) for d in args.depths.split(",")}, reverse=True)
     budgets = [int(b) for b in args.calib_windows.split(",")]
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    def parse(spec: str, bal: bool = False) -> tuple[str, int, bool, bool]:
+    def parse(spec: str, bal: bool = False) -> tuple[str, int, bool, str]:
         body, plus, suffix = spec.strip().partition("+")
         parts = [p.strip() for p in body.split(":")]
         if (len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "bal") or not parts[1].isdigit()
-                or (plus and suffix != "swap")):
-            raise SystemExit(f"error: a setting is '<metric>:<windows>[:bal][+swap]', got {spec!r}")
-        return parts[0], int(parts[1]), bal or len(parts) == 3, bool(plus)
+                or (plus and suffix not in SWAP_RULES)):
+            raise SystemExit(f"error: a setting is '<metric>:<windows>[:bal][+swap|+sigswap]', got {spec!r}")
+        return parts[0], int(parts[1]), bal or len(parts) == 3, suffix if plus else ""
 
-    settings = [(m, b, False, False) for m in metrics for b in budgets]
+    settings = [(m, b, False, "") for m in metrics for b in budgets]
     settings += [parse(x, True) for x in args.balanced.split(",") if x.strip()]
-    settings += [("worst", int(x), True, False) for x in args.worst.split(",") if x.strip()]
+    settings += [("worst", int(x), True, "") for x in args.worst.split(",") if x.strip()]
     if args.settings:
         settings = [parse(x) for x in args.settings.split(",") if x.strip()]
     for m, b, _, swap in settings:
@@ -314,7 +367,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"error: unknown --extra-texts {unknown}; known: {', '.join(EXTRA_TEXTS)}")
     if args.quick:
-        depths, settings, args.random, args.test_windows = [24, 18], [(metrics[0], 1, False, False)], 4, 2
+        depths, settings, args.random, args.test_windows = [24, 18], [(metrics[0], 1, False, "")], 4, 2
         args.out = args.out.with_name("stage1_quick.json")
     t0, load0 = time.perf_counter(), loadavg()
     loaded = load_model(args.model)
@@ -329,7 +382,7 @@ def main() -> None:
     selections: dict[str, dict] = {}  # "<metric>:<budget>[:bal]" -> layers per method
     for metric, b, bal, swap in settings:
         layers, stats, calib_ids = run_dp(loaded, min(depths), b, cache_dir / "dp_scores.jsonl", metric, bal,
-                                          refine=depths if swap else ())
+                                          refine=depths if swap else (), refine_rule=SWAP_RULES.get(swap, "lower"))
         influence = block_influence(loaded, calib_ids)
         selections[setting_label(metric, b, bal, swap)] = {"dp": {d: layers[d] for d in depths},
                                        "shortgpt": block_influence_layers(influence, depths),

@@ -124,3 +124,53 @@ def test_select_strategy_records_what_the_swaps_did(deep: LoadedModel) -> None:
         assert sw[str(d)]["removed"] == sorted(set(range(10)) - set(s.depth_layers[d]))
     assert "swap_refinement" not in select_strategy(deep, 9, widths=(1.0,), calib_seq_len=32, calib_windows=2,
                                                     stats_windows=1, val_windows=1).stats
+
+
+def test_a_refused_swap_stops_the_search_and_is_recorded() -> None:
+    cost = _pairwise_cost()
+    many = lambda shapes: [cost(set(range(N)) - set(s.layers)) for s in shapes]  # noqa: E731
+    start = frozenset({0, 1, 2})
+    free = swap_refine(N, start, many)
+    assert free.moves  # without a rule this start set improves
+    asked: list[tuple[SubnetShape, SubnetShape]] = []
+
+    def refuse(cur: SubnetShape, cand: SubnetShape) -> bool:
+        asked.append((cur, cand))
+        return False
+
+    r = swap_refine(N, start, many, accept=refuse)
+    assert r.removed == start and r.score == r.start_score and r.passes == 1 and not r.moves
+    first = (start - set(free.moves[0]["restored"])) | set(free.moves[0]["removed"])  # the free search's 1st swap
+    keep = lambda removed: SubnetShape(tuple(i for i in range(N) if i not in removed))  # noqa: E731
+    assert asked == [(keep(start), keep(first))]
+    assert r.refused == {**free.moves[0]} and r.record()["refused"] == free.moves[0]
+    assert "refused" not in free.record()
+
+
+def test_significant_rule_takes_only_swaps_whose_interval_excludes_zero(deep: LoadedModel, tmp_path: Path) -> None:
+    from amoeba_core.evaluate import compare
+
+    cache = tmp_path / "dp.jsonl"
+    lower, _ = select_depth(deep, 6, calib_seq_len=32, calib_windows=4, cache=cache, refine=(8, 7, 6))
+    sig, calib = select_depth(deep, 6, calib_seq_len=32, calib_windows=4, cache=cache, refine=(8, 7, 6),
+                              refine_rule="significant")
+    n = 10
+    shape = lambda removed: SubnetShape(tuple(i for i in range(n) if i not in set(removed)))  # noqa: E731
+    for d in (8, 7, 6):
+        r = sig.refined[d]
+        cur = r.start_removed
+        for m in r.moves:  # every swap taken: its gain's paired interval lies below 0
+            nxt = (set(cur) - set(m["restored"])) | set(m["removed"])
+            a, b = calib.score_many([shape(nxt), shape(cur)])
+            assert compare(a, b, "nll").diff.hi < 0
+            cur = frozenset(nxt)
+        assert cur == r.removed
+        if r.refused:  # the swap it stopped at scored lower, but its interval holds 0
+            nxt = (set(cur) - set(r.refused["restored"])) | set(r.refused["removed"])
+            a, b = calib.score_many([shape(nxt), shape(cur)])
+            assert a.ppl < b.ppl and compare(a, b, "nll").diff.hi >= 0
+        # the same search, stopped earlier or at the same place: its swaps are the plain rule's first ones
+        assert r.moves == lower.refined[d].moves[:len(r.moves)] and r.score >= lower.refined[d].score
+    assert any(sig.refined[d].refused or sig.refined[d].moves for d in (8, 7, 6))
+    with pytest.raises(AmoebaError, match="swap rule"):
+        select_depth(deep, 6, calib_seq_len=32, calib_windows=4, cache=cache, refine=(8,), refine_rule="any")
