@@ -177,8 +177,8 @@ def swap_refine(
     calibration windows). Each pass scores all ``m * (N - 1 - m)`` swaps; with ``screen_many`` (the
     metric on fewer windows) they are screened with it and only the ``keep`` best are scored with
     ``metric_many``. The best swap is taken when it beats the current set on ``metric_many`` (and,
-    with ``accept``, when ``accept(current, candidate)`` also says yes, e.g. a paired interval that
-    excludes no gain: :func:`amoeba_core.select.refine_depth`); otherwise, or after ``max_passes``
+    with ``accept``, when ``accept(current, candidate)`` also says yes, e.g. when the gain's paired interval
+    excludes 0: :func:`amoeba_core.select.refine_depth`); otherwise, or after ``max_passes``
     passes, the search stops.
     """
     if keep < 1 or max_passes < 0:
