@@ -206,12 +206,12 @@ def swap_refine(
         best = min(range(len(cands)), key=lambda i: vals[i])
         if vals[best] >= cur_score:
             break
+        move = {"restored": sorted(cur - cands[best]), "removed": sorted(cands[best] - cur),
+                "before": cur_score, "after": vals[best]}
         if accept is not None and not accept(shape(cur), shape(cands[best])):
-            out.refused = {"restored": sorted(cur - cands[best]), "removed": sorted(cands[best] - cur),
-                           "before": cur_score, "after": vals[best]}
+            out.refused = move
             break
-        out.moves.append({"restored": sorted(cur - cands[best]), "removed": sorted(cands[best] - cur),
-                          "before": cur_score, "after": vals[best]})
+        out.moves.append(move)
         cur, cur_score = cands[best], vals[best]
     out.removed, out.score = cur, cur_score
     return out

@@ -19,6 +19,11 @@ from amoeba_core.shape import ModelGeometry, SubnetShape
 N = 8
 
 
+def _kept(n: int, removed) -> SubnetShape:
+    """The shape that keeps every layer of ``n`` not in ``removed``."""
+    return SubnetShape(tuple(i for i in range(n) if i not in set(removed)))
+
+
 def _pairwise_cost(seed: int = 4):
     """A removal cost with pairwise interactions, on which the DP's sets are not optimal (seed 4)."""
     rng = random.Random(seed)
@@ -141,8 +146,7 @@ def test_a_refused_swap_stops_the_search_and_is_recorded() -> None:
     r = swap_refine(N, start, many, accept=refuse)
     assert r.removed == start and r.score == r.start_score and r.passes == 1 and not r.moves
     first = (start - set(free.moves[0]["restored"])) | set(free.moves[0]["removed"])  # the free search's 1st swap
-    keep = lambda removed: SubnetShape(tuple(i for i in range(N) if i not in removed))  # noqa: E731
-    assert asked == [(keep(start), keep(first))]
+    assert asked == [(_kept(N, start), _kept(N, first))]
     assert r.refused == {**free.moves[0]} and r.record()["refused"] == free.moves[0]
     assert "refused" not in free.record()
 
@@ -154,8 +158,7 @@ def test_significant_rule_takes_only_swaps_whose_interval_excludes_zero(deep: Lo
     lower, _ = select_depth(deep, 6, calib_seq_len=32, calib_windows=4, cache=cache, refine=(8, 7, 6))
     sig, calib = select_depth(deep, 6, calib_seq_len=32, calib_windows=4, cache=cache, refine=(8, 7, 6),
                               refine_rule="significant")
-    n = 10
-    shape = lambda removed: SubnetShape(tuple(i for i in range(n) if i not in set(removed)))  # noqa: E731
+    shape = lambda removed: _kept(10, removed)  # noqa: E731
     for d in (8, 7, 6):
         r = sig.refined[d]
         cur = r.start_removed
