@@ -3,9 +3,10 @@
 ``cpu-host`` is detected on first use: CPU model and memory from /proc, memory bandwidth from a
 short copy benchmark (``torch`` ``dst.copy_(src)`` of a 256 MiB float32 buffer, best of 5,
 counting read + write bytes) and peak FLOP/s from a short ``torch.mm`` benchmark per dtype
-(2048x2048, best of 3). Both are measured *achievable* figures on this host, recorded with the
-thread count. Spec-only devices (a5000, orin-nx-16gb) carry public datasheet figures and
-``roofline_only: true``: their latencies are roofline floors, never measurements.
+(2048x2048, best of 3; smaller where one product of that dtype would take long: :func:`matmul_size`).
+Both are measured *achievable* figures on this host, recorded with the thread count. Spec-only devices
+(a5000, orin-nx-16gb) carry public datasheet figures and ``roofline_only: true``: their latencies are
+roofline floors, never measurements.
 """
 
 from __future__ import annotations
@@ -143,6 +144,26 @@ def measure_bandwidth_gbs(mib: int = 256, repeats: int = 5, threads: int | None 
     return 2 * src.numel() * 4 / best / 1e9
 
 
+def matmul_size(dtype: str = "float32", largest: int = 2048, call_s: float = 0.1, threads: int | None = None) -> int:
+    """The size of :func:`measure_peak_flops`'s products for ``dtype``: doubled from 256 up to ``largest``
+    while one ``torch.mm`` takes under ``call_s`` seconds. A dtype the CPU has no fast kernel for is then
+    timed on smaller products instead of for minutes: bfloat16 on an AVX2-only EPYC (no AVX-512 BF16) ran
+    at 0.8 GFLOP/s at 1024 and about a minute per 2048 product, four products per detection."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    size = 256
+    while size < largest:
+        a = torch.randn(size, size).to(getattr(torch, dtype))
+        t0 = time.perf_counter()
+        torch.mm(a, a)
+        if time.perf_counter() - t0 >= call_s:
+            break
+        size *= 2
+    return min(size, largest)
+
+
 def measure_peak_flops(dtype: str = "float32", size: int = 2048, repeats: int = 3, threads: int | None = None) -> float:
     import torch
 
@@ -176,7 +197,8 @@ def detect_host(threads: int | None = None) -> DeviceSpec:
 
     threads = threads or torch.get_num_threads()
     bw = measure_bandwidth_gbs(threads=threads)
-    peaks = {dt_: measure_peak_flops(dt_, threads=threads) for dt_ in ("float32", "bfloat16")}
+    sizes = {dt_: matmul_size(dt_, threads=threads) for dt_ in ("float32", "bfloat16")}
+    peaks = {dt_: measure_peak_flops(dt_, size=n, threads=threads) for dt_, n in sizes.items()}
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     return DeviceSpec(
         name=HOST,
@@ -189,8 +211,9 @@ def detect_host(threads: int | None = None) -> DeviceSpec:
         source={
             "memory_bandwidth_gbs": f"measured: torch copy_ of a 256 MiB float32 buffer, read+write bytes, best of 5, "
             f"{threads} threads, torch {torch.__version__}",
-            "peak_flops": f"measured: torch.mm 2048x2048 per dtype, best of 3, {threads} threads "
-            "(achievable, not datasheet)",
+            "peak_flops": "measured: torch.mm per dtype ("
+            + ", ".join(f"{k} {n}x{n}" for k, n in sizes.items())
+            + f"), best of 3, {threads} threads (achievable, not datasheet)",
             "memory_gb": "/proc/meminfo MemTotal",
         },
         created=now,
