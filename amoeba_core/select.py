@@ -21,6 +21,13 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 
+DEPTH_METRICS = ("ppl", "kl")
+# when a swap replaces the current removal set (refine_depth): "lower", any lower calibration value;
+# "significant", a paired 90% interval of the calibration difference that lies below zero; "confirm", the
+# same interval on more calibration windows (CONFIRM_WINDOWS, source-balanced) than the DP used
+REFINE_RULES = ("lower", "significant", "confirm")
+CONFIRM_WINDOWS = 64
+
 
 def select_strategy(
     loaded: LoadedModel,
@@ -37,6 +44,7 @@ def select_strategy(
     calib_balance: bool = False,
     refine_depths: Sequence[int] = (),
     refine_rule: str = "lower",
+    confirm_windows: int = CONFIRM_WINDOWS,
 ) -> Strategy:
     """Run the depth DP on calibration perplexity (or KL from the full model: ``depth_metric``),
     rank widths, choose the width metric on val.
@@ -54,7 +62,8 @@ def select_strategy(
     t_start = time.perf_counter()
     cache = Path(cache_dir) / "dp_scores.jsonl" if cache_dir is not None else None
     result, calib = select_depth(loaded, min_depth, calib_seq_len, calib_windows, cache, progress, depth_metric,
-                                 balance=calib_balance, refine=refine_depths, refine_rule=refine_rule)
+                                 balance=calib_balance, refine=refine_depths, refine_rule=refine_rule,
+                                 confirm_windows=confirm_windows)
     total = n_dp_evaluations(n, min_depth)
 
     t_w = time.perf_counter()
@@ -90,12 +99,6 @@ def select_strategy(
     )
 
 
-DEPTH_METRICS = ("ppl", "kl")
-# when a swap replaces the current removal set (refine_depth): "lower", any lower calibration value;
-# "significant", a paired 90% interval of the calibration difference that lies below zero
-REFINE_RULES = ("lower", "significant")
-
-
 def check_calib_windows(calib_windows: int, balance: bool) -> None:
     """Reject a calibration budget the window choice cannot meet (before anything is written)."""
     if calib_windows < 1:
@@ -122,6 +125,7 @@ def select_depth(
     balance: bool = False,
     refine: Sequence[int] = (),
     refine_rule: str = "lower",
+    confirm_windows: int = CONFIRM_WINDOWS,
 ) -> tuple[DepthResult, Evaluator]:
     """Depth half of Stage 1: the DP on calibration perplexity (``metric="ppl"``) or on the mean
     KL divergence from the full model's next-token distribution (``"kl"``,
@@ -131,7 +135,7 @@ def select_depth(
     with ``balance``, half come from each source (:func:`amoeba_core.data.balanced_windows`;
     benchmarks/stage1.py compares the two). ``refine``: depths whose DP set is then improved by
     :func:`refine_depth` (swap local search on the same metric; ``refine_rule``: when a swap is taken,
-    see :data:`REFINE_RULES`)."""
+    see :data:`REFINE_RULES`; ``confirm_windows``: the "confirm" rule's calibration windows)."""
     check_min_depth(loaded.geometry.n_layers, min_depth)
     check_depth_metric(metric)
     check_refine_rule(refine_rule)
@@ -160,7 +164,8 @@ def select_depth(
     )
     log.info("DP: %d evaluations (%d from cache) in %.1f s", result.n_evaluations, result.n_cached, result.seconds)
     if refine:
-        result = refine_depth(loaded, result, calib, refine, value, progress, rule=refine_rule)
+        result = refine_depth(loaded, result, calib, refine, value, progress, rule=refine_rule,
+                              confirm_windows=confirm_windows)
     return result, calib
 
 
@@ -183,10 +188,20 @@ def significant_gain(calib: Evaluator) -> Callable[[SubnetShape, SubnetShape], b
     interval is the same for perplexity (``exp`` is monotone in every resample)."""
 
     def accept(current: SubnetShape, candidate: SubnetShape) -> bool:
-        cur, cand = calib.score_many([current, candidate])  # both cached: the swap search scored them
+        cur, cand = calib.score_many([current, candidate])  # cached when calib is the search's own evaluator
         return compare(cand, cur, "nll").diff.hi < 0
 
     return accept
+
+
+def confirm_evaluator(calib: Evaluator, windows: int = CONFIRM_WINDOWS) -> Evaluator:
+    """The calibration metric on ``windows`` source-balanced windows of the calibration split (more than
+    the DP's, e.g. 64 for a 16-window DP), sharing ``calib``'s score cache: still no val or test text."""
+    if windows < 1:
+        raise AmoebaError(f"confirmation windows must be >= 1, got {windows}")
+    split = calib.split.removesuffix(":kl")
+    return type(calib)(calib.loaded, None, split=split, seq_len=calib.seq_len, max_windows=windows,
+                       cache=calib.cache, spread=True, balance=windows >= len(SOURCES))
 
 
 def screen_evaluator(calib: Evaluator, windows: int) -> Evaluator:
@@ -213,6 +228,7 @@ def refine_depth(
     keep: int = 5,
     max_passes: int = 4,
     rule: str = "lower",
+    confirm_windows: int = CONFIRM_WINDOWS,
 ) -> DepthResult:
     """:func:`~amoeba_core.depth.swap_refine` the DP's removal set at each of ``depths`` on the same
     calibration metric (swaps screened on ``screen_windows`` of the windows, the ``keep`` best scored
@@ -220,11 +236,17 @@ def refine_depth(
     only when its gain's paired interval excludes 0 (:func:`significant_gain`): at shallow cuts the
     candidate sets differ by less than held-out texts do. On SmolLM2 with 16 calibration windows it kept
     the DP's d27 set as meant, but also refused a d21 swap whose gain held on every held-out text
-    (benchmarks/results/stage1_sigswap.json): too strict at that budget."""
+    (benchmarks/results/stage1_sigswap.json): too strict at that budget. ``rule="confirm"`` searches
+    the same way but judges the best swap's interval on ``confirm_windows`` source-balanced calibration
+    windows (:func:`confirm_evaluator`): a larger acceptance budget than the search's."""
     n = loaded.geometry.n_layers
     check_refine_depths(n, min(result.layers), depths)
     check_refine_rule(rule)
-    accept = significant_gain(calib) if rule == "significant" else None
+    accept = None
+    if rule == "significant":
+        accept = significant_gain(calib)
+    elif rule == "confirm":
+        accept = significant_gain(confirm_evaluator(calib, confirm_windows))
     # screening on all the windows would score every swap twice and pick the same one
     screen = screen_evaluator(calib, screen_windows) if screen_windows < calib.n_windows else None
     screen_many = None if screen is None else (lambda shapes: [value(x) for x in screen.score_many(shapes)])

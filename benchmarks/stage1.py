@@ -8,7 +8,8 @@ standard-library module documentation: disjoint documents, never seen by any sel
 selections saw either (``ood-readmes``: the README descriptions in the installed metadata of the
 project's core dependencies, :func:`readme_docs`; ``ood-idle``: IDLE's documentation shipped in
 idlelib, :func:`idle_docs`; ``ood-licenses``: the license files of the installed distributions,
-:func:`license_docs`; versions and text digests are recorded):
+:func:`license_docs`; ``ood-lmeval``: lm-eval's task READMEs, :func:`lmeval_docs`; ``ood-opticks``: Newton's
+*Opticks* as tvm-ffi ships it, :func:`opticks_docs`; versions and text digests are recorded):
 
 * ``dp``        the depth DP of :mod:`amoeba_core.depth` (AmoebaLLM Stage 1) on calibration perplexity
   (``ppl``) or on the KL divergence from the full model's next-token distribution (``kl``, ``--metrics``),
@@ -43,7 +44,8 @@ per-depth verdicts. Scores are cached in runs/stage1-bench/ (a killed run resume
     python benchmarks/stage1.py --settings ppl:8:bal,ppl:8:bal+swap --val-pick 0 --out benchmarks/results/stage1_swap.json
                                      # '+swap': the DP's set at each scored depth then improved by swaps on the
                                      # same metric (amoeba_core.depth.swap_refine), side by side with the plain DP;
-                                     # '+sigswap': only swaps whose paired interval on calibration excludes 0
+                                     # '+sigswap': only swaps whose paired interval on calibration excludes 0;
+                                     # '+confirm': that interval on 64 source-balanced calibration windows
     python benchmarks/stage1.py --quick              # depths 24/18, budget 1, 4 random subsets
 """
 
@@ -165,6 +167,19 @@ def _shingles(text: str, k: int = 5) -> set[tuple[str, ...]]:
     return {tuple(words[i:i + k]) for i in range(max(1, len(words) - k + 1))}
 
 
+def _near_copy_free(named: list[tuple[str, str]], min_chars: int = 500) -> list[tuple[str, str]]:
+    """``(name, text)`` pairs in order, without stubs (< ``min_chars``) and without near-copies: a text is
+    dropped when half of its word 5-grams occur in one text already kept."""
+    out, kept = [], []
+    for name, text in named:
+        sh = _shingles(text)
+        if len(text) < min_chars or any(len(sh & other) >= len(sh) / 2 for other in kept):
+            continue
+        kept.append(sh)
+        out.append((name, text))
+    return out
+
+
 def license_docs() -> tuple[list[str], dict]:
     """The ``ood-licenses`` documents: the license files in the metadata of every installed distribution
     (``*.dist-info/LICENSE*``, ``licenses/*``, ``COPYING*``, ``NOTICE*``), in order of distribution name
@@ -173,7 +188,7 @@ def license_docs() -> tuple[list[str], dict]:
     fewer than half of its word 5-grams occur in one file already kept."""
     import importlib.metadata as md
 
-    docs, record, kept = [], {}, []
+    named, versions = [], {}
     dists = sorted(md.distributions(), key=lambda d: (d.metadata["Name"] or "").lower())
     for dist in dists:
         name = dist.metadata["Name"]
@@ -185,27 +200,69 @@ def license_docs() -> tuple[list[str], dict]:
                 text = Path(str(f.locate())).read_text(encoding="utf-8", errors="replace").strip()[:EXTRA_CHARS]
             except OSError:
                 continue
-            sh = _shingles(text)
-            if len(text) < 500 or any(len(sh & other) >= len(sh) / 2 for other in kept):
-                continue  # a stub, or a near-copy of a license already kept
-            kept.append(sh)
-            docs.append(text)
-            record[f"{name}:{f.as_posix()}"] = _doc_record(text, version=dist.version)
+            named.append((f"{name}:{f.as_posix()}", text))
+            versions[named[-1][0]] = dist.version
+    kept = _near_copy_free(named)  # stubs, and near-copies of a license already kept, dropped
+    docs = [t for _, t in kept]
+    record = {n: _doc_record(t, version=versions[n]) for n, t in kept}
     return docs, {"what": f"license files in installed distributions' metadata, near-copies dropped (half "
                           f"their word 5-grams in a kept file), first {EXTRA_CHARS} characters each",
                   "files": record}
 
 
-EXTRA_TEXTS = {"ood-readmes": readme_docs, "ood-idle": idle_docs, "ood-licenses": license_docs}
+def lmeval_docs() -> tuple[list[str], dict]:
+    """The ``ood-lmeval`` documents: the task READMEs of the installed lm-eval harness (the ``eval``
+    extra; ``lm_eval/tasks/**/README.md``, by path, first :data:`EXTRA_CHARS` characters each, near-copies
+    dropped as :func:`_near_copy_free`): descriptions of NLP benchmarks with their papers' abstracts and
+    BibTeX, a register no calibration source and no earlier held-out text has."""
+    import importlib.metadata as md
+    import importlib.util
+
+    spec = importlib.util.find_spec("lm_eval")
+    if spec is None or spec.origin is None:
+        return [], {"what": "lm-eval is not installed (make install-all installs it)"}
+    root = Path(spec.origin).parent / "tasks"
+    named = [(p.relative_to(root).as_posix(), p.read_text(encoding="utf-8", errors="replace").strip()[:EXTRA_CHARS])
+             for p in sorted(root.rglob("README.md"))]
+    kept = _near_copy_free(named)
+    return [t for _, t in kept], {
+        "what": f"task READMEs of lm-eval {md.version('lm_eval')} (lm_eval/tasks/**/README.md; {len(named)} files, "
+                f"{len(kept)} kept: stubs under 500 characters and near-copies dropped), first {EXTRA_CHARS} "
+                f"characters each",
+        "files": {n: _doc_record(t) for n, t in kept}}
+
+
+def opticks_docs() -> tuple[list[str], dict]:
+    """The ``ood-opticks`` documents: Isaac Newton's *Opticks* (1730; the Project Gutenberg text that
+    tvm-ffi ships as libbacktrace test data, the ``tvm`` extra), cut at its Part headings (front matter
+    first): eighteenth-century scientific prose, far from every other text here."""
+    import importlib.metadata as md
+    import importlib.util
+
+    spec = importlib.util.find_spec("tvm_ffi")
+    path = None if spec is None or spec.origin is None else (
+        Path(spec.origin).parent / "3rdparty/libbacktrace/Isaac.Newton-Opticks.txt")
+    if path is None or not path.is_file():
+        return [], {"what": "tvm-ffi's copy of Opticks is not installed (make install-all with TVM=1 installs it)"}
+    text = path.read_text(encoding="utf-8", errors="replace")
+    parts = [p.strip() for p in re.split(r"\n(?=_PART [IVX]+\._\s*\n)", text) if p.strip()]
+    return parts, {"what": f"Newton's Opticks from tvm-ffi {md.version('apache-tvm-ffi')} "
+                           f"({path.name}, {len(text)} characters), cut at its {len(parts) - 1} Part headings",
+                   "files": {f"part{i}": _doc_record(p) for i, p in enumerate(parts)}}
+
+
+EXTRA_TEXTS = {"ood-readmes": readme_docs, "ood-idle": idle_docs, "ood-licenses": license_docs,
+               "ood-lmeval": lmeval_docs, "ood-opticks": opticks_docs}
 
 
 # '+swap': every lower-scoring swap is taken; '+sigswap': only one whose paired 90% interval on the
-# calibration windows excludes 0 (amoeba_core.select.REFINE_RULES)
-SWAP_RULES = {"swap": "lower", "sigswap": "significant"}
+# calibration windows excludes 0; '+confirm': that interval on 64 source-balanced calibration windows
+# instead of the DP's (amoeba_core.select.REFINE_RULES)
+SWAP_RULES = {"swap": "lower", "sigswap": "significant", "confirm": "confirm"}
 
 
 def setting_label(metric: str, windows: int, balanced: bool, swap: str = "") -> str:
-    """``<metric>:<windows>[:bal][+swap|+sigswap]``; ``worst`` is always source-balanced, so it carries no
+    """``<metric>:<windows>[:bal][+swap|+sigswap|+confirm]``; ``worst`` is always source-balanced, so it carries no
     ``:bal``."""
     return f"{metric}:{windows}" + (":bal" if balanced and metric != "worst" else "") + (f"+{swap}" if swap else "")
 
@@ -252,7 +309,7 @@ def run_dp(loaded, min_depth: int, windows: int, cache: Path, metric: str, balan
     """The depth DP exactly as `amoeba select` runs it (:func:`amoeba_core.select.select_depth`); its layers,
     stats and calibration windows (ShortGPT gets the same ones). Metric ``worst``: :func:`run_dp_worst`.
     ``refine``: depths whose DP set is then improved by swaps on the same metric (``+swap`` settings;
-    ``+sigswap``: ``refine_rule="significant"``)."""
+    ``+sigswap``: ``refine_rule="significant"``; ``+confirm``: ``refine_rule="confirm"``)."""
     if metric == "worst":
         return run_dp_worst(loaded, min_depth, windows, cache)
     t0 = time.perf_counter()
@@ -318,7 +375,7 @@ def main() -> None:
                     help="settings '<metric>:<windows>,...' also run with source-balanced calibration windows "
                          "(half from each source, `amoeba select --calib-balance`); '' for none")
     ap.add_argument("--settings", default="",
-                    help="explicit DP settings '<metric>:<windows>[:bal][+swap|+sigswap],...' "
+                    help="explicit DP settings '<metric>:<windows>[:bal][+swap|+sigswap|+confirm],...' "
                          "(e.g. ppl:8,ppl:16:bal+sigswap) "
                          "instead of metrics x budgets and --balanced")
     ap.add_argument("--val-pick", type=int, default=32,
@@ -327,7 +384,8 @@ def main() -> None:
     ap.add_argument("--extra-texts", default=",".join(EXTRA_TEXTS),
                     help="also score every selection on these held-out texts from other sources (ood-readmes: the "
                          "installed core dependencies' README descriptions; ood-idle: IDLE's documentation in "
-                         "idlelib; ood-licenses: the installed distributions' license files); '' for none")
+                         "idlelib; ood-licenses: the installed distributions' license files; ood-lmeval: lm-eval's "
+                         "task READMEs; ood-opticks: Newton's Opticks as tvm-ffi ships it); '' for none")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true")
@@ -344,7 +402,8 @@ def main() -> None:
         parts = [p.strip() for p in body.split(":")]
         if (len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "bal") or not parts[1].isdigit()
                 or (plus and suffix not in SWAP_RULES)):
-            raise SystemExit(f"error: a setting is '<metric>:<windows>[:bal][+swap|+sigswap]', got {spec!r}")
+            raise SystemExit(f"error: a setting is '<metric>:<windows>[:bal][+swap|+sigswap|+confirm]', "
+                             f"got {spec!r}")
         return parts[0], int(parts[1]), bal or len(parts) == 3, suffix if plus else ""
 
     settings = [(m, b, False, "") for m in metrics for b in budgets]

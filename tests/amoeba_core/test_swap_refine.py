@@ -177,3 +177,35 @@ def test_significant_rule_takes_only_swaps_whose_interval_excludes_zero(deep: Lo
     assert any(sig.refined[d].refused or sig.refined[d].moves for d in (8, 7, 6))
     with pytest.raises(AmoebaError, match="swap rule"):
         select_depth(deep, 6, calib_seq_len=32, calib_windows=4, cache=cache, refine=(8,), refine_rule="any")
+
+
+def test_confirm_rule_judges_swaps_on_more_calibration_windows(deep: LoadedModel, tmp_path: Path) -> None:
+    from amoeba_core.evaluate import compare
+    from amoeba_core.select import confirm_evaluator
+
+    cache = tmp_path / "dp.jsonl"
+    lower, _ = select_depth(deep, 6, calib_seq_len=32, calib_windows=4, cache=cache, refine=(8, 7, 6))
+    conf, calib = select_depth(deep, 6, calib_seq_len=32, calib_windows=4, cache=cache, refine=(8, 7, 6),
+                               refine_rule="confirm", confirm_windows=12)
+    judge = confirm_evaluator(calib, 12)
+    # 12 windows, half from each source, none of them the search's own: a larger budget, same split and cache
+    assert judge.n_windows == 12 and judge.cache == calib.cache and judge.split == calib.split
+    assert len({tuple(w) for w in judge.ids.tolist()}) == 12
+    shape = lambda removed: _kept(10, removed)  # noqa: E731
+    for d in (8, 7, 6):
+        r = conf.refined[d]
+        cur = r.start_removed
+        for m in r.moves:  # every swap taken: lower on the search's windows, interval below 0 on the judge's
+            nxt = (set(cur) - set(m["restored"])) | set(m["removed"])
+            a, b = judge.score_many([shape(nxt), shape(cur)])
+            assert compare(a, b, "nll").diff.hi < 0 and m["after"] < m["before"]
+            cur = frozenset(nxt)
+        assert cur == r.removed
+        if r.refused:
+            nxt = (set(cur) - set(r.refused["restored"])) | set(r.refused["removed"])
+            a, b = judge.score_many([shape(nxt), shape(cur)])
+            assert compare(a, b, "nll").diff.hi >= 0
+        assert r.moves == lower.refined[d].moves[:len(r.moves)]
+    assert any(conf.refined[d].moves or conf.refined[d].refused for d in (8, 7, 6))  # the judge was asked
+    with pytest.raises(AmoebaError, match="confirmation windows"):
+        confirm_evaluator(calib, 0)
