@@ -84,6 +84,7 @@ bench: install-all
 	$(BIN)/python benchmarks/stage1.py --settings ppl:8:bal,ppl:8:bal+swap --val-pick 0 --out benchmarks/results/stage1_swap.json
 	$(BIN)/python benchmarks/stage1.py --settings ppl:16:bal,ppl:16:bal+swap --val-pick 0 --out benchmarks/results/stage1_swap16.json
 	$(BIN)/python benchmarks/stage1.py --settings ppl:16:bal,ppl:16:bal+sigswap --val-pick 0 --out benchmarks/results/stage1_sigswap.json
+	$(BIN)/python benchmarks/stage1.py --settings ppl:16:bal,ppl:16:bal+swap,ppl:16:bal+sigswap,ppl:16:bal+confirm --val-pick 0 --out benchmarks/results/stage1_confirm.json
 	$(BIN)/python benchmarks/stage2_ablation.py --steps 100
 	$(BIN)/python benchmarks/search_efficiency.py
 	$(BIN)/python benchmarks/search_efficiency.py --attn-widths groups --out benchmarks/results/search_efficiency_axes.json

@@ -41,6 +41,16 @@ def select(
                                        help="Take an equal share of the calibration windows from each text source "
                                             "(pydoc topics, standard-library docs; at least one each) instead of "
                                             "spreading them over the split (about 31%/69%)."),
+    refine_depths: str = typer.Option("", help="Depths whose DP layer set is then improved by swapping one removed "
+                                               "layer for one kept one while that helps (comma-separated, e.g. "
+                                               "27,24,21,18,15; empty: none). On SmolLM2 with --calib-windows 16 "
+                                               "--calib-balance and the confirm rule it beat ShortGPT at every "
+                                               "depth on both test texts (benchmarks/results/stage1_confirm.json)."),
+    swap_rule: str = typer.Option("confirm", help="When a swap is taken: confirm (its paired 90% interval on "
+                                                  "--confirm-windows source-balanced calibration windows lies "
+                                                  "below 0), significant (that interval on the DP's own windows) "
+                                                  "or lower (any lower calibration value)."),
+    confirm_windows: int = typer.Option(64, help="Calibration windows that judge a swap under --swap-rule confirm."),
     stats_windows: int = typer.Option(4, help="Calibration windows for width statistics."),
     val_windows: int = typer.Option(2, help="Validation windows for choosing the width metric."),
     threads: int = typer.Option(0, help="torch threads (0: default)."),
@@ -50,12 +60,22 @@ def select(
 
     from amoeba_core.depth import check_min_depth
     from amoeba_core.model import load_model
-    from amoeba_core.select import check_calib_windows, check_depth_metric, select_strategy
-    from amoeba_core.shape import parse_widths
+    from amoeba_core.select import (
+        check_calib_windows,
+        check_depth_metric,
+        check_refine_depths,
+        check_refine_rule,
+        select_strategy,
+    )
+    from amoeba_core.shape import parse_ints, parse_widths
 
     w = parse_widths(widths)
     check_depth_metric(depth_metric)
     check_calib_windows(calib_windows, calib_balance)
+    refine = parse_ints(refine_depths, "--refine-depths") if refine_depths.strip() else ()
+    check_refine_rule(swap_rule)
+    if refine and swap_rule == "confirm" and confirm_windows < 1:
+        raise AmoebaError(f"--confirm-windows must be >= 1, got {confirm_windows}")
     if out.suffix not in (".yaml", ".yml"):
         raise AmoebaError(f"--out must be a .yaml file, got {out}")
     if out.exists() and out.is_dir():
@@ -65,6 +85,7 @@ def select(
     t0 = time.perf_counter()
     loaded = load_model(model)
     check_min_depth(loaded.geometry.n_layers, min_depth)
+    check_refine_depths(loaded.geometry.n_layers, min_depth, refine)
     console.print(f"loaded {loaded.source} ({loaded.fingerprint}) in {time.perf_counter() - t0:.1f} s", highlight=False)
     cache_dir = out.parent / f".{out.stem}.cache-{loaded.fingerprint}"
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -79,7 +100,8 @@ def select(
         strategy = select_strategy(loaded, min_depth, w, cache_dir=cache_dir, calib_seq_len=calib_seq_len,
                                    calib_windows=calib_windows, stats_windows=stats_windows,
                                    val_windows=val_windows, progress=progress, depth_metric=depth_metric,
-                                   calib_balance=calib_balance)
+                                   calib_balance=calib_balance, refine_depths=refine, refine_rule=swap_rule,
+                                   confirm_windows=confirm_windows)
     total = time.perf_counter() - t0
     from amoeba_core.data import data_record
 
@@ -87,7 +109,10 @@ def select(
                               data=data_record(calib_seq_len=calib_seq_len, calib_windows=calib_windows,
                                                depth_metric=depth_metric,
                                                stats_windows=stats_windows, val_windows=val_windows,
-                                               window_choice="balanced" if calib_balance else "spread"))
+                                               window_choice="balanced" if calib_balance else "spread",
+                                               **({"refine_depths": list(refine), "swap_rule": swap_rule,
+                                                   **({"confirm_windows": confirm_windows}
+                                                      if swap_rule == "confirm" else {})} if refine else {})))
     strategy.save(out)
     st = strategy.stats
     console.print(f"depth DP: {st['dp_evaluations']} evaluations ({st['dp_evaluations_from_cache']} from cache) "
@@ -97,7 +122,13 @@ def select(
     for d in strategy.depths:
         if d < loaded.geometry.n_layers:
             dropped = sorted(set(range(loaded.geometry.n_layers)) - set(strategy.depth_layers[d]))
-            console.print(f"  d{d}: drops {dropped}", highlight=False)
+            swaps = st.get("swap_refinement", {}).get(str(d))
+            note = ""
+            if swaps is not None:
+                note = (f"  (swaps: DP's {swaps['dp_removed']} -> {swaps['removed']}, calibration "
+                        f"{swaps['dp_calib']} -> {swaps['calib']}" + (", one refused" if "refused" in swaps else "")
+                        + ")")
+            console.print(f"  d{d}: drops {dropped}{note}", highlight=False)
     console.print(f"wrote {out}; total time {total:.1f} s ({total / 60:.1f} min)", highlight=False)
 
 

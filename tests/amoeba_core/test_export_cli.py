@@ -91,6 +91,28 @@ def test_cli_select_eval_export(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert not (tmp_path / "x").exists() and not (tmp_path / "z.yaml").exists()
 
 
+def test_cli_select_with_swaps_records_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "s" / "strategy.yaml"
+    argv = ["select", "--model", "tiny", "--min-depth", "2", "--widths", "1", "--out", str(out),
+            "--calib-seq-len", "32", "--calib-windows", "2", "--stats-windows", "1", "--val-windows", "1",
+            "--refine-depths", "3,2", "--confirm-windows", "4"]
+    assert _run(argv) == 0
+    s = Strategy.load(out)
+    assert set(s.stats["swap_refinement"]) == {"3", "2"} and s.stats["swap_rule"] == "confirm"
+    assert s.data["refine_depths"] == [3, 2] and s.data["swap_rule"] == "confirm" and s.data["confirm_windows"] == 4
+    for d in (3, 2):  # the strategy's layers are the refined sets
+        assert s.stats["swap_refinement"][str(d)]["removed"] == sorted(set(range(4)) - set(s.depth_layers[d]))
+    assert "d3: drops" in capsys.readouterr().out
+    z = tmp_path / "z.yaml"
+    base = ["select", "--model", "tiny", "--min-depth", "2", "--out", str(z)]
+    for bad in (["--refine-depths", "3,,2"], ["--refine-depths", "x"], ["--refine-depths", "1"],
+                ["--refine-depths", "5"], ["--refine-depths", "3", "--swap-rule", "any"],
+                ["--refine-depths", "3", "--confirm-windows", "0"]):
+        assert _run([*base, *bad]) == 2, bad
+        assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: "), bad
+    assert not z.exists() and not any(tmp_path.glob(".z.cache-*"))
+
+
 def test_corrupt_gguf(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF\x03\x00\x00\x00garbage")
