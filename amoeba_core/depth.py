@@ -131,6 +131,18 @@ def dp_depth(
     return DepthResult(layers, scores, done, cached, time.perf_counter() - t0, trace)
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What an ``accept`` rule of :func:`swap_refine` said (true when the swap is taken) and why, for the
+    move's record (e.g. the paired interval it judged on)."""
+
+    ok: bool
+    record: dict[str, object] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
 @dataclass
 class SwapResult:
     """One depth's removal set after :func:`swap_refine`, and what the refinement did."""
@@ -167,7 +179,7 @@ def swap_refine(
     screen_many: Callable[[list[SubnetShape]], list[float]] | None = None,
     keep: int = 5,
     max_passes: int = 4,
-    accept: Callable[[SubnetShape, SubnetShape], bool] | None = None,
+    accept: Callable[[SubnetShape, SubnetShape], bool | Verdict] | None = None,
 ) -> SwapResult:
     """Local search from a removal set (e.g. the DP's): swap one removed layer for one kept one while
     that lowers ``metric_many`` (lower is better; one value per shape).
@@ -178,8 +190,8 @@ def swap_refine(
     metric on fewer windows) they are screened with it and only the ``keep`` best are scored with
     ``metric_many``. The best swap is taken when it beats the current set on ``metric_many`` (and,
     with ``accept``, when ``accept(current, candidate)`` also says yes, e.g. when the gain's paired interval
-    excludes 0: :func:`amoeba_core.select.refine_depth`); otherwise, or after ``max_passes``
-    passes, the search stops.
+    excludes 0: :func:`amoeba_core.select.refine_depth`; a :class:`Verdict`'s record is kept in the move as
+    ``"judge"``); otherwise, or after ``max_passes`` passes, the search stops.
     """
     if keep < 1 or max_passes < 0:
         raise AmoebaError(f"keep must be >= 1 and max_passes >= 0, got {keep} and {max_passes}")
@@ -208,9 +220,13 @@ def swap_refine(
             break
         move = {"restored": sorted(cur - cands[best]), "removed": sorted(cands[best] - cur),
                 "before": cur_score, "after": vals[best]}
-        if accept is not None and not accept(shape(cur), shape(cands[best])):
-            out.refused = move
-            break
+        if accept is not None:
+            verdict = accept(shape(cur), shape(cands[best]))
+            if isinstance(verdict, Verdict) and verdict.record:
+                move["judge"] = verdict.record
+            if not verdict:
+                out.refused = move
+                break
         out.moves.append(move)
         cur, cur_score = cands[best], vals[best]
     out.removed, out.score = cur, cur_score

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from amoeba_core.data import SOURCES, split_docs, spread_windows
-from amoeba_core.depth import DepthResult, check_min_depth, dp_depth, n_dp_evaluations, swap_refine
+from amoeba_core.depth import DepthResult, Verdict, check_min_depth, dp_depth, n_dp_evaluations, swap_refine
 from amoeba_core.errors import AmoebaError
 from amoeba_core.evaluate import DistillEvaluator, Evaluator, ShapeScore, compare
 from amoeba_core.model import LoadedModel
@@ -181,15 +181,19 @@ def check_refine_rule(rule: str) -> None:
         raise AmoebaError(f"swap rule must be one of {', '.join(REFINE_RULES)}, got {rule!r}")
 
 
-def significant_gain(calib: Evaluator) -> Callable[[SubnetShape, SubnetShape], bool]:
-    """``accept(current, candidate)`` for :func:`~amoeba_core.depth.swap_refine`: True when the
+def significant_gain(calib: Evaluator) -> Callable[[SubnetShape, SubnetShape], Verdict]:
+    """``accept(current, candidate)`` for :func:`~amoeba_core.depth.swap_refine`: true when the
     candidate's calibration NLL (mean KL for the KL metric) is lower than the current set's with a
     paired 90% interval that excludes 0, over ``calib``'s documents or windows. The sign of the
-    interval is the same for perplexity (``exp`` is monotone in every resample)."""
+    interval is the same for perplexity (``exp`` is monotone in every resample). The verdict records
+    the windows, both values and the interval."""
 
-    def accept(current: SubnetShape, candidate: SubnetShape) -> bool:
+    def accept(current: SubnetShape, candidate: SubnetShape) -> Verdict:
         cur, cand = calib.score_many([current, candidate])  # cached when calib is the search's own evaluator
-        return compare(cand, cur, "nll").diff.hi < 0
+        d = compare(cand, cur, "nll")
+        return Verdict(d.diff.hi < 0, {"windows": calib.n_windows, "before": round(cur.ppl, 4),
+                                       "after": round(cand.ppl, 4), "nll_diff": round(d.diff.value, 5),
+                                       "nll_ci90": [round(d.diff.lo, 5), round(d.diff.hi, 5)]})
 
     return accept
 

@@ -24,6 +24,11 @@ def _kept(n: int, removed) -> SubnetShape:
     return SubnetShape(tuple(i for i in range(n) if i not in set(removed)))
 
 
+def _without_judge(moves: list[dict]) -> list[dict]:
+    """Moves without the rule's verdict record (the plain rule has none)."""
+    return [{k: v for k, v in m.items() if k != "judge"} for m in moves]
+
+
 def _pairwise_cost(seed: int = 4):
     """A removal cost with pairwise interactions, on which the DP's sets are not optimal (seed 4)."""
     rng = random.Random(seed)
@@ -173,7 +178,7 @@ def test_significant_rule_takes_only_swaps_whose_interval_excludes_zero(deep: Lo
             a, b = calib.score_many([shape(nxt), shape(cur)])
             assert a.ppl < b.ppl and compare(a, b, "nll").diff.hi >= 0
         # the same search, stopped earlier or at the same place: its swaps are the plain rule's first ones
-        assert r.moves == lower.refined[d].moves[:len(r.moves)] and r.score >= lower.refined[d].score
+        assert _without_judge(r.moves) == lower.refined[d].moves[:len(r.moves)] and r.score >= lower.refined[d].score
     assert any(sig.refined[d].refused or sig.refined[d].moves for d in (8, 7, 6))
     with pytest.raises(AmoebaError, match="swap rule"):
         select_depth(deep, 6, calib_seq_len=32, calib_windows=4, cache=cache, refine=(8,), refine_rule="any")
@@ -199,13 +204,14 @@ def test_confirm_rule_judges_swaps_on_more_calibration_windows(deep: LoadedModel
             nxt = (set(cur) - set(m["restored"])) | set(m["removed"])
             a, b = judge.score_many([shape(nxt), shape(cur)])
             assert compare(a, b, "nll").diff.hi < 0 and m["after"] < m["before"]
+            assert m["judge"]["windows"] == 12 and m["judge"]["nll_ci90"][1] < 0  # the judge's verdict, recorded
             cur = frozenset(nxt)
         assert cur == r.removed
         if r.refused:
             nxt = (set(cur) - set(r.refused["restored"])) | set(r.refused["removed"])
             a, b = judge.score_many([shape(nxt), shape(cur)])
-            assert compare(a, b, "nll").diff.hi >= 0
-        assert r.moves == lower.refined[d].moves[:len(r.moves)]
+            assert compare(a, b, "nll").diff.hi >= 0 and r.refused["judge"]["nll_ci90"][1] >= 0
+        assert _without_judge(r.moves) == lower.refined[d].moves[:len(r.moves)]
     assert any(conf.refined[d].moves or conf.refined[d].refused for d in (8, 7, 6))  # the judge was asked
     with pytest.raises(AmoebaError, match="confirmation windows"):
         confirm_evaluator(calib, 0)
