@@ -105,14 +105,18 @@ def select(
     total = time.perf_counter() - t0
     from amoeba_core.data import data_record
 
+    swaps_asked: dict[str, object] = {}
+    if refine:
+        swaps_asked = {"refine_depths": list(refine), "swap_rule": swap_rule}
+        if swap_rule == "confirm":
+            swaps_asked["confirm_windows"] = confirm_windows
+
     strategy = strategy.with_(stats={**strategy.stats, "wall_seconds_with_load": round(total, 2)},
                               data=data_record(calib_seq_len=calib_seq_len, calib_windows=calib_windows,
                                                depth_metric=depth_metric,
                                                stats_windows=stats_windows, val_windows=val_windows,
                                                window_choice="balanced" if calib_balance else "spread",
-                                               **({"refine_depths": list(refine), "swap_rule": swap_rule,
-                                                   **({"confirm_windows": confirm_windows}
-                                                      if swap_rule == "confirm" else {})} if refine else {})))
+                                               **swaps_asked))
     strategy.save(out)
     st = strategy.stats
     console.print(f"depth DP: {st['dp_evaluations']} evaluations ({st['dp_evaluations_from_cache']} from cache) "

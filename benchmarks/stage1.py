@@ -200,8 +200,9 @@ def license_docs() -> tuple[list[str], dict]:
                 text = Path(str(f.locate())).read_text(encoding="utf-8", errors="replace").strip()[:EXTRA_CHARS]
             except OSError:
                 continue
-            named.append((f"{name}:{f.as_posix()}", text))
-            versions[named[-1][0]] = dist.version
+            key = f"{name}:{f.as_posix()}"
+            named.append((key, text))
+            versions[key] = dist.version
     kept = _near_copy_free(named)  # stubs, and near-copies of a license already kept, dropped
     docs = [t for _, t in kept]
     record = {n: _doc_record(t, version=versions[n]) for n, t in kept}

@@ -193,7 +193,7 @@ def test_confirm_rule_judges_swaps_on_more_calibration_windows(deep: LoadedModel
     conf, calib = select_depth(deep, 6, calib_seq_len=32, calib_windows=4, cache=cache, refine=(8, 7, 6),
                                refine_rule="confirm", confirm_windows=12)
     judge = confirm_evaluator(calib, 12)
-    # 12 windows, half from each source, none of them the search's own: a larger budget, same split and cache
+    # 12 distinct windows (half from each source): a larger budget than the search's 4, same split and cache
     assert judge.n_windows == 12 and judge.cache == calib.cache and judge.split == calib.split
     assert len({tuple(w) for w in judge.ids.tolist()}) == 12
     shape = lambda removed: _kept(10, removed)  # noqa: E731
