@@ -348,7 +348,8 @@ def pooled_builder(workers: int, timeout_sec: float, restart_every: int = 8) -> 
     about 12 s per call on a 2-core EPYC VM, while a tuning round of one candidate builds in under a
     second. MetaSchedule calls the builder once per task and round, so a 10-kernel tuning at 1 trial spent
     129 of its 216 s in builder calls (42 s with this builder; tests/flows_tvm, one run each). This one
-    restarts its pool every ``restart_every`` calls instead; ``close()`` ends it. Timeouts and exceptions are reported per candidate as ``LocalBuilder`` does."""
+    restarts its pool every ``restart_every`` calls instead; ``close()`` ends it. Timeouts and exceptions
+    are reported per candidate as ``LocalBuilder`` does."""
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
     from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params, _worker_func
