@@ -44,13 +44,10 @@ def select(
     refine_depths: str = typer.Option("", help="Depths whose DP layer set is then improved by swapping one removed "
                                                "layer for one kept one while that helps (comma-separated, e.g. "
                                                "27,24,21,18,15; empty: none). On SmolLM2 with --calib-windows 16 "
-                                               "--calib-balance and the confirm rule it beat ShortGPT at every "
-                                               "depth on both test texts (benchmarks/results/stage1_confirm.json)."),
-    swap_rule: str = typer.Option("confirm", help="When a swap is taken: confirm (its paired 90% interval on "
-                                                  "--confirm-windows source-balanced calibration windows lies "
-                                                  "below 0), significant (that interval on the DP's own windows) "
-                                                  "or lower (any lower calibration value)."),
-    confirm_windows: int = typer.Option(64, help="Calibration windows that judge a swap under --swap-rule confirm."),
+                                               "--calib-balance it beat ShortGPT at every depth on both test "
+                                               "texts (benchmarks/results/stage1_confirm.json)."),
+    confirm_windows: int = typer.Option(64, help="Source-balanced calibration windows that judge a swap: it is taken "
+                                                 "only when its paired 90% interval there lies below 0."),
     stats_windows: int = typer.Option(4, help="Calibration windows for width statistics."),
     val_windows: int = typer.Option(2, help="Validation windows for choosing the width metric."),
     threads: int = typer.Option(0, help="torch threads (0: default)."),
@@ -61,10 +58,10 @@ def select(
     from amoeba_core.depth import check_min_depth
     from amoeba_core.model import load_model
     from amoeba_core.select import (
+        SWAP_RULE,
         check_calib_windows,
         check_depth_metric,
         check_refine_depths,
-        check_refine_rule,
         select_strategy,
     )
     from amoeba_core.shape import parse_ints, parse_widths
@@ -73,8 +70,7 @@ def select(
     check_depth_metric(depth_metric)
     check_calib_windows(calib_windows, calib_balance)
     refine = parse_ints(refine_depths, "--refine-depths") if refine_depths.strip() else ()
-    check_refine_rule(swap_rule)
-    if refine and swap_rule == "confirm" and confirm_windows < 1:
+    if refine and confirm_windows < 1:
         raise AmoebaError(f"--confirm-windows must be >= 1, got {confirm_windows}")
     if out.suffix not in (".yaml", ".yml"):
         raise AmoebaError(f"--out must be a .yaml file, got {out}")
@@ -100,16 +96,14 @@ def select(
         strategy = select_strategy(loaded, min_depth, w, cache_dir=cache_dir, calib_seq_len=calib_seq_len,
                                    calib_windows=calib_windows, stats_windows=stats_windows,
                                    val_windows=val_windows, progress=progress, depth_metric=depth_metric,
-                                   calib_balance=calib_balance, refine_depths=refine, refine_rule=swap_rule,
+                                   calib_balance=calib_balance, refine_depths=refine,
                                    confirm_windows=confirm_windows)
     total = time.perf_counter() - t0
     from amoeba_core.data import data_record
 
     swaps_asked: dict[str, object] = {}
     if refine:
-        swaps_asked = {"refine_depths": list(refine), "swap_rule": swap_rule}
-        if swap_rule == "confirm":
-            swaps_asked["confirm_windows"] = confirm_windows
+        swaps_asked = {"refine_depths": list(refine), "swap_rule": SWAP_RULE, "confirm_windows": confirm_windows}
 
     strategy = strategy.with_(stats={**strategy.stats, "wall_seconds_with_load": round(total, 2)},
                               data=data_record(calib_seq_len=calib_seq_len, calib_windows=calib_windows,

@@ -22,11 +22,15 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
 
 DEPTH_METRICS = ("ppl", "kl")
-# when a swap replaces the current removal set (refine_depth): "lower", any lower calibration value;
-# "significant", a paired 90% interval of the calibration difference that lies below zero; "confirm", the
-# same interval on more calibration windows (CONFIRM_WINDOWS, source-balanced) than the DP used
-REFINE_RULES = ("lower", "significant", "confirm")
+# A swap replaces the current removal set (refine_depth) only when the paired 90% interval of its calibration
+# difference lies below zero on CONFIRM_WINDOWS source-balanced calibration windows, more than the DP used
+# (the "confirm" rule; benchmarks/stage1.py keeps the rules it beat, "lower" and "significant").
+SWAP_RULE = "confirm"
 CONFIRM_WINDOWS = 64
+
+Accept = Callable[[SubnetShape, SubnetShape], bool | Verdict]
+# ``judge(calib)`` -> the ``accept`` of :func:`~amoeba_core.depth.swap_refine` (None: any lower value is taken)
+Judge = Callable[[Evaluator], Accept | None]
 
 
 def select_strategy(
@@ -43,7 +47,6 @@ def select_strategy(
     depth_metric: str = "ppl",
     calib_balance: bool = False,
     refine_depths: Sequence[int] = (),
-    refine_rule: str = "lower",
     confirm_windows: int = CONFIRM_WINDOWS,
 ) -> Strategy:
     """Run the depth DP on calibration perplexity (or KL from the full model: ``depth_metric``),
@@ -56,13 +59,12 @@ def select_strategy(
     check_min_depth(n, min_depth)
     widths = tuple(loaded.geometry.check_width(w) for w in widths)  # before any cache file is written
     check_depth_metric(depth_metric)
-    check_refine_rule(refine_rule)
     if 1.0 not in widths:
         widths = (1.0, *widths)
     t_start = time.perf_counter()
     cache = Path(cache_dir) / "dp_scores.jsonl" if cache_dir is not None else None
     result, calib = select_depth(loaded, min_depth, calib_seq_len, calib_windows, cache, progress, depth_metric,
-                                 balance=calib_balance, refine=refine_depths, refine_rule=refine_rule,
+                                 balance=calib_balance, refine=refine_depths,
                                  confirm_windows=confirm_windows)
     total = n_dp_evaluations(n, min_depth)
 
@@ -90,7 +92,7 @@ def select_strategy(
             "dp_calib_tokens": calib.n_windows * calib_seq_len,
             f"dp_calib_{depth_metric}": {str(d): round(v, 4) for d, v in sorted(result.scores.items(), reverse=True)},
             **({"swap_refinement": {str(d): x.record() for d, x in sorted(result.refined.items(), reverse=True)},
-                "swap_rule": refine_rule, "swap_seconds": round(result.refine_seconds, 2)} if result.refined else {}),
+                "swap_rule": SWAP_RULE, "swap_seconds": round(result.refine_seconds, 2)} if result.refined else {}),
             "width_stats_tokens": stats_tokens,
             "width_metric_val_ppl": {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in report.items()},
             "width_seconds": round(time.perf_counter() - t_w, 2),
@@ -124,8 +126,8 @@ def select_depth(
     metric: str = "ppl",
     balance: bool = False,
     refine: Sequence[int] = (),
-    refine_rule: str = "lower",
     confirm_windows: int = CONFIRM_WINDOWS,
+    judge: Judge | None = None,
 ) -> tuple[DepthResult, Evaluator]:
     """Depth half of Stage 1: the DP on calibration perplexity (``metric="ppl"``) or on the mean
     KL divergence from the full model's next-token distribution (``"kl"``,
@@ -134,11 +136,10 @@ def select_depth(
     spread over the whole calibration split (the standard-library docs get about 69% of them) or,
     with ``balance``, half come from each source (:func:`amoeba_core.data.balanced_windows`;
     benchmarks/stage1.py compares the two). ``refine``: depths whose DP set is then improved by
-    :func:`refine_depth` (swap local search on the same metric; ``refine_rule``: when a swap is taken,
-    see :data:`REFINE_RULES`; ``confirm_windows``: the "confirm" rule's calibration windows)."""
+    :func:`refine_depth` (swap local search on the same metric; a swap is taken under the confirm rule on
+    ``confirm_windows`` calibration windows, or as ``judge`` says: :func:`refine_depth`)."""
     check_min_depth(loaded.geometry.n_layers, min_depth)
     check_depth_metric(metric)
-    check_refine_rule(refine_rule)
     check_calib_windows(calib_windows, balance)
     check_refine_depths(loaded.geometry.n_layers, min_depth, refine)
     # spread over the whole split: its first windows are all from one source (pydoc topics), and a DP
@@ -164,8 +165,8 @@ def select_depth(
     )
     log.info("DP: %d evaluations (%d from cache) in %.1f s", result.n_evaluations, result.n_cached, result.seconds)
     if refine:
-        result = refine_depth(loaded, result, calib, refine, value, progress, rule=refine_rule,
-                              confirm_windows=confirm_windows)
+        result = refine_depth(loaded, result, calib, refine, value, progress, confirm_windows=confirm_windows,
+                              judge=judge)
     return result, calib
 
 
@@ -174,11 +175,6 @@ def check_refine_depths(n_layers: int, min_depth: int, depths: Sequence[int]) ->
     bad = sorted(d for d in set(depths) if not min_depth <= d <= n_layers)
     if bad:
         raise AmoebaError(f"cannot refine depths {bad}: the DP offers depths {min_depth}..{n_layers}")
-
-
-def check_refine_rule(rule: str) -> None:
-    if rule not in REFINE_RULES:
-        raise AmoebaError(f"swap rule must be one of {', '.join(REFINE_RULES)}, got {rule!r}")
 
 
 def significant_gain(calib: Evaluator) -> Callable[[SubnetShape, SubnetShape], Verdict]:
@@ -231,28 +227,22 @@ def refine_depth(
     screen_windows: int = 2,
     keep: int = 5,
     max_passes: int = 4,
-    rule: str = "lower",
     confirm_windows: int = CONFIRM_WINDOWS,
+    judge: Judge | None = None,
 ) -> DepthResult:
     """:func:`~amoeba_core.depth.swap_refine` the DP's removal set at each of ``depths`` on the same
     calibration metric (swaps screened on ``screen_windows`` of the windows, the ``keep`` best scored
-    on all of them); the refined sets replace the DP's there. ``rule="significant"`` takes a swap
-    only when its gain's paired interval excludes 0 (:func:`significant_gain`): at shallow cuts the
-    candidate sets differ by less than held-out texts do. On SmolLM2 with 16 calibration windows it kept
-    the DP's d27 set as meant, but also refused a d21 swap whose gain held on every held-out text
-    (benchmarks/results/stage1_sigswap.json): too strict at that budget. ``rule="confirm"`` searches
-    the same way but judges the best swap's interval on ``confirm_windows`` source-balanced calibration
-    windows (:func:`confirm_evaluator`): a larger acceptance budget than the search's. With a 16-window
-    DP on SmolLM2 it refused the d27 swap and took the d21, d18 and d15 ones, and beat ShortGPT at every
-    depth on both test texts and on a text never scored before (benchmarks/results/stage1_confirm.json)."""
+    on all of them); the refined sets replace the DP's there. The best swap is taken only when its gain's
+    paired 90% interval lies below 0 on ``confirm_windows`` source-balanced calibration windows
+    (:func:`confirm_evaluator`, :func:`significant_gain`): a larger acceptance budget than the search's.
+    With a 16-window DP on SmolLM2 it refused the d27 swap and took the d21, d18 and d15 ones, and beat
+    ShortGPT at every depth on both test texts and on a text never scored before
+    (benchmarks/results/stage1_confirm.json; the rules it beat, any lower value and the interval on the
+    DP's own windows, live in benchmarks/stage1.py). ``judge(calib)`` replaces the rule: it returns the
+    ``accept`` of :func:`~amoeba_core.depth.swap_refine` (None: any lower value is taken)."""
     n = loaded.geometry.n_layers
     check_refine_depths(n, min(result.layers), depths)
-    check_refine_rule(rule)
-    accept = None
-    if rule == "significant":
-        accept = significant_gain(calib)
-    elif rule == "confirm":
-        accept = significant_gain(confirm_evaluator(calib, confirm_windows))
+    accept = judge(calib) if judge is not None else significant_gain(confirm_evaluator(calib, confirm_windows))
     # screening on all the windows would score every swap twice and pick the same one
     screen = screen_evaluator(calib, screen_windows) if screen_windows < calib.n_windows else None
     screen_many = None if screen is None else (lambda shapes: [value(x) for x in screen.score_many(shapes)])

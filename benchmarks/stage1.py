@@ -68,7 +68,7 @@ from amoeba_core.depth import block_influence, block_influence_layers, drop_last
 from amoeba_core.errors import AmoebaError  # noqa: E402
 from amoeba_core.evaluate import Evaluator, ShapeScore, compare  # noqa: E402
 from amoeba_core.model import load_model  # noqa: E402
-from amoeba_core.select import check_depth_metric, select_depth  # noqa: E402
+from amoeba_core.select import SWAP_RULE, Judge, check_depth_metric, select_depth, significant_gain  # noqa: E402
 from amoeba_core.shape import SubnetShape  # noqa: E402
 
 from benchmarks._profile_run import loadavg  # noqa: E402
@@ -256,10 +256,18 @@ EXTRA_TEXTS = {"ood-readmes": readme_docs, "ood-idle": idle_docs, "ood-licenses"
                "ood-lmeval": lmeval_docs, "ood-opticks": opticks_docs}
 
 
-# '+swap': every lower-scoring swap is taken; '+sigswap': only one whose paired 90% interval on the
-# calibration windows excludes 0; '+confirm': that interval on 64 source-balanced calibration windows
-# instead of the DP's (amoeba_core.select.REFINE_RULES)
-SWAP_RULES = {"swap": "lower", "sigswap": "significant", "confirm": "confirm"}
+# '+swap': every lower-scoring swap is taken ("lower"); '+sigswap': only one whose paired 90% interval on the
+# calibration windows excludes 0 ("significant"); '+confirm': that interval on 64 source-balanced calibration
+# windows instead of the DP's ("confirm", amoeba_core.select's only rule, which beat the other two in
+# benchmarks/results/stage1_confirm.json). Suffix -> (rule name recorded in the JSON, judge for select_depth;
+# None: the library's rule).
+def _take_any_lower(calib: Evaluator) -> None:
+    return None
+
+
+SWAP_RULES: dict[str, tuple[str, Judge | None]] = {"swap": ("lower", _take_any_lower),
+                                                   "sigswap": ("significant", significant_gain),
+                                                   "confirm": (SWAP_RULE, None)}
 
 
 def setting_label(metric: str, windows: int, balanced: bool, swap: str = "") -> str:
@@ -305,17 +313,18 @@ def run_dp_worst(loaded, min_depth: int, windows: int, cache: Path) -> tuple[dic
 
 
 def run_dp(loaded, min_depth: int, windows: int, cache: Path, metric: str, balance: bool = False,
-           refine: list[int] | tuple[int, ...] = (), refine_rule: str = "lower",
+           refine: list[int] | tuple[int, ...] = (), swap: str = "swap",
            ) -> tuple[dict[int, tuple[int, ...]], dict, object]:
     """The depth DP exactly as `amoeba select` runs it (:func:`amoeba_core.select.select_depth`); its layers,
     stats and calibration windows (ShortGPT gets the same ones). Metric ``worst``: :func:`run_dp_worst`.
-    ``refine``: depths whose DP set is then improved by swaps on the same metric (``+swap`` settings;
-    ``+sigswap``: ``refine_rule="significant"``; ``+confirm``: ``refine_rule="confirm"``)."""
+    ``refine``: depths whose DP set is then improved by swaps on the same metric, taken by the rule
+    ``SWAP_RULES[swap]`` (``swap``: ``+swap``, ``+sigswap`` or ``+confirm`` without the plus)."""
     if metric == "worst":
         return run_dp_worst(loaded, min_depth, windows, cache)
     t0 = time.perf_counter()
+    refine_rule, judge = SWAP_RULES[swap]
     r, calib = select_depth(loaded, min_depth, SEQ, windows, cache, metric=metric, balance=balance, refine=refine,
-                            refine_rule=refine_rule)
+                            judge=judge)
     print(f"  DP on calibration {metric} with {windows} {'source-balanced' if balance else 'spread'} window(s): "
           f"{r.n_evaluations} evaluations "
           f"({r.n_cached} cached) in {r.seconds:.0f} s"
@@ -442,7 +451,7 @@ def main() -> None:
     selections: dict[str, dict] = {}  # "<metric>:<budget>[:bal]" -> layers per method
     for metric, b, bal, swap in settings:
         layers, stats, calib_ids = run_dp(loaded, min(depths), b, cache_dir / "dp_scores.jsonl", metric, bal,
-                                          refine=depths if swap else (), refine_rule=SWAP_RULES.get(swap, "lower"))
+                                          refine=depths if swap else (), swap=swap or "swap")
         influence = block_influence(loaded, calib_ids)
         selections[setting_label(metric, b, bal, swap)] = {"dp": {d: layers[d] for d in depths},
                                        "shortgpt": block_influence_layers(influence, depths),

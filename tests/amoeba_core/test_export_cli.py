@@ -106,7 +106,7 @@ def test_cli_select_with_swaps_records_them(tmp_path: Path, capsys: pytest.Captu
     z = tmp_path / "z.yaml"
     base = ["select", "--model", "tiny", "--min-depth", "2", "--out", str(z)]
     for bad in (["--refine-depths", "3,,2"], ["--refine-depths", "x"], ["--refine-depths", "1"],
-                ["--refine-depths", "5"], ["--refine-depths", "3", "--swap-rule", "any"],
+                ["--refine-depths", "5"],
                 ["--refine-depths", "3", "--confirm-windows", "0"]):
         assert _run([*base, *bad]) == 2, bad
         assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: "), bad

@@ -13,7 +13,7 @@ import pytest
 from amoeba_core.depth import dp_depth, swap_candidates, swap_refine
 from amoeba_core.errors import AmoebaError
 from amoeba_core.model import LoadedModel, _finish, random_llama, tiny_tokenizer
-from amoeba_core.select import screen_evaluator, select_depth
+from amoeba_core.select import screen_evaluator, select_depth, significant_gain
 from amoeba_core.shape import ModelGeometry, SubnetShape
 
 N = 8
@@ -156,13 +156,18 @@ def test_a_refused_swap_stops_the_search_and_is_recorded() -> None:
     assert "refused" not in free.record()
 
 
+def _any_lower(calib: object) -> None:  # a judge that takes every lower-scoring swap (benchmarks/stage1.py's +swap)
+    return None
+
+
 def test_significant_rule_takes_only_swaps_whose_interval_excludes_zero(deep: LoadedModel, tmp_path: Path) -> None:
     from amoeba_core.evaluate import compare
 
     cache = tmp_path / "dp.jsonl"
-    lower, _ = select_depth(deep, 6, calib_seq_len=32, calib_windows=4, cache=cache, refine=(8, 7, 6))
+    lower, _ = select_depth(deep, 6, calib_seq_len=32, calib_windows=4, cache=cache, refine=(8, 7, 6),
+                            judge=_any_lower)
     sig, calib = select_depth(deep, 6, calib_seq_len=32, calib_windows=4, cache=cache, refine=(8, 7, 6),
-                              refine_rule="significant")
+                              judge=significant_gain)
     shape = lambda removed: _kept(10, removed)  # noqa: E731
     for d in (8, 7, 6):
         r = sig.refined[d]
@@ -180,8 +185,6 @@ def test_significant_rule_takes_only_swaps_whose_interval_excludes_zero(deep: Lo
         # the same search, stopped earlier or at the same place: its swaps are the plain rule's first ones
         assert _without_judge(r.moves) == lower.refined[d].moves[:len(r.moves)] and r.score >= lower.refined[d].score
     assert any(sig.refined[d].refused or sig.refined[d].moves for d in (8, 7, 6))
-    with pytest.raises(AmoebaError, match="swap rule"):
-        select_depth(deep, 6, calib_seq_len=32, calib_windows=4, cache=cache, refine=(8,), refine_rule="any")
 
 
 def test_confirm_rule_judges_swaps_on_more_calibration_windows(deep: LoadedModel, tmp_path: Path) -> None:
@@ -189,9 +192,10 @@ def test_confirm_rule_judges_swaps_on_more_calibration_windows(deep: LoadedModel
     from amoeba_core.select import confirm_evaluator
 
     cache = tmp_path / "dp.jsonl"
-    lower, _ = select_depth(deep, 6, calib_seq_len=32, calib_windows=4, cache=cache, refine=(8, 7, 6))
+    lower, _ = select_depth(deep, 6, calib_seq_len=32, calib_windows=4, cache=cache, refine=(8, 7, 6),
+                            judge=_any_lower)
     conf, calib = select_depth(deep, 6, calib_seq_len=32, calib_windows=4, cache=cache, refine=(8, 7, 6),
-                               refine_rule="confirm", confirm_windows=12)
+                               confirm_windows=12)  # the library's rule
     judge = confirm_evaluator(calib, 12)
     # 12 distinct windows (half from each source): a larger budget than the search's 4, same split and cache
     assert judge.n_windows == 12 and judge.cache == calib.cache and judge.split == calib.split
