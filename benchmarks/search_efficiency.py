@@ -11,8 +11,9 @@ the lowest accuracy of the space) is the target's 100%.
    ``<run>/accuracy.parquet``. A re-run is free.
 2. The methods are replayed against that cache, each charged the tokens it would have evaluated:
    multi-fidelity hierarchical search (screen at the cheapest rung, promote while the interval
-   reaches the front; each ladder under the default promotion rule, the largest expected gain per
-   token first, and under the earlier one, ``-interval``), the same hierarchical scheme at the full
+   reaches the front; each ladder under search.hierarchical's promotion rule, the largest expected gain
+   per token first, and under the earlier one, ``-interval``, kept in benchmarks/_interval_promotion.py),
+   the same hierarchical scheme at the full
    budget only, and NSGA-II, TPE and
    random search at the full budget (5 seeds each; the hierarchical schemes are deterministic).
    A method's front is made of the shapes it scored at the full budget, valued at those scores.
@@ -242,7 +243,10 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("AMOEBA_THREADS", "2")))
     from search.cli import _widths
     from search.evolutionary import run_optuna
-    from search.hierarchical import PROMOTIONS, run_hierarchical
+    from benchmarks._interval_promotion import run_interval
+    from search.hierarchical import run_hierarchical
+
+    promotions = ("value", "interval")  # search.hierarchical's rule, and the earlier one it replaced
     from search.objectives import AccuracyTable, LatencyObjective, MultiFidelityAccuracy
     from search.pareto import hypervolume, pareto_indices
     from search.problem import SearchProblem
@@ -276,18 +280,19 @@ def main() -> None:
     # of those windows (derived from the stored per-window sums, exactly what scoring them alone gives).
     mf = MultiFidelityAccuracy.from_stage1(args.strategy, table, split="val", seq_len=args.seq_len,
                                            max_windows=args.windows, rungs=(args.windows,))
-    # Each ladder under both promotion rules (search.hierarchical.PROMOTIONS), side by side on the same cache:
-    # "hierarchical-mf[...]" is the default ("value"), "hierarchical-mf-interval[...]" the earlier rule.
+    # Each ladder under both promotion rules, side by side on the same cache: "hierarchical-mf[...]" is
+    # search.hierarchical's ("value"), "hierarchical-mf-interval[...]" the earlier rule
+    # (benchmarks/_interval_promotion.py).
     mfs = {f"hierarchical-mf{'' if rule == 'value' else '-' + rule}[{','.join(map(str, lad))}]":
            MultiFidelityAccuracy(mf.run_windows, table, mf.base, mf.rungs[-1], args.seq_len, lad, mf.window_doc)
-           for rule in PROMOTIONS for lad in ladders}
+           for rule in promotions for lad in ladders}
     shapes = space.shapes()
     full_tokens = mf.tokens(-1)
     axes = (f"{len(space.attn_widths)} attention x {len(space.widths)} MLP widths" if space.attn_widths
             else f"{len(space.widths)} widths")
     print(f"space: {len(space.depths)} depths x {axes} = {space.size} shapes "
           f"({space.model}, {args.device}/{args.flow} {args.phase}); full budget {mf.rungs[-1]} x {args.seq_len} "
-          f"tokens; ladders {[list(lad) for lad in ladders]}, promotion rules {list(PROMOTIONS)}", flush=True)
+          f"tokens; ladders {[list(lad) for lad in ladders]}, promotion rules {list(promotions)}", flush=True)
     t0, load0 = time.perf_counter(), loadavg()
     # Width by width, shallow to deep: the evaluator reuses the hidden states of a shared prefix.
     todo = sorted(shapes, key=lambda s: (s.attn_width or 0.0, s.width, s.depth))
@@ -331,9 +336,10 @@ def main() -> None:
         for seed in seeds:
             p = SearchProblem(space, mfs.get(method, full_only), latency)
             t1 = time.perf_counter()
-            if method.startswith("hierarchical"):
-                run_hierarchical(p, tol=0.0, max_evaluations=space.size,
-                                 promotion="interval" if method.startswith("hierarchical-mf-interval") else "value")
+            if method.startswith("hierarchical-mf-interval"):
+                run_interval(p, tol=0.0, max_evaluations=space.size)
+            elif method.startswith("hierarchical"):
+                run_hierarchical(p, tol=0.0, max_evaluations=space.size)
             else:
                 def reached(study: optuna.Study, _: object, p: SearchProblem = p) -> None:
                     hv = hypervolume([e.latency_ms for e in p.history], [e.accuracy for e in p.history], *ref)
@@ -424,9 +430,10 @@ def main() -> None:
                                              "and the upper end of its window-adjusted posterior adds hypervolume to "
                                              "the full-budget front; the open shape with the largest expected "
                                              "hypervolume gain per token left on its ladder is raised first "
-                                             "(promotion='value', the default)",
+                                             "(search.hierarchical's rule, promotion='value')",
                      "hierarchical-mf-interval[...]": "the same, with the earlier promotion rule "
-                                                      "(promotion='interval'): the most-raised open shape first (its "
+                                                      "(promotion='interval', benchmarks/_interval_promotion.py): "
+                                                      "the most-raised open shape first (its "
                                                       "ladder is finished before cheaper rungs of others), by the "
                                                       "gain of its raw interval's upper end among those",
                      "cost": "tokens run through the model (windows x seq_len), charged as if evaluated "

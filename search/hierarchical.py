@@ -39,28 +39,16 @@ accuracy interval still reaches the current front, i.e. no shape at most as slow
 paired difference whose interval excludes 0 (:func:`amoeba_core.stats.paired_diff` on the
 windows both have scored, at least ``MIN_PAIRED_WINDOWS`` (8) of them; ``prune_level`` 98% by
 default, stricter than the 90% reported everywhere, because a shape is tested against several
-faster ones). Which open shape is raised next (``promotion``):
-
-- ``"value"`` (default): the one with the largest *expected* hypervolume gain per token left on its
-  ladder. The expectation is over a window-adjusted posterior of its full-budget score: every window's
-  difficulty is shared by all shapes, so once two shapes are at the full budget each window's offset
-  (``delta_w``) is known, a screened shape's estimate is the mean of its windows' accuracy minus their
-  offsets, and its sd is the pooled residual sd scaled to the windows still missing
-  (:meth:`HierarchicalSearch._posterior`; on the 128-window SmolLM2 cache the offsets took the per-window
-  sd from 0.063 to 0.045 in a scratch look, not in a result file). The optimism that keeps a shape open
-  is that posterior's upper end.
-- ``"interval"`` (the earlier rule): the most-raised open shape first (a shape's ladder is finished
-  before cheaper rungs of others are run), among those in order of optimistic gain (hypervolume its raw
-  interval's upper end would add to the front of full-budget shapes; below 8 windows that upper end is
-  widened to a Wilson bound over the rung's tokens, :func:`_upper`).
-
-By default the exploration only screens;
-promotion starts when it ends, first for shapes on the front of current estimates, then for the
-rest whose interval still reaches the front (``promote_early``: raise front shapes while
-exploring). In scratch replays of benchmarks/search_efficiency.py's SmolLM2 caches (not in its result
-files), screening first reached 99% of the front for fewer tokens on the 80-shape space and on the
-240-shape space at a 64-window full budget (ladder 2/8/64: 0.19 vs 0.25 of the exhaustive tokens);
-promoting early did better only on the 240-shape space at 16 windows (2/8/16: 0.28 vs 0.34).
+faster ones). The open shape raised next is the one with the largest *expected* hypervolume gain per
+token left on its ladder. The expectation is over a window-adjusted posterior of its full-budget score:
+every window's difficulty is shared by all shapes, so once two shapes are at the full budget each window's
+offset (``delta_w``) is known, a screened shape's estimate is the mean of its windows' accuracy minus their
+offsets, and its sd is the pooled residual sd scaled to the windows still missing
+(:func:`search.halving.window_posterior`). The optimism that keeps a shape open is that posterior's upper
+end. (benchmarks/search_efficiency.py replays the rule it replaced, the most-raised open shape first by the
+gain of its raw interval's upper end, side by side; see its result files.) The exploration only screens;
+promotion starts when it ends, first for shapes on the front of current estimates, then for the rest whose
+interval still reaches the front.
 Optuna's pruners do not support
 multi-objective studies, so this lives here. Full-budget shapes are finished trials (lower rungs as
 intermediate values, step = windows); shapes that never reached the full budget are PRUNED trials
@@ -71,59 +59,26 @@ from __future__ import annotations
 
 import logging
 import math
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
+from amoeba_core.shape import as_axes
+from search.halving import MIN_PAIRED_WINDOWS, PRUNE_LEVEL, upper_bound, window_posterior
+from search.objectives import AccuracyRecord
 from search.pareto import hypervolume, pareto_indices
 from search.problem import DIRECTIONS, SearchProblem
 
 log = logging.getLogger(__name__)
 
-# A screened shape stops when a faster-or-equal shape beats it by a paired interval at this level that
-# excludes 0 (two-sided 98%: 1% one-sided error per comparison, as a shape is compared with several).
-PRUNE_LEVEL = 0.98
-# ... and only on at least this many shared windows: a bootstrap over 2 windows excludes 0 whenever
-# both differences have the same sign (on the 240-shape SmolLM2 space, ladders starting at 2 windows
-# pruned front shapes that way and never reached 99% of the front).
-MIN_PAIRED_WINDOWS = 8
-PROMOTIONS = ("value", "interval")
-
-
-def _upper(rec: Any) -> float:
-    """Upper end of a screened shape's top-1 interval, for optimism.
-
-    Below ``MIN_PAIRED_WINDOWS`` windows a bootstrap over windows is degenerate (over 2 windows
-    its upper end is about the better window's accuracy), so the interval is widened to at least
-    a Wilson bound over the rung's tokens at ``PRUNE_LEVEL`` (tokens of a window are correlated, so
-    this is still optimistic about the precision; it only keeps a cheap score from closing a region).
-    """
-    hi = rec.interval()[1]
-    n_win = len(rec.window_correct or ())
-    if 0 < n_win < MIN_PAIRED_WINDOWS and rec.window_count:
-        n = float(sum(rec.window_count))
-        p = float(sum(rec.window_correct)) / n
-        z = NormalDist().inv_cdf(0.5 + PRUNE_LEVEL / 2)  # two-sided PRUNE_LEVEL: 2.326 at 98%
-        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-        hi = max(hi, centre + half)
-    return float(hi)
+Key = tuple[int, int]  # (depth index, width index) of a shape in the space
 
 
 def run_hierarchical(problem: SearchProblem, max_evaluations: int | None = None, tol: float = 1e-3,
                      depth_tol: float = 5e-3, storage: Any = None, study_name: str | None = None,
-                     ref_accuracy: float = 0.0, prune_level: float = PRUNE_LEVEL, promote_early: bool = False,
-                     promotion: str = "value") -> Any:
-    """Run the scheme above; returns the Optuna study holding one trial per evaluated shape.
-
-    ``promotion`` (multi-fidelity only): ``"value"`` (default) raises the open shape with the largest expected
-    hypervolume gain per token left on its ladder; ``"interval"`` is the earlier rule (the most-raised open shape
-    first, by the gain of its raw interval's upper end)."""
+                     ref_accuracy: float = 0.0, prune_level: float = PRUNE_LEVEL) -> Any:
+    """Run the scheme above; returns the Optuna study holding one trial per evaluated shape."""
     import optuna
-
-    if promotion not in PROMOTIONS:
-        raise ValueError(f"promotion must be one of {PROMOTIONS}, got {promotion!r}")
 
     study = optuna.create_study(storage=storage, study_name=study_name, directions=list(DIRECTIONS),
                                 load_if_exists=True)
@@ -131,10 +86,7 @@ def run_hierarchical(problem: SearchProblem, max_evaluations: int | None = None,
     study.set_user_attr("method", "hierarchical")
     if problem.budget_ms is not None:
         study.set_user_attr("budget_ms", problem.budget_ms)
-    search = HierarchicalSearch(problem, study, max_evaluations, tol, depth_tol, ref_accuracy, prune_level)
-    search.eager = promote_early
-    search.promotion = promotion
-    search.run()
+    HierarchicalSearch(problem, study, max_evaluations, tol, depth_tol, ref_accuracy, prune_level).run()
     return study
 
 
@@ -149,12 +101,12 @@ class HierarchicalSearch:
         self.lat = np.array([[problem.latency(space.shape(d, w)).ms for w in space.width_axis] for d in space.depths])
         budget = problem.budget_ms
         self.ok = self.lat <= budget if budget is not None else np.ones_like(self.lat, dtype=bool)
-        self.acc: dict[tuple[int, int], float] = {}
+        self.acc: dict[Key, float] = {}
         # Best case of an evaluated shape for the candidates' optimism: its interval's upper end when
         # the accuracy carries one (a noisy low score must not close a region), else the value.
-        self._best: dict[tuple[int, int], float] = {}
+        self._best: dict[Key, float] = {}
         # (attention, MLP) width per width index: one ratio sets both unless the space has an attention axis
-        wv = np.array([(w.attn, w.mlp) if hasattr(w, "mlp") else (w, w) for w in space.width_axis], dtype=float)
+        wv = np.array([as_axes(w) for w in space.width_axis], dtype=float)
         self.two_axes = bool(space.attn_widths)
         self.wider = (wv[:, None, :] >= wv[None, :, :]).all(axis=2)  # wider[j2, j]: j2 at least as wide on both axes
         self.feasible_depths = [i for i in range(self.D) if self.ok[i].any()]
@@ -163,14 +115,11 @@ class HierarchicalSearch:
         self.ref_lat = float(self.lat[self.ok].max()) * (1 + 1e-9) + 1e-12 if self.ok.any() else 0.0
         mf = problem.fidelity
         self.top = len(mf.rungs) - 1 if mf is not None else 0
-        self.recs: dict[tuple[int, int], Any] = {}  # multi-fidelity: latest record per shape
-        self._paired: dict[tuple[Any, ...], bool] = {}
-        self._exploring = False
-        self.eager = False  # promote_early: raise front shapes while exploring (default: screen first)
-        self.promotion = "value"
+        self.recs: dict[Key, AccuracyRecord] = {}  # multi-fidelity: latest record per shape
+        self._paired: dict[tuple[Key, int, Key, int], bool] = {}
 
     # -- bookkeeping -------------------------------------------------------------------
-    def _shape(self, k: tuple[int, int]) -> Any:
+    def _shape(self, k: Key) -> Any:
         return self.p.space.shape(self.p.space.depths[k[0]], self.p.space.width_axis[k[1]])
 
     def _eval(self, i: int, j: int) -> None:
@@ -178,30 +127,29 @@ class HierarchicalSearch:
             return
         if self.top > 0:
             self._raise((i, j), 0)
-            if self._exploring and self.eager:  # not during the coarse pass: its shapes are compared with each other first
-                self._promote()
             return
         shape = self._shape((i, j))
         known = len(self.p.history)
         ev = self.p.evaluate(shape)
         self.acc[(i, j)] = ev.accuracy
-        self._best[(i, j)] = ev.accuracy if ev.accuracy_hi is None else max(ev.accuracy, ev.accuracy_hi)
+        hi = ev.score.top1_hi if ev.score is not None else None
+        self._best[(i, j)] = ev.accuracy if hi is None else max(ev.accuracy, hi)
         if len(self.p.history) > known:
             self.p.record(self.study, ev)
 
     # -- multi-fidelity -----------------------------------------------------------------
-    def _rung(self, k: tuple[int, int]) -> int:
+    def _rung(self, k: Key) -> int:
         return self.p.rung_of.get(self._shape(k).key, -1)
 
-    def _raise(self, k: tuple[int, int], rung: int) -> None:
+    def _raise(self, k: Key, rung: int) -> None:
         shape = self._shape(k)
         known = len(self.p.history)
         rec = self.p.screen(shape, rung)
-        self.recs[k], self.acc[k], self._best[k] = rec, rec.top1_acc, max(rec.top1_acc, _upper(rec))
+        self.recs[k], self.acc[k], self._best[k] = rec, rec.top1_acc, max(rec.top1_acc, upper_bound(rec))
         if len(self.p.history) > known:
             self.p.record(self.study, self.p.history[-1])
 
-    def _surely_beaten(self, k: tuple[int, int], front: list[tuple[int, int]]) -> bool:
+    def _surely_beaten(self, k: Key, front: list[Key]) -> bool:
         """True when a front shape at most as slow as ``k`` is significantly more accurate on shared windows."""
         from amoeba_core.stats import paired_diff
 
@@ -228,8 +176,8 @@ class HierarchicalSearch:
     def _promote(self, final: bool = False) -> None:
         """Successive halving: raise shapes whose interval reaches the front, most valuable first.
 
-        During exploration only shapes on the front of current estimates are raised; the others whose
-        interval still reaches the front wait until exploration ends (``final``)."""
+        First only shapes on the front of current estimates are raised; with ``final`` the others whose
+        interval still reaches the front too."""
         while True:
             keys = list(self.recs)
             lat = np.array([self.lat[k] for k in keys])
@@ -238,82 +186,43 @@ class HierarchicalSearch:
             open_ = [k for k in pool if self._rung(k) < self.top and not self._surely_beaten(k, front)]
             if not open_:
                 return
-            decided = [k for k in keys if self._rung(k) == self.top]
-            dl = np.array([self.lat[k] for k in decided])
-            da = np.array([self.acc[k] for k in decided])
-            base = hypervolume(dl, da, self.ref_lat, self.ref_acc) if decided else 0.0
-            post = self._posterior(decided) if self.promotion != "interval" else None
-
-            def hv_gain(k: tuple[int, int], a: float) -> float:
-                return hypervolume(np.append(dl, self.lat[k]), np.append(da, a), self.ref_lat, self.ref_acc) - base
-
-            def gain(k: tuple[int, int]) -> tuple[float, float, float]:
-                hi = _upper(self.recs[k]) if post is None else post(k)[2]
-                return (hv_gain(k, hi), hi, -float(self.lat[k]))
-
-            gains = {k: gain(k) for k in open_}
-            floor = self.tol * self._box() if decided else -math.inf
-            open_ = [k for k in open_ if gains[k][0] > max(floor, 0.0) or not decided]
-            if not open_:
+            k = self._pick(open_, [k for k in keys if self._rung(k) == self.top])
+            if k is None:
                 return
-            # "value": raise the open shape with the largest expected hypervolume gain (its full-budget score under
-            # the window-adjusted posterior, 9-point Gauss-Hermite) per token still missing on its ladder, so a
-            # nearly-decided shape with a real chance of adding to the front goes before a cheap long shot.
-            # "interval" (the earlier rule): finish a shape's ladder before raising others, the most-raised open
-            # shape first, best upper-end gain among those. Chosen before replaying (benchmarks/search_efficiency.py,
-            # whose result files run both side by side).
-            if post is not None:
-                nodes, weights = np.polynomial.hermite_e.hermegauss(9)
-                weights = weights / weights.sum()
-
-                def value(k: tuple[int, int]) -> float:
-                    est, sd, _ = post(k)
-                    eg = sum(w * hv_gain(k, est + sd * x) for x, w in zip(nodes, weights))
-                    return eg / self.p.fidelity.cost(self._rung(k), self.top)
-
-                k = max(open_, key=lambda k: (value(k), gains[k]))
-            else:
-                k = max(open_, key=lambda k: (self._rung(k), gains[k]))
             self._raise(k, self._rung(k) + 1)
 
-    def _posterior(self, decided: list[tuple[int, int]]) -> Any:
-        """(estimate, sd, upper end) of a screened shape's full-budget top-1, window-adjusted.
+    def _hv_gain(self, decided: list[Key]) -> Any:
+        """``gain(k, a)``: hypervolume shape ``k`` at accuracy ``a`` adds to the front of the ``decided`` shapes."""
+        dl = np.array([self.lat[k] for k in decided])
+        da = np.array([self.acc[k] for k in decided])
+        base = hypervolume(dl, da, self.ref_lat, self.ref_acc) if decided else 0.0
 
-        Every window's difficulty is common to all shapes: ``delta_w`` = mean over full-budget shapes of
-        (window accuracy - full accuracy). A screened shape's estimate is the token-weighted mean of its
-        scored windows' (accuracy - delta_w); its sd ``sigma * sqrt((N - n) / (N n))`` with ``sigma`` the
-        pooled residual sd of the full-budget shapes' windows. The offsets' own error is left out (it
-        shrinks as shapes reach the full budget; with the first few the sd is optimistic). With fewer
-        than 2 full-budget shapes: the raw score and its interval (:func:`_upper`)."""
-        z = NormalDist().inv_cdf(0.5 + self.prune_level / 2)
+        def gain(k: Key, a: float) -> float:
+            return hypervolume(np.append(dl, self.lat[k]), np.append(da, a), self.ref_lat, self.ref_acc) - base
 
-        def raw(k: tuple[int, int]) -> tuple[float, float, float]:
-            hi = _upper(self.recs[k])
-            return self.acc[k], max(hi - self.acc[k], 0.0) / z, hi
+        return gain
 
-        if len(decided) < 2:
-            return raw
-        C = np.array([self.recs[k].window_correct for k in decided], dtype=float)
-        T = np.array([self.recs[k].window_count for k in decided], dtype=float)
-        A = C / np.maximum(T, 1)
-        full = C.sum(1, keepdims=True) / T.sum(1, keepdims=True)
-        delta = (A - full).mean(0)
-        res = A - full - delta
-        n_s, n_w = A.shape
-        sigma = float(np.sqrt((res ** 2).sum() / max((n_s - 1) * (n_w - 1), 1)))
-        N = n_w
+    def _pick(self, open_: list[Key], decided: list[Key]) -> Key | None:
+        """The open shape to raise next: the largest expected hypervolume gain (its full-budget score under the
+        window-adjusted posterior, 9-point Gauss-Hermite) per token still missing on its ladder, so a
+        nearly-decided shape with a real chance of adding to the front goes before a cheap long shot. None
+        when no open shape's optimistic gain (the posterior's upper end) adds ``tol`` of the box."""
+        hv_gain, post = self._hv_gain(decided), window_posterior(self.recs, decided, self.prune_level)
+        gains = {k: (hv_gain(k, post(k)[2]), post(k)[2], -float(self.lat[k])) for k in open_}
+        if decided:
+            floor = max(self.tol * self._box(), 0.0)
+            open_ = [k for k in open_ if gains[k][0] > floor]
+        if not open_:
+            return None
+        nodes, weights = np.polynomial.hermite_e.hermegauss(9)
+        weights = weights / weights.sum()
 
-        def adjusted(k: tuple[int, int]) -> tuple[float, float, float]:
-            r = self.recs[k]
-            n = len(r.window_correct or ())
-            if n == 0 or n > N:
-                return raw(k)
-            c, t = np.array(r.window_correct, dtype=float), np.array(r.window_count, dtype=float)
-            est = float(((c / np.maximum(t, 1) - delta[:n]) * t).sum() / t.sum())
-            sd = sigma * math.sqrt(max(N - n, 0) / (N * n))
-            return est, sd, est + z * sd
+        def value(k: Key) -> float:
+            est, sd, _ = post(k)
+            eg = sum(w * hv_gain(k, est + sd * x) for x, w in zip(nodes, weights))
+            return eg / self.p.fidelity.cost(self._rung(k), self.top)
 
-        return adjusted
+        return max(open_, key=lambda k: (value(k), gains[k]))
 
     def _done(self) -> bool:
         return len(self.acc) >= self.max_evals
@@ -440,9 +349,6 @@ class HierarchicalSearch:
             if self._done():
                 return
             self._eval(i, self.widest[i])
-        self._exploring = True
-        if self.top > 0 and self.eager:
-            self._promote()
         while self._step(self._depth_candidates(), self.depth_tol):
             pass
         if self.two_axes:

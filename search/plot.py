@@ -95,9 +95,9 @@ def _latency(index: QueryIndex, device: str, flow: str, phase: str, variant: str
 
 def _variant(index: QueryIndex, device: str, flow: str, phase: str, variant: str | None) -> tuple[str | None, str | None]:
     """(variant drawn, note naming the others when several exist and none was asked for)."""
-    ix: Any = index.index(device, flow, phase, variant) if variant is not None else index.index(device, flow, phase)
-    taken = getattr(ix, "variant", None) or variant
-    variants = tuple(getattr(ix, "variants", ()) or ())
+    ix = index.index(device, flow, phase, variant) if variant is not None else index.index(device, flow, phase)
+    taken = ix.variant or variant
+    variants = ix.variants
     if variant is not None or taken is None or len(variants) < 2:
         return taken, None
     others = ", ".join(v for v in variants if v != taken)
@@ -147,7 +147,7 @@ def draw(data: FrontPlotData, out: Path | str) -> Path:
     if measured:
         ax.scatter([p.latency_ms for p in measured], [p.accuracy for p in measured], s=70, facecolors="none",
                    edgecolors="k", label="latency measured", zorder=5)
-    extrapolated = [p for f in (data.front, *(f for _, f in data.others)) for p in f if getattr(p, "extrapolated", None)]
+    extrapolated = [p for f in (data.front, *(f for _, f in data.others)) for p in f if p.extrapolated]
     if extrapolated:
         ax.scatter([p.latency_ms for p in extrapolated], [p.accuracy for p in extrapolated], s=90, marker="D",
                    facecolors="none", edgecolors="tab:red", label="latency extrapolated", zorder=5)
@@ -182,8 +182,8 @@ def _errorbars(ax: Any, pts: list[Point], color: str, label: str, zorder: int) -
         high = np.array([(hv if hv is not None else v) - v for v, hv in zip(vals, hi)])
         return np.vstack([np.clip(low, 0, None), np.clip(high, 0, None)])
 
-    yerr = err(y, [getattr(p, "accuracy_lo", None) for p in pts], [getattr(p, "accuracy_hi", None) for p in pts])
-    xerr = err(x, [getattr(p, "lo_ms", None) for p in pts], [getattr(p, "hi_ms", None) for p in pts])
+    yerr = err(y, [p.accuracy_lo for p in pts], [p.accuracy_hi for p in pts])
+    xerr = err(x, [p.lo_ms for p in pts], [p.hi_ms for p in pts])
     ax.errorbar(x, y, yerr=yerr if yerr.any() else None, xerr=xerr if xerr.any() else None, fmt="o", ms=5, c=color,
                 ecolor=color, elinewidth=0.8, capsize=2, label=label, zorder=zorder)
 

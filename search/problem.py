@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from amoeba_core.shape import SubnetShape
-from search.objectives import AccuracyRecord, ShapeLatency
+from search.objectives import AccuracyRecord, MultiFidelityAccuracy, ShapeLatency
 from search.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -26,21 +26,43 @@ DIRECTIONS = ("maximize", "minimize")
 
 @dataclass(frozen=True)
 class Evaluation:
+    """A scored shape, the one result type of the search: the shape, its latency estimate (with the
+    profiler's interval and extrapolation flag) and its accuracy score (with its 90% interval over windows;
+    None when the accuracy function gives a bare number)."""
+
     shape: SubnetShape
+    latency: ShapeLatency
     accuracy: float
-    latency_ms: float
-    latency_source: str
-    ppl: float | None = None
-    accuracy_lo: float | None = None  # 90% interval of the accuracy (bootstrap over windows)
-    accuracy_hi: float | None = None
-    windows: int | None = None  # the fidelity it was scored at
-    latency_lo: float | None = None  # latency interval and extrapolation flag, when the profiler gives them
-    latency_hi: float | None = None
-    extrapolated: bool | None = None
+    score: AccuracyRecord | None = None
 
     @property
     def key(self) -> str:
         return self.shape.key
+
+    @property
+    def latency_ms(self) -> float:
+        return self.latency.ms
+
+    @property
+    def latency_source(self) -> str:
+        return self.latency.source
+
+    @property
+    def ppl(self) -> float | None:
+        return None if self.score is None else self.score.ppl
+
+    @property
+    def accuracy_lo(self) -> float | None:
+        return None if self.score is None else self.score.top1_lo
+
+    @property
+    def accuracy_hi(self) -> float | None:
+        return None if self.score is None else self.score.top1_hi
+
+    @property
+    def windows(self) -> int | None:
+        """The fidelity it was scored at."""
+        return None if self.score is None else self.score.windows
 
 
 class SearchProblem:
@@ -67,10 +89,10 @@ class SearchProblem:
         self.screens: dict[str, AccuracyRecord] = {}  # multi-fidelity: latest record per shape key
 
     @property
-    def fidelity(self) -> Any:
+    def fidelity(self) -> MultiFidelityAccuracy | None:
         """The multi-fidelity accuracy, or None for a single-fidelity problem."""
         fn = self.accuracy_fn
-        return fn if hasattr(fn, "rungs") and hasattr(fn, "score") else None
+        return fn if isinstance(fn, MultiFidelityAccuracy) else None
 
     # -- objectives -----------------------------------------------------------------
     def latency(self, shape: SubnetShape) -> ShapeLatency:
@@ -125,12 +147,9 @@ class SearchProblem:
 
     def _evaluation(self, shape: SubnetShape, acc: AccuracyRecord | float) -> Evaluation:
         lat = self.latency(shape)
-        extra = {"latency_lo": getattr(lat, "lo_ms", None), "latency_hi": getattr(lat, "hi_ms", None),
-                 "extrapolated": getattr(lat, "extrapolated", None)}
         if isinstance(acc, (int, float)):
-            return Evaluation(shape, float(acc), lat.ms, lat.source, **extra)
-        return Evaluation(shape, float(acc.top1_acc), lat.ms, lat.source, acc.ppl, acc.top1_lo, acc.top1_hi,
-                          acc.windows, **extra)
+            return Evaluation(shape, lat, float(acc))
+        return Evaluation(shape, lat, float(acc.top1_acc), acc)
 
     # -- Optuna encoding ------------------------------------------------------------
     def distributions(self) -> dict[str, Any]:
@@ -150,9 +169,10 @@ class SearchProblem:
                                  "latency_source": ev.latency_source, "ppl": ev.ppl}
         if ev.shape.attn_width is not None:
             attrs["attn_width"] = ev.shape.attn_width
-        for k in ("accuracy_lo", "accuracy_hi", "windows", "latency_lo", "latency_hi", "extrapolated"):
-            if getattr(ev, k) is not None:
-                attrs[k] = getattr(ev, k)
+        optional = {"accuracy_lo": ev.accuracy_lo, "accuracy_hi": ev.accuracy_hi, "windows": ev.windows,
+                    "latency_lo": ev.latency.lo_ms, "latency_hi": ev.latency.hi_ms,
+                    "extrapolated": ev.latency.extrapolated}
+        attrs.update({k: v for k, v in optional.items() if v is not None})
         fid = self.fidelity_attrs(ev.shape)
         if fid:
             attrs["fidelities"] = fid

@@ -19,10 +19,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from amoeba_core.errors import AmoebaError
 from amoeba_core.shape import SubnetShape, WidthAxes, normalize_width, split_key, width_key
+
+if TYPE_CHECKING:
+    from amoeba_core.strategy import Strategy
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +71,7 @@ class SearchSpace:
         return cls(model, ds, tuple(widths), {d: tuple(range(d)) for d in ds}, fingerprint="first-layers")
 
     @classmethod
-    def from_strategy(cls, strategy: Any, model: str | None = None, widths: Sequence[float] | None = None,
+    def from_strategy(cls, strategy: Strategy | str | Path, model: str | None = None, widths: Sequence[float] | None = None,
                       depths: Sequence[int] | None = None, attn_widths: Sequence[float] | None = None) -> SearchSpace:
         """From a Stage 1 strategy (object or YAML path); ``widths`` may refine the width axis;
         ``attn_widths`` makes attention width an axis of its own (``widths`` are then MLP widths)."""
@@ -85,7 +88,7 @@ class SearchSpace:
         if unknown:
             raise AmoebaError(f"depths {unknown} not in the strategy; it has {list(strategy.depths)}")
         ws = tuple(widths) if widths else tuple(strategy.widths)
-        geometry = getattr(strategy, "geometry", None)
+        geometry = strategy.geometry
         if geometry:  # zero heads/channels at some width: refused before a study is written
             from amoeba_core.shape import ModelGeometry
 
@@ -94,7 +97,7 @@ class SearchSpace:
             attn_widths = tuple(g.check_width(a, "attn") for a in (attn_widths or ()))
         layers = {d: tuple(strategy.shape(d, 1.0).layers) for d in ds}
         name = model or _strategy_model_name(strategy)
-        return cls(name, ds, ws, layers, str(getattr(strategy, "model_fingerprint", "") or ""), path,
+        return cls(name, ds, ws, layers, strategy.model_fingerprint, path,
                    tuple(attn_widths or ()))
 
     # -- access ---------------------------------------------------------------------
@@ -139,15 +142,13 @@ class SearchSpace:
                    d.get("strategy"), tuple(d.get("attn_widths") or ()))
 
 
-def _strategy_model_name(strategy: Any) -> str:
+def _strategy_model_name(strategy: Strategy) -> str:
     """The latency-table model name: the strategy's source when it is a preset, else its geometry's name."""
     from amoeba_core.shape import ModelGeometry
 
-    source = str(getattr(strategy, "model_source", "") or "")
-    if source in ModelGeometry.preset_names():
-        return source
-    geometry = getattr(strategy, "geometry", None)
-    name = geometry.get("name") if isinstance(geometry, dict) else getattr(geometry, "name", None)
+    if strategy.model_source in ModelGeometry.preset_names():
+        return strategy.model_source
+    name = strategy.geometry.get("name")
     if isinstance(name, str) and name:
         return name
     raise AmoebaError("the strategy does not name its model geometry; pass --model (e.g. smollm2-135m)")

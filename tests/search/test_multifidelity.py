@@ -147,6 +147,7 @@ def test_the_window_adjusted_posterior_removes_what_windows_share(tmp_path: Path
     # although its 4 windows are easier than the average (the raw score is off by their offset).
     import optuna
 
+    from search.halving import window_posterior
     from search.hierarchical import HierarchicalSearch
 
     space = SearchSpace.first_layers("llama2-7b", (30, 31, 32), (1.0,))
@@ -167,12 +168,10 @@ def test_the_window_adjusted_posterior_removes_what_windows_share(tmp_path: Path
     search._raise(k, 0)
     assert list(order[:4]) == [0, 8, 4, 12]
     assert search.acc[k] == pytest.approx(0.31)  # the raw score carries its windows' offset
-    est, sd, hi = search._posterior([(1, 0), (2, 0)])(k)
+    est, sd, hi = window_posterior(search.recs, [(1, 0), (2, 0)])(k)
     assert est == pytest.approx(0.30 + (offset.mean() / 100)) and sd == pytest.approx(0.0) and hi == pytest.approx(est)
     # Fewer than two full-budget shapes: the raw score and its interval.
-    assert search._posterior([(1, 0)])(k)[0] == search.acc[k]
-    with pytest.raises(ValueError, match="promotion"):
-        run_hierarchical(SearchProblem(space, mf, lat), promotion="fastest")
+    assert window_posterior(search.recs, [(1, 0)])(k)[0] == search.acc[k]
 
 
 @pytest.mark.slow  # lm-eval start-up and two subnet evaluations: about a minute on 2 cores
