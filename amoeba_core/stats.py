@@ -38,11 +38,6 @@ class Interval:
     def contains(self, x: float) -> bool:
         return self.lo <= x <= self.hi
 
-    @property
-    def half_width_rel(self) -> float:
-        """Half the interval's width relative to the value (0.03 = ±3%)."""
-        return (self.hi - self.lo) / (2 * abs(self.value)) if self.value else float("inf")
-
     def to_dict(self, prefix: str = "") -> dict[str, float]:
         d = asdict(self)
         return {f"{prefix}{k}": v for k, v in d.items()}
