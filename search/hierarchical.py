@@ -45,11 +45,10 @@ every window's difficulty is shared by all shapes, so once two shapes are at the
 offset (``delta_w``) is known, a screened shape's estimate is the mean of its windows' accuracy minus their
 offsets, and its sd is the pooled residual sd scaled to the windows still missing
 (:func:`search.halving.window_posterior`). The optimism that keeps a shape open is that posterior's upper
-end. (benchmarks/search_efficiency.py replays the rule it replaced, the most-raised open shape first by the
-gain of its raw interval's upper end, side by side; see its result files.) The exploration only screens;
-promotion starts when it ends, first for shapes on the front of current estimates, then for the rest whose
-interval still reaches the front.
-Optuna's pruners do not support
+end. (The rule it replaced, the most-raised open shape first by the gain of its raw interval's upper end,
+is kept in benchmarks/_interval_promotion.py; benchmarks/search_efficiency.py replays both side by side.)
+The exploration only screens; promotion starts when it ends, first for shapes on the front of current
+estimates, then for the rest whose interval still reaches the front. Optuna's pruners do not support
 multi-objective studies, so this lives here. Full-budget shapes are finished trials (lower rungs as
 intermediate values, step = windows); shapes that never reached the full budget are PRUNED trials
 carrying their rung scores and intervals.
@@ -63,7 +62,7 @@ from typing import Any
 
 import numpy as np
 
-from amoeba_core.shape import as_axes
+from amoeba_core.shape import SubnetShape, as_axes
 from search.halving import MIN_PAIRED_WINDOWS, PRUNE_LEVEL, upper_bound, window_posterior
 from search.objectives import AccuracyRecord
 from search.pareto import hypervolume, pareto_indices
@@ -119,7 +118,7 @@ class HierarchicalSearch:
         self._paired: dict[tuple[Key, int, Key, int], bool] = {}
 
     # -- bookkeeping -------------------------------------------------------------------
-    def _shape(self, k: Key) -> Any:
+    def _shape(self, k: Key) -> SubnetShape:
         return self.p.space.shape(self.p.space.depths[k[0]], self.p.space.width_axis[k[1]])
 
     def _eval(self, i: int, j: int) -> None:
