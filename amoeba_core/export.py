@@ -4,8 +4,14 @@
 Nothing half-written: output goes to a temporary sibling and is renamed into place only
 when complete.
 
-GGUF notes: tensors use llama.cpp names; Q and K rows are permuted from HF's rotate-half
-RoPE layout to llama.cpp's interleaved layout (``convert_hf_to_gguf.py``'s ``permute``).
+GGUF notes: the architecture is the one llama.cpp expects for the family (``llama`` for LLaMA
+and Mistral, ``qwen2``, ``qwen3``; keys carry that ``<arch>.`` prefix). Tensors use llama.cpp
+names (``blk.N.attn_q.bias`` for Qwen2's biases, ``blk.N.attn_q_norm``/``attn_k_norm`` for Qwen3's
+q/k norms, ``rope_freqs.weight`` for LLaMA-3.1 RoPE scaling). For the ``llama`` architecture Q and
+K rows are permuted from HF's rotate-half RoPE layout to llama.cpp's interleaved layout
+(``convert_hf_to_gguf.py``'s ``permute``); qwen2/qwen3 run RoPE in the NEOX layout and are written as is.
+llama.cpp's ``qwen2`` graph assumes ``n_heads x head_dim == hidden``; a Qwen2 subnet with fewer
+heads is written as the ``llama`` architecture (same biases, permuted rows), which llama.cpp runs.
 After width cutting ``hidden / n_heads`` no longer equals the head size, so
 ``llama.attention.key_length``/``value_length`` are written explicitly. Bias-compensation
 biases become ``attn_output.bias``/``ffn_down.bias`` (optional tensors in llama.cpp's LLaMA
@@ -41,7 +47,7 @@ log = logging.getLogger(__name__)
 FORMATS = ("hf", "gguf")
 Format = Literal["hf", "gguf"]
 _SKIP_KEYS = ("GGUF.", "general.architecture", "general.name", "general.size_label", "general.file_type",
-              "general.quantization_version", "llama.")
+              "general.quantization_version", "llama.", "qwen2.", "qwen3.")
 
 
 def export_subnet(
@@ -142,10 +148,22 @@ def write_gguf(sub: LlamaForCausalLM, loaded: LoadedModel, path: Path, dtype: st
     import gguf
     import numpy as np
 
+    from amoeba_core.geometry import FAMILIES, check_family
+
     cfg = sub.config
     hd = cfg.head_dim
     nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
-    w = gguf.GGUFWriter(str(path), "llama")
+    arch = FAMILIES[check_family(cfg.model_type)][2]
+    if arch == "qwen2" and nh * hd != cfg.hidden_size:
+        # llama.cpp's qwen2 graph sizes q/o by the embedding width; a subnet with fewer heads runs as its llama
+        # graph instead, which takes head counts and sizes from the keys and has the same optional q/k/v biases
+        log.info("qwen2 subnet with %d heads x %d != hidden %d: written as llama.cpp's llama architecture",
+                 nh, hd, cfg.hidden_size)
+        arch = "llama"
+    # llama.cpp's llama arch applies RoPE to interleaved pairs (HF rows are permuted, as convert_hf_to_gguf.py's
+    # LlamaModel does); qwen2/qwen3 use the NEOX (rotate-half) layout, HF's own, so their rows stay as they are.
+    permute = arch == "llama"
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_name(f"{loaded.source}:{shape.grid_key}")
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
@@ -159,6 +177,7 @@ def write_gguf(sub: LlamaForCausalLM, loaded: LoadedModel, path: Path, dtype: st
     rope = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
     w.add_rope_freq_base(float(rope))
     w.add_rope_dimension_count(hd)
+    rope_freqs = _rope_scaling(w, cfg, hd)
     w.add_vocab_size(cfg.vocab_size)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
     src = _source_gguf(loaded)
@@ -173,6 +192,8 @@ def write_gguf(sub: LlamaForCausalLM, loaded: LoadedModel, path: Path, dtype: st
 
     sd = sub.state_dict()
     w.add_tensor("token_embd.weight", arr(sd["model.embed_tokens.weight"]))
+    if rope_freqs is not None:
+        w.add_tensor("rope_freqs.weight", rope_freqs)
     names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
              "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
              "mlp.down_proj": "ffn_down"}
@@ -183,15 +204,18 @@ def write_gguf(sub: LlamaForCausalLM, loaded: LoadedModel, path: Path, dtype: st
         for hf, gg in names.items():
             m = sd[f"{p}{hf}.weight"].detach().float().cpu().numpy()
             bias = sd.get(f"{p}{hf}.bias")
-            if gg == "attn_q":
+            if gg == "attn_q" and permute:
                 m = _permute(m, nh)
                 bias = None if bias is None else _bias_perm(bias, nh)
-            elif gg == "attn_k":
+            elif gg == "attn_k" and permute:
                 m = _permute(m, nkv)
                 bias = None if bias is None else _bias_perm(bias, nkv)
             w.add_tensor(f"blk.{i}.{gg}.weight", m.astype(np.float16) if dtype == "f16" else m.astype(np.float32))
-            if bias is not None and bool((bias != 0).any()):
+            if bias is not None and (arch != "llama" or bool((bias != 0).any())):
                 w.add_tensor(f"blk.{i}.{gg}.bias", arr(bias, False))
+        for hf, gg in (("self_attn.q_norm", "attn_q_norm"), ("self_attn.k_norm", "attn_k_norm")):
+            if f"{p}{hf}.weight" in sd:
+                w.add_tensor(f"blk.{i}.{gg}.weight", arr(sd[f"{p}{hf}.weight"], False))
     w.add_tensor("output_norm.weight", arr(sd["model.norm.weight"], False))
     if not cfg.tie_word_embeddings:
         w.add_tensor("output.weight", arr(sd["lm_head.weight"]))
@@ -205,3 +229,38 @@ def _bias_perm(b: torch.Tensor, n_head: int) -> torch.Tensor:
     import torch
 
     return torch.from_numpy(_permute(b.detach().float().numpy()[:, None], n_head)[:, 0])
+
+
+def _rope_scaling(w: object, cfg: object, head_dim: int) -> np.ndarray | None:
+    """Write the RoPE scaling keys llama.cpp reads; LLaMA-3.1's ``llama3`` scaling becomes the
+    ``rope_freqs.weight`` tensor of per-frequency divisors (as convert_hf_to_gguf.py computes it)."""
+    import math
+
+    import gguf
+    import numpy as np
+
+    rope = dict(getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {})
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind == "default":
+        return None
+    if kind == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)  # type: ignore[attr-defined]
+        w.add_rope_scaling_factor(float(rope["factor"]))  # type: ignore[attr-defined]
+        return None
+    if kind != "llama3":
+        raise AmoebaError(f"GGUF export supports RoPE scaling default, linear and llama3, not {kind!r}")
+    base = float(rope.get("rope_theta", 10000.0))
+    factor, low, high = float(rope.get("factor", 8.0)), float(rope.get("low_freq_factor", 1.0)), \
+        float(rope.get("high_freq_factor", 4.0))
+    old_ctx = float(rope.get("original_max_position_embeddings", 8192))
+    out = []
+    for k in range(0, head_dim, 2):
+        wavelen = 2 * math.pi * base ** (k / head_dim)
+        if wavelen < old_ctx / high:
+            out.append(1.0)
+        elif wavelen > old_ctx / low:
+            out.append(factor)
+        else:
+            smooth = (old_ctx / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.asarray(out, dtype=np.float32)

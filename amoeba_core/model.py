@@ -1,7 +1,10 @@
 """Model building and loading.
 
-``llama_config``/``random_llama`` build a stock transformers ``LlamaForCausalLM`` of a given
-geometry with random weights (latency does not depend on weight values).
+``family_config``/``random_model`` build transformers' own class of a geometry's family
+(``LlamaForCausalLM``, ``MistralForCausalLM``, ``Qwen2ForCausalLM``, ``Qwen3ForCausalLM``) with
+random weights (latency does not depend on weight values); ``llama_config``/``random_llama`` are the
+older names. ``load_model`` loads an HF folder through ``AutoModelForCausalLM`` (supported
+families only), a GGUF file, or the bundled SmolLM2.
 """
 
 from __future__ import annotations
@@ -9,10 +12,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from amoeba_core.cache import cache_root, cached, release, touch
 from amoeba_core.errors import AmoebaError, NotInstalledError
@@ -20,15 +24,22 @@ from amoeba_core.shape import ModelGeometry
 
 if TYPE_CHECKING:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+    from transformers import LlamaForCausalLM, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
 
-def llama_config(geometry: ModelGeometry) -> LlamaConfig:
-    from transformers import LlamaConfig
+def family_config(geometry: ModelGeometry) -> PretrainedConfig:
+    """The transformers config of ``geometry``'s family (LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config)."""
+    import transformers
 
-    config = LlamaConfig(
+    from amoeba_core.geometry import FAMILIES
+
+    config_cls = getattr(transformers, FAMILIES[geometry.model_type][0])
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": geometry.rope_theta}
+    if geometry.rope_scaling:
+        rope = {**geometry.rope_scaling_dict, "rope_theta": geometry.rope_theta}
+    kwargs: dict[str, Any] = dict(
         vocab_size=geometry.vocab,
         hidden_size=geometry.hidden,
         intermediate_size=geometry.intermediate,
@@ -39,27 +50,53 @@ def llama_config(geometry: ModelGeometry) -> LlamaConfig:
         num_key_value_heads=1,
         head_dim=geometry.head_dim,
         rms_norm_eps=geometry.rms_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": geometry.rope_theta},
+        rope_parameters=rope,
         max_position_embeddings=geometry.max_position,
         tie_word_embeddings=geometry.tie_embeddings,
-        attention_bias=False,
-        mlp_bias=False,
     )
+    if geometry.model_type == "llama":
+        kwargs.update(attention_bias=False, mlp_bias=False)
+    elif geometry.model_type == "qwen3":
+        kwargs.update(attention_bias=geometry.attention_bias)
+    elif geometry.model_type == "mistral":
+        kwargs.update(sliding_window=geometry.sliding_window)
+    config = config_cls(**kwargs)
     config.num_attention_heads = geometry.n_heads
     config.num_key_value_heads = geometry.n_kv_heads
     return config
 
 
-def random_llama(geometry: ModelGeometry, dtype: torch.dtype | str = "float32", seed: int = 0) -> LlamaForCausalLM:
-    """A randomly initialised LLaMA of ``geometry`` in eval mode."""
+def llama_config(geometry: ModelGeometry) -> PretrainedConfig:
+    """Kept name of :func:`family_config` (it follows ``geometry.model_type``)."""
+    return family_config(geometry)
+
+
+def random_model(geometry: ModelGeometry, dtype: torch.dtype | str = "float32", seed: int = 0,
+                 device: torch.device | str = "cpu") -> PreTrainedModel:
+    """A randomly initialised model of ``geometry``'s family (transformers' own class) in eval mode."""
     import torch
-    from transformers import LlamaForCausalLM
+    import transformers
+
+    from amoeba_core.geometry import FAMILIES
 
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(llama_config(geometry)).to(dtype)
-    return model.eval()
+    model_cls = getattr(transformers, FAMILIES[geometry.model_type][1])
+    model = model_cls(family_config(geometry)).to(dtype)
+    if geometry.attention_bias:  # transformers zero-initialises biases; random ones exercise their slicing
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                if proj.bias is not None:
+                    torch.nn.init.normal_(proj.bias, std=0.02)
+    if geometry.qk_norm:
+        for layer in model.model.layers:
+            for norm in (layer.self_attn.q_norm, layer.self_attn.k_norm):
+                torch.nn.init.normal_(norm.weight, mean=1.0, std=0.1)
+    return model.to(device).eval()
+
+
+random_llama = random_model  # the profiler and older callers use this name
 
 
 # --- loading real models ---------------------------------------------------------------
@@ -106,7 +143,7 @@ def weights_fingerprint(model: LlamaForCausalLM) -> str:
     for name, t in sorted(model.state_dict().items()):
         flat = t.detach().reshape(-1)
         step = max(1, flat.numel() // 4096)
-        sample = flat[::step].to(torch.float32).contiguous()
+        sample = flat[::step].to("cpu", torch.float32).contiguous()
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(sample.numpy().tobytes())
@@ -136,12 +173,19 @@ def _finish(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, source:
 
 def _load_hf(folder: Path, dtype: str, source: str) -> LoadedModel:
     import torch
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from amoeba_core.geometry import check_family
 
     if not (folder / "config.json").is_file():
         raise AmoebaError(f"{folder} is not an HF model folder (no config.json)")
     try:
-        model = LlamaForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type") or "llama"
+    except (OSError, json.JSONDecodeError) as e:
+        raise AmoebaError(f"cannot read {folder / 'config.json'}: {e}") from None
+    check_family(str(model_type))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as e:
         raise AmoebaError(f"cannot load HF model from {folder}: {e}") from None
@@ -171,7 +215,7 @@ def _quiet_gguf_conversion() -> Iterator[None]:
 
 def _load_gguf(path: Path, dtype: str, source: str, cache: bool) -> LoadedModel:
     import torch
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     ModelGeometry.from_gguf(path)  # validates the header: a clear error for corrupt files
     stat = path.stat()
@@ -188,7 +232,7 @@ def _load_gguf(path: Path, dtype: str, source: str, cache: bool) -> LoadedModel:
         return _load_hf(hit, dtype, source)
     try:
         with _quiet_gguf_conversion():
-            model = LlamaForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except Exception as e:  # noqa: BLE001 - the GGUF loader raises many kinds
         raise AmoebaError(f"cannot load GGUF {path}: {e}") from None
@@ -223,14 +267,22 @@ def _dequantised(model: LlamaForCausalLM) -> None:
             pass
 
 
-def load_model(source: str = SMOLLM2, dtype: str = "float32", cache: bool = True) -> LoadedModel:
-    """Load ``smollm2-135m`` (bundled GGUF), ``tiny`` (random, offline), a ``.gguf`` path or an HF folder.
+def load_model(source: str = SMOLLM2, dtype: str | torch.dtype = "float32", cache: bool = True,
+               device: str | torch.device = "cpu") -> LoadedModel:
+    """Load ``smollm2-135m`` (bundled GGUF), ``tiny`` (random, offline), a ``.gguf`` path or an HF folder,
+    in ``dtype`` on ``device`` (see :mod:`amoeba_core.device`; the fingerprint is of the loaded weights).
 
     A GGUF is de-quantised to float32 by transformers (about 25 s for SmolLM2); the result is
     cached as an HF folder under ``$AMOEBA_CACHE`` (default ``~/.cache/amoeba``) so later loads
     take seconds.
     """
-    s = str(source)
+    loaded = _load(str(source), str(dtype).removeprefix("torch."), cache)
+    if str(device) != "cpu":
+        loaded.model.to(device)
+    return loaded
+
+
+def _load(s: str, dtype: str, cache: bool) -> LoadedModel:
     if s == "tiny":
         geometry = ModelGeometry.preset("tiny")
         model = random_llama(geometry, dtype=dtype, seed=0)

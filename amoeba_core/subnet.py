@@ -1,9 +1,13 @@
 """Subnets of a loaded model: physical extraction and masked (weight-sharing) execution.
 
-``extract_subnet`` builds a *new*, smaller stock ``LlamaForCausalLM``: dropped layers are
-removed, q/k/v/o rows/columns of dropped heads and gate/up/down of dropped channels are
-sliced away, the config is updated and each kept layer's ``layer_idx`` is renumbered. It
-loads back with plain transformers from ``save_pretrained``.
+``extract_subnet`` builds a *new*, smaller model of the input's own transformers class
+(``LlamaForCausalLM``, ``MistralForCausalLM``, ``Qwen2ForCausalLM``, ``Qwen3ForCausalLM``): dropped
+layers are removed, q/k/v/o rows/columns of dropped heads (with the q/k/v biases of Qwen2) and
+gate/up/down of dropped channels are sliced away, the config is updated and each kept layer's
+``layer_idx`` is renumbered. Qwen3's q/k RMSNorm weights act per head over ``head_dim`` and are
+shared by all heads, so they are kept whole. Under GQA, whole KV groups are kept or dropped
+(``strategy.kept_groups``) together with their query heads. It loads back with plain
+transformers from ``save_pretrained``.
 
 ``masked_subnet`` runs the *full* model as the subnet without copying: dropped layers are
 skipped and the inputs of ``o_proj``/``down_proj`` are multiplied by a 0/1 mask over the
@@ -153,9 +157,8 @@ def masked_subnet(model: LlamaForCausalLM, shape: SubnetShape, strategy: Strateg
 
 
 def extract_subnet(model: LlamaForCausalLM, shape: SubnetShape, strategy: Strategy | None = None) -> LlamaForCausalLM:
-    """A new, physically smaller stock ``LlamaForCausalLM`` for ``shape`` (see the module docstring)."""
+    """A new, physically smaller model of ``model``'s class for ``shape`` (see the module docstring)."""
     import torch
-    from transformers import LlamaForCausalLM
 
     _check(model, shape, strategy)
     cfg = copy.deepcopy(model.config)
@@ -177,13 +180,16 @@ def extract_subnet(model: LlamaForCausalLM, shape: SubnetShape, strategy: Strate
     cfg.head_dim = hd
     compensate = narrowed and strategy is not None and strategy.bias_compensation
     if compensate:
+        if cfg.model_type != "llama":
+            raise AmoebaError(f"bias compensation needs o_proj/MLP biases, which only LLaMA's class has "
+                              f"(this model is {cfg.model_type}); use a strategy without bias compensation")
         cfg.attention_bias = True
         cfg.mlp_bias = True
     if getattr(cfg, "layer_types", None) is not None:
         cfg.layer_types = [cfg.layer_types[i] for i in shape.layers]
-    dtype = next(model.parameters()).dtype
+    dtype, device = next(model.parameters()).dtype, next(model.parameters()).device
     with torch.device("meta"):
-        sub = LlamaForCausalLM(cfg)
+        sub = type(model)(cfg)  # the input's own class (Llama, Mistral, Qwen2, Qwen3 ForCausalLM)
     src = model.state_dict()
     out: dict[str, torch.Tensor] = {}
     for k in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"):
@@ -199,7 +205,7 @@ def extract_subnet(model: LlamaForCausalLM, shape: SubnetShape, strategy: Strate
             q_rows = torch.cat([torch.arange(h * hd, (h + 1) * hd) for h in heads])
             kv_rows = torch.cat([torch.arange(g * hd, (g + 1) * hd) for g in groups])
             if len(heads) != n_heads or len(groups) != n_kv or len(chans) != inter:
-                raise AmoebaError("per-layer widths differ: uniform layers are required for a stock LLaMA")
+                raise AmoebaError("per-layer widths differ: uniform layers are required for a stock transformers model")
         for name, t in src.items():
             if not name.startswith(pre):
                 continue
@@ -239,7 +245,7 @@ def extract_subnet(model: LlamaForCausalLM, shape: SubnetShape, strategy: Strate
         sub.tie_weights()
     # non-persistent buffers (rotary inv_freq) were created on meta: rebuild them
     sub.model.rotary_emb = type(model.model.rotary_emb)(config=cfg)
-    sub.to(dtype)
+    sub.to(device=device, dtype=dtype)
     for new, layer in enumerate(sub.model.layers):
         layer.self_attn.layer_idx = new
     return sub.eval()
