@@ -100,6 +100,8 @@ def search(
                                                                       "(include_path; runs offline)."),
     task_limit: Optional[int] = typer.Option(None, "--task-limit", help="Items per task (lm-eval --limit)."),
     root: Optional[Path] = _ROOT,
+    as_json: bool = typer.Option(False, "--json", help="Print the stored front as JSON (the HTTP service's "
+                                                      "fields); the table then goes to stderr."),
 ) -> None:
     """Search the accuracy-latency front of a strategy on one device/flow; stores every evaluation."""
     from rich.console import Console
@@ -140,7 +142,7 @@ def search(
         from search.evolutionary import run_optuna
 
         run_optuna(problem, method, trials, seed, store, name)
-    console = Console()
+    console = Console(stderr=as_json)
     evs = problem.history
     front = pareto_indices([e.latency_ms for e in evs], [e.accuracy for e in evs])
     where = f"{device}/{flow} [{latency.variant}]" if latency.variant else f"{device}/{flow}"
@@ -167,6 +169,10 @@ def search(
     console.print(f"next: amoeba query --run {run} --device {device} --flow {flow} --budget <ms, or a share such as "
                   f"75%> --phase {phase}",
                   highlight=False)
+    if as_json:
+        from search.json_out import front_json
+
+        print(front_json(run, root, device, flow, phase, variant, prompt_len))
 
 
 def _ci(value: float, lo: Optional[float], hi: Optional[float], digits: int) -> str:
@@ -253,6 +259,7 @@ def query(
                                                      "the table's first, named in the answer."),
     run: Path = _RUN,
     root: Optional[Path] = _ROOT,
+    as_json: bool = typer.Option(False, "--json", help="Print the answer as JSON (the HTTP service's fields)."),
 ) -> None:
     """Best evaluated shape within a latency budget (exact over the stored shapes)."""
     from rich.console import Console
@@ -265,6 +272,13 @@ def query(
     budget_ms, how = (parse_budget(budget), None) if share is None else index.share_budget(share, device, flow, phase,
                                                                                             variant)
     ans = index.best(device, flow, budget_ms, phase, variant)
+    if as_json:
+        from search.json_out import query_json
+
+        print(query_json(ans))
+        if not ans.feasible:
+            raise typer.Exit(1)
+        return
     console = Console(markup=False, highlight=False)
     if how:
         console.print(f"budget     {how}", highlight=False)
