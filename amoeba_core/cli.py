@@ -25,8 +25,41 @@ def _threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+_DEVICE_HELP = "auto (the first accelerator present), cpu, cuda, cuda:N or mps."
+_DTYPE_HELP = "float32 | bfloat16 | float16 (default: bfloat16 on CUDA with bf16, float16 on MPS, float32 on CPU)."
+
+
+def _placement(device: str, dtype: Optional[str]):  # noqa: ANN202 - (torch.device, torch.dtype)
+    """The validated ``--device``/``--dtype`` (an absent device is a one-line error, before anything loads)."""
+    from amoeba_core.device import place
+
+    return place(device, dtype)
+
+
+def _plan(console, model: str, where, *, batch: int, seq_len: int) -> None:  # noqa: ANN001
+    """Print the computed memory plan of an inference run of ``model``; refuse when it does not fit."""
+    from amoeba_core.geometry import ModelGeometry
+    from amoeba_core.memory import plan_memory
+
+    try:
+        geometry = ModelGeometry.resolve(model)
+    except AmoebaError:
+        return  # load_model names what is wrong with the model
+    plan = plan_memory(geometry, where[1], batch=batch, seq_len=seq_len, device=where[0]).check()
+    console.print(plan.fmt(), highlight=False, soft_wrap=True)
+
+
+def _to(loaded, where):  # noqa: ANN001, ANN202
+    """Move the loaded model to ``(device, dtype)``; it is read in float32, so its fingerprint names the
+    stored weights whatever precision it runs in."""
+    loaded.model.to(device=where[0], dtype=where[1])
+    return loaded
+
+
 def select(
     model: str = typer.Option("smollm2-135m", help="smollm2-135m, tiny, a .gguf file or an HF folder."),
+    device: str = typer.Option("auto", help=_DEVICE_HELP),
+    dtype: Optional[str] = typer.Option(None, help=_DTYPE_HELP),
     min_depth: int = typer.Option(..., help="Smallest depth the strategy must offer."),
     widths: str = typer.Option("1,0.875,0.75,0.625", help="Comma-separated width ratios in (0, 1]."),
     out: Path = typer.Option(..., help="Strategy YAML to write."),
@@ -76,13 +109,16 @@ def select(
         raise AmoebaError(f"--out must be a .yaml file, got {out}")
     if out.exists() and out.is_dir():
         raise AmoebaError(f"--out {out} is a folder")
+    where = _placement(device, dtype)
     _threads(threads)
     console = _console()
+    _plan(console, model, where, batch=4, seq_len=calib_seq_len)
     t0 = time.perf_counter()
-    loaded = load_model(model)
+    loaded = _to(load_model(model), where)
     check_min_depth(loaded.geometry.n_layers, min_depth)
     check_refine_depths(loaded.geometry.n_layers, min_depth, refine)
-    console.print(f"loaded {loaded.source} ({loaded.fingerprint}) in {time.perf_counter() - t0:.1f} s", highlight=False)
+    console.print(f"loaded {loaded.source} ({loaded.fingerprint}) in {time.perf_counter() - t0:.1f} s on {where[0]} "
+                  f"({str(where[1]).removeprefix('torch.')})", highlight=False)
     cache_dir = out.parent / f".{out.stem}.cache-{loaded.fingerprint}"
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:
@@ -130,11 +166,14 @@ def select(
     console.print(f"wrote {out}; total time {total:.1f} s ({total / 60:.1f} min)", highlight=False)
 
 
-def _load_for(strategy_path: Path, model: Optional[str], adapters: Optional[Path] = None):  # noqa: ANN202
+def _load_for(strategy_path: Path, model: Optional[str], adapters: Optional[Path] = None,  # noqa: ANN202
+              where=None) -> tuple:  # noqa: ANN001
     from amoeba_core.model import load_model
     from amoeba_core.strategy import Strategy
 
     strategy = Strategy.load(strategy_path)
+    if where is not None:
+        _plan(_console(), model or strategy.model_source, where, batch=4, seq_len=256)
     loaded = load_model(model or strategy.model_source)
     if loaded.fingerprint != strategy.model_fingerprint:
         raise AmoebaError(f"strategy {strategy_path} was made for model {strategy.model_fingerprint} "
@@ -143,6 +182,8 @@ def _load_for(strategy_path: Path, model: Optional[str], adapters: Optional[Path
         from amoeba_core.finetune import apply_adapters
 
         loaded = apply_adapters(loaded, strategy, adapters)
+    if where is not None:
+        loaded = _to(loaded, where)
     return loaded, strategy
 
 
@@ -165,12 +206,15 @@ def eval(  # noqa: A001 - the command is called eval
     model: Optional[str] = typer.Option(None, help="Model (default: the strategy's source)."),
     adapters: Optional[Path] = typer.Option(None, help="Stage 2 output folder (`amoeba finetune --out`)."),
     threads: int = typer.Option(0, help="torch threads (0: default)."),
+    device: str = typer.Option("auto", help=_DEVICE_HELP),
+    dtype: Optional[str] = typer.Option(None, help=_DTYPE_HELP),
 ) -> None:
     """Perplexity and next-token top-1 accuracy of shapes (90% intervals, cached per shape), or
     lm-eval-harness task accuracy with --task; with several shapes, paired differences to the first."""
     from amoeba_core.data import check_split
     from amoeba_core.strategy import Strategy
 
+    where = _placement(device, dtype)
     manager = None
     if task is not None:
         from amoeba_core.tasks import parse_tasks, set_offline, task_manager
@@ -191,7 +235,7 @@ def eval(  # noqa: A001 - the command is called eval
     if task is not None:
         manager = task_manager(tasks, include_path)  # unknown tasks fail before the model loads too
     _threads(threads)
-    loaded, strat = _load_for(strategy, model, adapters)
+    loaded, strat = _load_for(strategy, model, adapters, where)
     console = _console()
     if task is not None:
         result = _eval_tasks(console, loaded, strat, shapes, tasks, limit, include_path, num_fewshot, offline, manager)
@@ -283,17 +327,21 @@ def export(
     out: Path = typer.Option(..., help="Output folder (hf) or .gguf file (gguf)."),
     model: Optional[str] = typer.Option(None, help="Model (default: the strategy's source)."),
     adapters: Optional[Path] = typer.Option(None, help="Stage 2 output folder (`amoeba finetune --out`)."),
+    device: str = typer.Option("auto", help=_DEVICE_HELP + " The subnet is extracted there; files hold its dtype "
+                                                          "(hf) or f16 (gguf)."),
+    dtype: Optional[str] = typer.Option(None, help=_DTYPE_HELP),
 ) -> None:
     """Write a physical subnet as an HF folder (with tokenizer) or a GGUF file."""
     from amoeba_core.export import FORMATS, export_subnet
     from amoeba_core.strategy import Strategy
 
+    where = _placement(device, dtype)
     if format not in FORMATS:
         raise AmoebaError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
     if out.exists():
         raise AmoebaError(f"{out} already exists; refusing to overwrite")
     s = Strategy.load(strategy).resolve(shape)
-    loaded, strat = _load_for(strategy, model, adapters)
+    loaded, strat = _load_for(strategy, model, adapters, where)
     path = export_subnet(loaded, strat, s, out, format)  # type: ignore[arg-type]
     _console().print(f"wrote {format} subnet {s.key} ({loaded.geometry.scaled(s).n_params() / 1e6:.1f} M params) "
                      f"to {path}", highlight=False)

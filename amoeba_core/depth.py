@@ -248,7 +248,9 @@ def block_influence(loaded: LoadedModel, ids: torch.LongTensor, batch_size: int 
     sums = [0.0] * n
     count = 0
     with torch.no_grad():
+        device = next(model.parameters()).device
         for b in ids.split(batch_size):
+            b = b.to(device)
             hs = model(input_ids=b, use_cache=False, output_hidden_states=True).hidden_states
             # hidden_states[i] is the input of layer i; the last entry is after the final norm
             for i in range(n):
@@ -263,7 +265,7 @@ def _last_layer_output(model: torch.nn.Module, h_in: torch.Tensor, ids: torch.Lo
     import torch
 
     inner = model.model
-    pos = torch.arange(ids.shape[1]).unsqueeze(0)
+    pos = torch.arange(ids.shape[1], device=h_in.device).unsqueeze(0)
     pe = inner.rotary_emb(h_in, position_ids=pos)
     out = inner.layers[-1](h_in, attention_mask=None, position_ids=pos, position_embeddings=pe)
     return out[0] if isinstance(out, tuple) else out

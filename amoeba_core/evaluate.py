@@ -191,7 +191,7 @@ def compare(a: ShapeScore, b: ShapeScore, metric: str = "ppl", seed: int = 0) ->
 
 def windows_id(ids: torch.Tensor) -> str:
     """A short hash of a window tensor's tokens (part of every cache key)."""
-    return hashlib.sha1(ids.contiguous().numpy().astype("<i8").tobytes() + str(tuple(ids.shape)).encode()).hexdigest()[:10]
+    return hashlib.sha1(ids.contiguous().cpu().numpy().astype("<i8").tobytes() + str(tuple(ids.shape)).encode()).hexdigest()[:10]
 
 
 class Evaluator:
@@ -246,6 +246,8 @@ class Evaluator:
         if self.window_doc is not None and len(self.window_doc) != self.n_windows:
             raise AmoebaError(f"window_doc has {len(self.window_doc)} entries for {self.n_windows} windows")
         self.windows_id = windows_id(self.ids)
+        self.device = next(loaded.model.parameters()).device  # the windows go where the model is (--device)
+        self.ids = self.ids.to(self.device)
         self.batch_size = batch_size
         self.n_evaluated = 0
         self.eval_seconds = 0.0
@@ -266,9 +268,10 @@ class Evaluator:
         self._mask = None
         with torch.no_grad():
             model = loaded.model.model
-            pos = torch.arange(seq_len).unsqueeze(0)
+            pos = torch.arange(seq_len, device=self.device).unsqueeze(0)
             self._pos = pos
-            dummy = torch.zeros(1, seq_len, model.config.hidden_size, dtype=next(model.parameters()).dtype)
+            dummy = torch.zeros(1, seq_len, model.config.hidden_size, dtype=next(model.parameters()).dtype,
+                                device=self.device)
             self._pe = model.rotary_emb(dummy, position_ids=pos)
         self._n_layers = n_layers
 
@@ -279,7 +282,9 @@ class Evaluator:
 
     def key(self, shape: SubnetShape) -> str:
         wid = self.strategy.width_id if (shape.narrowed and self.strategy is not None) else "-"
-        return f"{self.loaded.score_id}|{shape.key}|{wid}|{self.split}|{self.seq_len}|{self.n_windows}|{self.windows_id}"
+        key = f"{self.loaded.score_id}|{shape.key}|{wid}|{self.split}|{self.seq_len}|{self.n_windows}|{self.windows_id}"
+        dtype = str(next(self.loaded.model.parameters()).dtype).removeprefix("torch.")
+        return key if dtype == "float32" else f"{key}|{dtype}"  # scores in another precision are other numbers
 
     def score(self, shape: SubnetShape) -> ShapeScore:
         """Score ``shape`` (from the cache when it was scored before)."""
@@ -525,6 +530,7 @@ def reference_score(loaded: LoadedModel, shape: SubnetShape, strategy: Strategy 
     import torch
     import torch.nn.functional as F
 
+    ids = ids.to(next(loaded.model.parameters()).device)
     with torch.no_grad(), masked_subnet(loaded.model, shape, strategy) as m:
         logits = m(input_ids=ids, use_cache=False).logits[:, :-1].float()
     target = ids[:, 1:]
@@ -565,7 +571,7 @@ def mc_accuracy(
             lls, norms = [], []
             for choice in it.choices:
                 cont = tok(choice, add_special_tokens=False)["input_ids"]
-                ids = torch.tensor([ctx + cont])
+                ids = torch.tensor([ctx + cont], device=next(m.parameters()).device)
                 logp = F.log_softmax(m(input_ids=ids, use_cache=False).logits[0, :-1].float(), -1)
                 tgt = ids[0, 1:]
                 ll = float(logp[len(ctx) - 1 :].gather(-1, tgt[len(ctx) - 1 :, None]).sum())

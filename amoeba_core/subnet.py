@@ -229,12 +229,12 @@ def extract_subnet(model: LlamaForCausalLM, shape: SubnetShape, strategy: Strate
             for mod, f in (("self_attn.o_proj", fill[0]), ("mlp.down_proj", fill[1])):
                 w = src[f"{pre}{mod}.weight"]
                 b = src.get(f"{pre}{mod}.bias")
-                extra = (w.float() @ f.float()).to(w.dtype)
+                extra = (w.float() @ f.to(w.device).float()).to(w.dtype)
                 out[f"{npre}{mod}.bias"] = extra if b is None else b + extra
             for mod, size in (("q_proj", n_heads * hd), ("k_proj", n_kv * hd), ("v_proj", n_kv * hd)):
-                out.setdefault(f"{npre}self_attn.{mod}.bias", torch.zeros(size, dtype=dtype))
+                out.setdefault(f"{npre}self_attn.{mod}.bias", torch.zeros(size, dtype=dtype, device=device))
             for mod in ("gate_proj", "up_proj"):
-                out.setdefault(f"{npre}mlp.{mod}.bias", torch.zeros(inter, dtype=dtype))
+                out.setdefault(f"{npre}mlp.{mod}.bias", torch.zeros(inter, dtype=dtype, device=device))
     missing = set(sub.state_dict()) - set(out)
     if cfg.tie_word_embeddings:
         missing.discard("lm_head.weight")

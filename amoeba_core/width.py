@@ -74,8 +74,9 @@ def collect_stats(loaded: LoadedModel, ids: torch.LongTensor, batch_size: int = 
         handles.append(layer.mlp.down_proj.register_forward_pre_hook(hook("mlp", i)))
     try:
         with torch.no_grad():
+            device = next(model.parameters()).device
             for b in ids.split(batch_size):
-                model(input_ids=b, use_cache=False)
+                model(input_ids=b.to(device), use_cache=False)
     finally:
         for h in handles:
             h.remove()
@@ -141,7 +142,7 @@ def rankings(loaded: LoadedModel, stats: CalibStats | None, metric: str) -> tupl
 
 def layer_means(stats: CalibStats) -> tuple[LayerMeans, ...]:
     return tuple(
-        LayerMeans(attn=LayerMeans.encode(a.float().numpy()), mlp=LayerMeans.encode(m.float().numpy()))
+        LayerMeans(attn=LayerMeans.encode(a.float().cpu().numpy()), mlp=LayerMeans.encode(m.float().cpu().numpy()))
         for a, m in zip(stats.attn_mean, stats.mlp_mean)
     )
 
