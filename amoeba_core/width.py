@@ -162,6 +162,10 @@ def choose_width_metric(
     depth, lower is better) at the strategy's widths below 1 and keep the one with the lowest
     mean log-score. Returns the chosen strategy and every measurement."""
     widths = [w for w in base.widths if w < 1.0]
+    if loaded.geometry.model_type != "llama" and "flap-bias" in candidates:
+        # the mean-fill becomes o_proj/down_proj biases on extraction, which only LLaMA's class carries
+        log.info("width metric flap-bias skipped: %s has no o_proj/MLP biases", loaded.geometry.model_type)
+        candidates = tuple(c for c in candidates if c != "flap-bias")
     report: dict[str, dict[str, float]] = {}
     best: tuple[float, Strategy] | None = None
     for metric in candidates:

@@ -139,3 +139,31 @@ def test_unsupported_architecture_is_one_line(tmp_path: Path) -> None:
         load_model(str(tmp_path))
     with pytest.raises(AmoebaError, match="supported: llama"):
         ModelGeometry.from_hf_config(tmp_path)
+
+
+def test_cli_select_eval_export_a_qwen3_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from amoeba.cli import main
+    from amoeba_core.strategy import Strategy
+
+    def run(argv: list[str]) -> int:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        return int(e.value.code or 0)
+
+    torch.set_num_threads(1)
+    folder = tmp_path / "qwen3"
+    random_model(_geometry("qwen3"), seed=2).save_pretrained(folder)
+    tiny_tokenizer(256).save_pretrained(folder)
+    out = tmp_path / "s.yaml"
+    assert run(["select", "--model", str(folder), "--min-depth", "2", "--widths", "1,0.5", "--out", str(out),
+                "--calib-seq-len", "32", "--stats-windows", "1", "--val-windows", "1", "--device", "cpu",
+                "--dtype", "float32"]) == 0
+    printed = capsys.readouterr().out
+    assert "memory plan (computed)" in printed and "fits" in printed
+    strat = Strategy.load(out)
+    assert strat.model_geometry.model_type == "qwen3" and strat.width_metric != "flap-bias"
+    assert run(["eval", "--strategy", str(out), "--shape", "d2-a0.500-m0.500", "--windows", "2", "--seq-len", "32",
+                "--device", "cpu"]) == 0
+    assert run(["export", "--strategy", str(out), "--shape", "d2-a0.500-m0.500", "--format", "gguf", "--out",
+                str(tmp_path / "q.gguf"), "--device", "cpu"]) == 0
+    assert ModelGeometry.from_gguf(tmp_path / "q.gguf").model_type == "qwen3"
