@@ -36,16 +36,10 @@ rankings, masks, extraction and profiling models need.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
-from dataclasses import asdict, dataclass, field, replace
-from functools import cache
-from importlib import resources
-from pathlib import Path
-from typing import Any, Iterable, Literal, NamedTuple
-
-import yaml
+from dataclasses import dataclass
+from typing import Any, Iterable, NamedTuple
 
 from amoeba_core.errors import AmoebaError
 
