@@ -167,13 +167,13 @@ def select(
 
 
 def _load_for(strategy_path: Path, model: Optional[str], adapters: Optional[Path] = None,  # noqa: ANN202
-              where=None) -> tuple:  # noqa: ANN001
+              where=None, seq_len: int = 256) -> tuple:  # noqa: ANN001
     from amoeba_core.model import load_model
     from amoeba_core.strategy import Strategy
 
     strategy = Strategy.load(strategy_path)
     if where is not None:
-        _plan(_console(), model or strategy.model_source, where, batch=4, seq_len=256)
+        _plan(_console(), model or strategy.model_source, where, batch=4, seq_len=seq_len)
     loaded = load_model(model or strategy.model_source)
     if loaded.fingerprint != strategy.model_fingerprint:
         raise AmoebaError(f"strategy {strategy_path} was made for model {strategy.model_fingerprint} "
@@ -235,7 +235,7 @@ def eval(  # noqa: A001 - the command is called eval
     if task is not None:
         manager = task_manager(tasks, include_path)  # unknown tasks fail before the model loads too
     _threads(threads)
-    loaded, strat = _load_for(strategy, model, adapters, where)
+    loaded, strat = _load_for(strategy, model, adapters, where, seq_len)
     console = _console()
     if task is not None:
         result = _eval_tasks(console, loaded, strat, shapes, tasks, limit, include_path, num_fewshot, offline, manager)

@@ -163,6 +163,9 @@ def write_gguf(sub: LlamaForCausalLM, loaded: LoadedModel, path: Path, dtype: st
     # llama.cpp's llama arch applies RoPE to interleaved pairs (HF rows are permuted, as convert_hf_to_gguf.py's
     # LlamaModel does); qwen2/qwen3 use the NEOX (rotate-half) layout, HF's own, so their rows stay as they are.
     permute = arch == "llama"
+    if getattr(cfg, "sliding_window", None) and cfg.model_type == "mistral":
+        log.warning("Mistral sliding window (%s tokens) is not carried by llama.cpp's llama architecture: "
+                    "contexts longer than it will differ from transformers", cfg.sliding_window)
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name(f"{loaded.source}:{shape.grid_key}")
     w.add_context_length(cfg.max_position_embeddings)
