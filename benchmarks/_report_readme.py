@@ -1,0 +1,137 @@
+"""The README's results summary for :mod:`report`: one line per claim, each read from its file in
+benchmarks/results/ (a claim whose file or field is missing is left out, never estimated)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from report import RESULTS, ROOT, cell, clean, facts, find, interval_of, makefile_commands, num
+BEGIN, END = "<!-- results:begin (python benchmarks/report.py) -->", "<!-- results:end -->"
+README = ROOT / "README.md"
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    try:
+        d = json.loads((RESULTS / name).read_text())
+    except (OSError, ValueError):
+        return None
+    return d if isinstance(d, dict) else None
+
+
+def _pct(v: Any) -> str:
+    return f"{100 * v:.0f}%" if isinstance(v, (int, float)) else "?"
+
+
+def _iv(v: Any, f: Callable[[Any], str] = num) -> str:
+    iv = interval_of(v)
+    return f"{f(iv[0])} [{f(iv[1])}, {f(iv[2])}]" if iv else cell(v)
+
+
+def _last_per(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if isinstance(r, dict) and key in r:
+            out[str(r[key])] = r  # a later (merged) entry replaces an earlier one
+    return out
+
+
+def _claim_reproducibility(d: dict[str, Any]) -> str | None:
+    rows = _last_per(d.get("results", []), "flow")
+    parts = [f"{f} {_pct(r['within_5pct_ratio'])}" for f, r in rows.items() if "within_5pct_ratio" in r]
+    return ("Latency tables reproduce: share of rows within ±5% between two back-to-back profiles of the demo grid "
+            f"(latest run per flow): {', '.join(parts)}") if parts else None
+
+
+def _claim_predictor(d: dict[str, Any]) -> str | None:
+    rows = _last_per(d.get("results", []), "flow")
+    parts = [f"{f} {_pct(r['offgrid_within_5pct'])}" for f, r in rows.items() if "offgrid_within_5pct" in r]
+    return (f"Predictor off the measured grid: share of {d.get('results', [{}])[0].get('offgrid_n', '?')} held-out "
+            f"shapes within ±5% (latest run per flow): {', '.join(parts)}") if parts else None
+
+
+def _claim_few_shot(d: dict[str, Any]) -> str | None:
+    k3 = d.get("summary", {}).get("k3", {})
+    if "within_10pct" not in k3:
+        return None
+    return (f"A new line from 3 measurements: transferred shapes within ±10%, median over {k3['within_10pct'].get('n_lines', '?')} "
+            f"held-out lines {_iv(k3['within_10pct'], _pct)}, within ±5% {_iv(k3.get('within_5pct'), _pct)}")
+
+
+def _claim_search(d: dict[str, Any]) -> str | None:
+    best, summ = d.get("best_method"), d.get("summary", {})
+    r = summ.get(best) if isinstance(best, str) else None
+    if not isinstance(r, dict) or "cost_fraction" not in r:
+        return None
+    size = d.get("space", {}).get("size", "?")
+    return (f"Search cost: {best} reaches 99% of the exhaustive front's hypervolume on {size} shapes with "
+            f"{_pct(r['cost_fraction'])} of the exhaustive evaluation tokens, "
+            f"{r.get('random_over_method', float('nan')):.1f}x fewer than random search")
+
+
+def _claim_query_load(d: dict[str, Any]) -> str | None:
+    h = d.get("http", {})
+    if "p99_ms" not in h:
+        return None
+    return (f"Service: `amoeba serve --workers {d.get('workers', '?')}` under {h.get('client', '?')}, "
+            f"{h.get('connections', '?')} connections: {num(h.get('throughput_rps', 0))} req/s, p99 {num(h['p99_ms'])} ms, "
+            f"{h.get('errors', '?')} errors")
+
+
+def _claim_stage2(d: dict[str, Any]) -> str | None:
+    mean, ci = d.get("mean_perplexity", {}), d.get("mean_perplexity_ci90", {})
+    if not mean:
+        return None
+    parts = [f"{k} {num(v)}" + (f" [{num(ci[k][0])}, {num(ci[k][1])}]" if isinstance(ci.get(k), list) else "")
+             for k, v in mean.items()]
+    steps = d.get("config", {}).get("steps", "?")
+    return f"Stage 2 ({steps} steps), mean test perplexity over the compared shapes: {'; '.join(parts)}"
+
+
+def _claim_peers(d: dict[str, Any]) -> str | None:
+    hits = find(d, "amoeba_beats_all_peers")
+    if not hits:
+        return None
+    won = sum(1 for _, v in hits if v is True)
+    return f"Against the peer methods: AmoebaLLM beats every peer (paired intervals) in {won} of {len(hits)} comparisons"
+
+
+def _claim_model_cost(d: dict[str, Any]) -> str | None:
+    hits = [(p, v) for k in ("extrapolation", "extrapolated", "7b") for p, v in find(d, k)]
+    if not hits:
+        return None
+    p, v = hits[0]
+    return f"Cost model (computed extrapolation, not measured): `{p}` {cell(v)}"
+
+
+CLAIMS: tuple[tuple[str, Callable[[dict[str, Any]], str | None]], ...] = (
+    ("reproducibility.json", _claim_reproducibility), ("predictor_accuracy.json", _claim_predictor),
+    ("few_shot.json", _claim_few_shot), ("search_efficiency_axes_32x256.json", _claim_search),
+    ("query_load.json", _claim_query_load), ("stage2_ablation.json", _claim_stage2), ("peers.json", _claim_peers),
+    ("model_cost.json", _claim_model_cost))
+
+
+def summary_lines() -> list[str]:
+    made_by = makefile_commands()
+    out = ["| claim | command | host |", "|---|---|---|"]
+    for name, fn in CLAIMS:
+        d = _load(name)
+        line = fn(d) if d is not None else None
+        if line is None:
+            continue
+        f = facts(d, name, made_by)  # type: ignore[arg-type]
+        cmd = f[0].removeprefix("- command: ")
+        host = f[1].removeprefix("- host: ")
+        out.append(f"| {clean(line, 1000)} ([{name}](docs/results.md#{Path(name).stem})) | {cmd} | {host} |")
+    return out
+
+
+def render_readme(text: str) -> str:
+    """``text`` with the block between the markers replaced by :func:`summary_lines` (unchanged without markers)."""
+    if BEGIN not in text or END not in text:
+        return text
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return head + BEGIN + "\n" + "\n".join(summary_lines()) + "\n" + END + tail
+
