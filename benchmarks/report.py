@@ -207,12 +207,14 @@ def _named(v: Any) -> Any:
 
 
 def facts(data: dict[str, Any], name: str, made_by: dict[str, list[str]]) -> list[str]:
-    cmds = [data[k] for k in COMMAND_KEYS if isinstance(data.get(k), str)] or made_by.get(name, [])
+    cmds = [data[k] for k in COMMAND_KEYS if isinstance(data.get(k), str)]
+    via = "" if cmds or name not in made_by else "(not recorded in the file; `make bench` writes it with) "
+    cmds = cmds or made_by.get(name, [])
     env = data.get("environment") if isinstance(data.get("environment"), dict) else {}
     host = [f"{k} {cell(_named(src[k]))}" for src in (data, env) for k in HOST_KEYS
             if k in src and not isinstance(src[k], list)]
     ivs = [cell(data[k]) for k in INTERVAL_KEYS if isinstance(data.get(k), str)]
-    return [f"- command: {' && '.join(f'`{clean(c, 400)}`' for c in cmds) if cmds else 'not recorded in the file'}",
+    return [f"- command: {via}{' && '.join(f'`{clean(c, 400)}`' for c in cmds) if cmds else 'not recorded in the file'}",
             f"- host: {clean('; '.join(host)) if host else 'not recorded in the file'}",
             f"- interval: {' / '.join(ivs) if ivs else 'as each figure states (value [lo, hi]); none recorded for the file'}"]
 
