@@ -70,6 +70,19 @@ def _claim_search(d: dict[str, Any]) -> str | None:
             f"{r.get('random_over_method', float('nan')):.1f}x fewer than random search")
 
 
+def _claim_stage1(d: dict[str, Any]) -> str | None:
+    texts = d.get("texts") if isinstance(d.get("texts"), dict) else {}
+    settings = [k for t in texts.values() if isinstance(t, dict) for k in t.get("budgets", {})]
+    if not settings:
+        return None
+    pick = next((k for k in settings if "+confirm" in k), settings[-1])  # the rule `amoeba select` uses
+    rows = [(name, t["budgets"][pick]) for name, t in texts.items() if pick in t.get("budgets", {})]
+    won = [n for n, b in rows if b.get("dp_beats_shortgpt_all_depths") is True]
+    lower = ", ".join(f"{n} {b.get('dp_lower_ppl_depths', '?')}/{b.get('depths', '?')}" for n, b in rows)
+    return (f"Stage 1 depth, `{pick}` vs ShortGPT: `dp_beats_shortgpt_all_depths` on {len(won)} of {len(rows)} "
+            f"held-out texts ({', '.join(won) or 'none'}); depths with lower perplexity: {lower}")
+
+
 def _claim_query_load(d: dict[str, Any]) -> str | None:
     h = d.get("http", {})
     if "p99_ms" not in h:
@@ -109,7 +122,7 @@ def _claim_model_cost(d: dict[str, Any]) -> str | None:
 
 CLAIMS: tuple[tuple[str, Callable[[dict[str, Any]], str | None]], ...] = (
     ("reproducibility.json", _claim_reproducibility), ("predictor_accuracy.json", _claim_predictor),
-    ("few_shot.json", _claim_few_shot), ("search_efficiency_axes_32x256.json", _claim_search),
+    ("few_shot.json", _claim_few_shot), ("stage1_confirm.json", _claim_stage1), ("search_efficiency_axes_32x256.json", _claim_search),
     ("query_load.json", _claim_query_load), ("stage2_ablation.json", _claim_stage2), ("peers.json", _claim_peers),
     ("model_cost.json", _claim_model_cost))
 

@@ -178,7 +178,6 @@ HEADLINES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "model_cost": headline_keys("fit", "extrapolation", "extrapolated", "select_7b", "stage2_7b", "residuals"),
     "query_load": headline_keys("max_rps_p99_under_50ms", "max_rps_level", "in_process"),
     "stage2_ablation": headline_keys("within_3pct_of_per_shape", "balancing", "finding"),
-    "stage1": headline_keys("interval"),
 }
 
 

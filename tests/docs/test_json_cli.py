@@ -66,3 +66,64 @@ def test_predict_and_table_show_json(profiles: Path) -> None:
     t = json.loads(out.stdout)
     assert t["n_rows"] == 8 and len(t["rows"]) == 8
     assert all(r["ms"] > 0 and r["source"] for r in t["rows"])
+
+
+def test_cli_json_equals_the_service_answer(run_dir: Path, profiles: Path, tmp_path: Path) -> None:
+    """The same budget asked of `amoeba query --json`/`amoeba search --json` and of a real `amoeba serve`
+    on 127.0.0.1 gives the same JSON objects."""
+    import shutil
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from search.service import create_app
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)  # the service keeps its database in the run folder
+    out = _amoeba(["query", "--run", str(run), "--device", "cpu-host", "--flow", "pytorch", "--budget", "100%",
+                   "--json"], profiles)
+    assert out.returncode == 0, out.stderr
+    cli = json.loads(out.stdout)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(run, profiles), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    try:
+        deadline = time.time() + 30
+        while not server.started:
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.05)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+            served = c.get("/query", params={"device": "cpu-host", "flow": "pytorch",
+                                             "budget_ms": cli["budget_ms"]}).json()
+            front = c.get("/fronts/cpu-host/pytorch").json()
+    finally:
+        server.should_exit = True
+        th.join(10)
+    _assert_close(served, cli)  # the service refits the predictor on its database's copy: 1e-12 apart
+    from search.json_out import front_json
+
+    _assert_close(front, json.loads(front_json(run, profiles, "cpu-host", "pytorch")))
+
+
+def _assert_close(a: object, b: object, path: str = "") -> None:
+    """Equal JSON values, floats to a relative 1e-9."""
+    if isinstance(a, float) or isinstance(b, float):
+        assert isinstance(a, (int, float)) and isinstance(b, (int, float)), path
+        assert abs(a - b) <= 1e-9 * max(abs(a), abs(b), 1e-12), f"{path}: {a} != {b}"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{path}: keys {sorted(a)} != {sorted(b)}"
+        for k in a:
+            _assert_close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_close(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
