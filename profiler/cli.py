@@ -225,7 +225,9 @@ def predict(
         f"{r(est.measured_ms, est.roofline_ms)}   predicted/roofline: {r(est.predicted_ms, est.roofline_ms)}",
     ]
     if as_json:
-        _predict_json(m, device, flow, model, ref.grid_key, phase, est)
+        from profiler.json_out import predict_json
+
+        print(predict_json(m, device, flow, model, ref.grid_key, phase, est))
         return
     console = _console()
     for line in lines:
@@ -263,7 +265,9 @@ def table_show(
     df = tab.corrected(tab.rows(phase=phase)).sort_values(
         ["variant", "phase", "source", "width", "depth"], ascending=[1, 1, 1, 0, 1])
     if as_json:
-        _table_json(tab, df.head(limit))
+        from profiler.json_out import table_json
+
+        print(table_json(tab, df.head(limit)))
         return
     t = Table(title=f"{tab.path} ({len(tab.df)} rows; ms = ratio x reference level where paired, else p50)")
     for c in ("variant", "phase", "prompt", "threads", "shape", "ms [90%]", "ratio", "p50 ms", "p10-p90 ms", "n",
@@ -303,37 +307,6 @@ def table_export(
     tab = _existing(device, flow, model, root)
     path = tab.export_csv(out)
     _console().print(f"{len(tab.df)} rows -> {path}")
-
-
-def _predict_json(m, device: str, flow: str, model: str, shape: str, phase: str, est) -> None:  # noqa: ANN001
-    """`amoeba predict --json`: the estimate and the predictor's self-check (:class:`profiler.json_out.PredictOut`)."""
-    from profiler.json_out import PredictOut
-
-    chk = None
-    if m.predictor is not None and m.table is not None:
-        rows = m.table.rows(phase=phase, variant=m.variant, prompt_len=m.prompt_len, batch=1, source="measured")
-        got = m.predictor.self_check(m.table.corrected(rows[rows["threads"] == m.threads] if m.threads is not None
-                                                       else rows))
-        chk = {k: float(v) for k, v in got.items()} if got.get("n") else None
-    print(PredictOut(device=device, flow=flow, model=model, shape=shape, phase=phase, prompt_len=m.prompt_len,
-                     variant=m.variant, ms=est.ms, source=est.source, lo_ms=est.lo_ms, hi_ms=est.hi_ms,
-                     extrapolated=est.extrapolated, measured_ms=est.measured_ms, predicted_ms=est.predicted_ms,
-                     roofline_ms=est.roofline_ms, roofline_only=bool(m.device.roofline_only),
-                     self_check=chk).model_dump_json())
-
-
-def _table_json(tab, df) -> None:  # noqa: ANN001 - LatencyTable, DataFrame
-    """`amoeba table show --json` (:class:`profiler.json_out.TableOut`)."""
-    from profiler.json_out import TableOut, TableRowOut, integer, num
-    from profiler.table import row_width_key, shape_key
-
-    rows = [TableRowOut(variant=x.variant, phase=x.phase, prompt_len=int(x.prompt_len), threads=integer(x.threads),
-                        shape=shape_key(x.depth, row_width_key(x.width, x.attn_width)), ms=float(x.ms),
-                        ms_lo=num(x.ms_lo), ms_hi=num(x.ms_hi), ratio=num(x.ratio), p50_ms=num(x.p50_ms),
-                        p10_ms=num(x.p10_ms), p90_ms=num(x.p90_ms), n=integer(x.n), util=num(x.util),
-                        source=x.source) for _, x in df.iterrows()]
-    print(TableOut(device=tab.device, flow=tab.flow, model=tab.model, path=str(tab.path), n_rows=len(tab.df),
-                   rows=rows).model_dump_json())
 
 
 def _existing(device: str, flow: str, model: str, root: Path | None):  # noqa: ANN202

@@ -4,9 +4,15 @@ these, so their models live here, in the style of :mod:`search.service`'s)."""
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from profiler.lookup import LatencyEstimate, LatencyModel
+    from profiler.table import LatencyTable
 
 
 class PredictOut(BaseModel):
@@ -67,3 +73,32 @@ def num(v: Any) -> Optional[float]:
 def integer(v: Any) -> Optional[int]:
     f = num(v)
     return None if f is None else int(f)
+
+
+def predict_json(m: LatencyModel, device: str, flow: str, model: str, shape: str, phase: str,
+                 est: LatencyEstimate) -> str:
+    """`amoeba predict --json`: the estimate and the predictor's self-check."""
+    chk = None
+    if m.predictor is not None and m.table is not None:
+        rows = m.table.rows(phase=phase, variant=m.variant, prompt_len=m.prompt_len, batch=1, source="measured")
+        got = m.predictor.self_check(m.table.corrected(rows[rows["threads"] == m.threads] if m.threads is not None
+                                                       else rows))
+        chk = {k: float(v) for k, v in got.items()} if got.get("n") else None
+    return PredictOut(device=device, flow=flow, model=model, shape=shape, phase=phase, prompt_len=m.prompt_len,
+                      variant=m.variant, ms=est.ms, source=est.source, lo_ms=est.lo_ms, hi_ms=est.hi_ms,
+                      extrapolated=est.extrapolated, measured_ms=est.measured_ms, predicted_ms=est.predicted_ms,
+                      roofline_ms=est.roofline_ms, roofline_only=bool(m.device.roofline_only),
+                      self_check=chk).model_dump_json()
+
+
+def table_json(tab: LatencyTable, df: pd.DataFrame) -> str:
+    """`amoeba table show --json`: the rows shown (corrected ms, as the text table prints them)."""
+    from profiler.table import row_width_key, shape_key
+
+    rows = [TableRowOut(variant=x.variant, phase=x.phase, prompt_len=int(x.prompt_len), threads=integer(x.threads),
+                        shape=shape_key(x.depth, row_width_key(x.width, x.attn_width)), ms=float(x.ms),
+                        ms_lo=num(x.ms_lo), ms_hi=num(x.ms_hi), ratio=num(x.ratio), p50_ms=num(x.p50_ms),
+                        p10_ms=num(x.p10_ms), p90_ms=num(x.p90_ms), n=integer(x.n), util=num(x.util),
+                        source=x.source) for _, x in df.iterrows()]
+    return TableOut(device=tab.device, flow=tab.flow, model=tab.model, path=str(tab.path), n_rows=len(tab.df),
+                    rows=rows).model_dump_json()
