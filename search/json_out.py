@@ -11,7 +11,7 @@ from search.query import Answer, QueryIndex, variant_note
 
 def query_json(ans: Answer) -> str:
     """One :class:`search.query.Answer` as the service's ``QueryOut`` JSON."""
-    from search.service import QueryOut, ShapeOut
+    from search.api_models import QueryOut, ShapeOut
 
     return QueryOut(feasible=ans.feasible, device=ans.device, flow=ans.flow, phase=ans.phase,
                     budget_ms=ans.budget_ms, shape=ShapeOut.of(ans.shape) if ans.shape is not None else None,
@@ -22,7 +22,7 @@ def query_json(ans: Answer) -> str:
 def front_json(run: Path, root: Optional[Path], device: str, flow: str, phase: str = "decode",
                variant: Optional[str] = None, prompt_len: Optional[int] = None) -> str:
     """The stored front of ``run`` on one table as the service's ``FrontOut`` JSON."""
-    from search.service import FrontOut, ShapeOut
+    from search.api_models import FrontOut, ShapeOut
 
     index = QueryIndex(run, root, prompt_len)
     ix = index.index(device, flow, phase, variant)

@@ -34,7 +34,6 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Literal, Optional
 
@@ -42,9 +41,9 @@ from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
 
 from amoeba_core.errors import AmoebaError
+from search.api_models import DevicesOut, FrontOut, PushOut, QueryOut, RunOut, RunsOut, ShapeOut, VariantOut  # noqa: F401 (re-exported)
 from search.fleet import ProfileIn, RunIn
 from search.gate import TokenGate, cap, clip_errors
 from search.query import Point, QueryIndex, clip
@@ -54,83 +53,6 @@ log = logging.getLogger(__name__)
 Phase = Literal["decode", "prefill", "e2e"]
 SNAP_PREFIX = "amoeba-serve-"
 PAGE_PATHS = ("/", "/static/")  # answer without the token (a trailing / is a prefix)
-
-
-class ShapeOut(BaseModel):
-    key: str = Field(description="Full shape key: d<depth>-w<width>-<layer hash>")
-    depth: int
-    width: float
-    accuracy: float = Field(description="Next-token top-1 accuracy on held-out text")
-    ppl: Optional[float] = Field(None, description="Perplexity on the same text")
-    latency_ms: float
-    latency_source: str = Field(description="measured | per-layer | predicted | transferred | roofline")
-    measured_ms: Optional[float] = None
-    predicted_ms: Optional[float] = None
-    lo_ms: Optional[float] = Field(None, description="Low end of the latency's interval (when the profiler gives one)")
-    hi_ms: Optional[float] = Field(None, description="High end of the latency's interval")
-    extrapolated: Optional[bool] = Field(None, description="Latency predicted outside the measured widths/depths")
-    accuracy_lo: Optional[float] = Field(None, description="90% interval of the accuracy (when stored)")
-    accuracy_hi: Optional[float] = None
-
-    @classmethod
-    def of(cls, p: Point) -> ShapeOut:
-        return cls(**asdict(p))
-
-
-class DevicesOut(BaseModel):
-    model: str
-    devices: dict[str, list[str]] = Field(description="device -> flows with a latency table")
-    variants: dict[str, dict[str, list[str]]] = Field(default_factory=dict,
-                                                      description="device -> flow -> variants (default first)")
-
-
-class VariantOut(BaseModel):
-    variant: Optional[str] = Field(None, description="The variant the latencies are of")
-    variants: list[str] = Field(default_factory=list, description="Every variant of the table")
-    variant_note: Optional[str] = Field(None, description="Set when several exist and none was asked for")
-
-
-class FrontOut(VariantOut):
-    device: str
-    flow: str
-    phase: str
-    front: list[ShapeOut]
-    n_evaluated: int
-
-
-class QueryOut(VariantOut):
-    feasible: bool
-    device: str
-    flow: str
-    phase: str
-    budget_ms: float
-    shape: Optional[ShapeOut]
-    fastest: ShapeOut
-    message: str
-    export_command: Optional[str]
-
-
-class RunOut(BaseModel):
-    name: str
-    model: Optional[str] = None
-    records: int = Field(description="Accuracy records stored for the run")
-    served: bool = Field(description="Whether this server answers /fronts and /query from it")
-
-
-class RunsOut(BaseModel):
-    served: str = Field(description="The run this server answers from")
-    runs: list[RunOut]
-    note: str = Field(description="How to answer from another stored run")
-
-
-class PushOut(BaseModel):
-    inserted: int
-    present: int = Field(description="Rows already stored with the same values")
-    conflicts: int = Field(description="Rows whose key is stored with other values (the stored row is kept)")
-    conflict_keys: list[str]
-    updated: list[str]
-    revision: int
-    served: bool = Field(description="Whether this server now answers from the pushed data")
 
 
 class Snapshot:
