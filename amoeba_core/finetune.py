@@ -74,6 +74,7 @@ class FinetuneConfig:
     min_depth: int | None = None  # restrict the sampled shape space
     train_shapes: list[str] = field(default_factory=list)  # grid keys; non-empty: train only these
     checkpoint_every: int = 10
+    gradient_checkpointing: bool = False  # recompute each decoder layer in backward (less activation memory)
     seed: int = 0
     data_seed: int = 0
 
@@ -226,6 +227,10 @@ def finetune(
     out.mkdir(parents=True, exist_ok=True)
     (out / META).write_text(json.dumps(meta, indent=2))
     windows = train_windows(loaded.tokenizer, cfg.seq_len, cfg.data_seed)
+    device = next(model.parameters()).device
+    if cfg.gradient_checkpointing:
+        model.config.use_cache = False
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(cfg.seed))
     model.train()
     t_start = time.perf_counter()
@@ -245,21 +250,22 @@ def finetune(
             sums: dict[str, float] = {}
             for micro in range(cfg.grad_accum):
                 g = (step * cfg.grad_accum + micro) * cfg.batch
-                ids = windows[order[torch.arange(g, g + cfg.batch) % len(windows)]]
+                ids = windows[order[torch.arange(g, g + cfg.batch) % len(windows)]].to(device)
                 teacher, ref = None, None
                 for i, shape in enumerate(picked):
+                    # backward inside the context: gradient checkpointing recomputes the shape's forward there
                     with adapted_subnet(model, shape, strategy) as m:
                         logits = m(input_ids=ids).logits
-                    if i == 0 or not cfg.distill or teacher is None:
-                        loss = _lm_loss(logits, ids)
-                    else:
-                        loss = _kl(logits, teacher)
-                    if i == 0:
-                        teacher, ref = logits.detach(), loss.detach()
-                    raw = float(loss.detach())
-                    if i > 0 and cfg.balance and ref is not None:
-                        loss = loss * (ref / loss.detach().clamp_min(1e-8))
-                    (loss / cfg.grad_accum).backward()
+                        if i == 0 or not cfg.distill or teacher is None:
+                            loss = _lm_loss(logits, ids)
+                        else:
+                            loss = _kl(logits, teacher)
+                        if i == 0:
+                            teacher, ref = logits.detach(), loss.detach()
+                        raw = float(loss.detach())
+                        if i > 0 and cfg.balance and ref is not None:
+                            loss = loss * (ref / loss.detach().clamp_min(1e-8))
+                        (loss / cfg.grad_accum).backward()
                     key = ("largest" if i == 0 else "smallest" if i == len(picked) - 1 else shape.grid_key)
                     sums[key] = sums.get(key, 0.0) + raw / cfg.grad_accum
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -280,6 +286,8 @@ def finetune(
             if early:
                 break
     finally:
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_disable()
         model.eval()
     _atomic_save(adapter_state(model), out / ADAPTERS)
     return model
@@ -333,7 +341,7 @@ def perplexity(model: LlamaForCausalLM, shape: SubnetShape, strategy: Strategy |
     total, n = 0.0, 0
     with adapted_subnet(model, shape, strategy) as m:
         for i in range(0, len(windows), batch):
-            ids = windows[i : i + batch]
+            ids = windows[i : i + batch].to(next(model.parameters()).device)
             total += float(_lm_loss(m(input_ids=ids).logits, ids)) * ids[:, 1:].numel()
             n += ids[:, 1:].numel()
     return math.exp(total / n)

@@ -26,15 +26,21 @@ def finetune(
     experts: int = typer.Option(4, help="LoRA experts per adapted linear (SMoL)."),
     top_k: int = typer.Option(2, help="Experts the gate picks per shape."),
     min_depth: int = typer.Option(0, help="Sample only shapes at least this deep (0: all strategy depths)."),
-    no_smol: bool = typer.Option(False, "--no-smol", help="Ablation: one shared LoRA instead of SMoL."),
-    no_distill: bool = typer.Option(False, "--no-distill", help="Ablation: all shapes learn from labels."),
-    no_balance: bool = typer.Option(False, "--no-balance", help="Ablation: no loss-magnitude balancing."),
+    device: str = typer.Option("auto", help="auto (the first accelerator present), cpu, cuda, cuda:N or mps."),
+    dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16 (default: bfloat16 on CUDA with "
+                                                    "bf16, float16 on MPS, float32 on CPU)."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing",
+                                                help="Recompute each decoder layer in backward: less activation memory, "
+                                                     "about one more forward per step."),
     checkpoint_every: int = typer.Option(10, help="Checkpoint every N steps."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt."),
     seed: int = typer.Option(0, help="Seed for adapters, batches, shapes and gate noise."),
     threads: int = typer.Option(0, help="torch threads (0: default)."),
 ) -> None:
-    """Stage 2: one-for-all fine-tuning of SMoL adapters for every shape of a strategy."""
+    """Stage 2: one-for-all fine-tuning of SMoL adapters for every shape of a strategy.
+
+    The recipe's ablations (one shared LoRA, no distillation, no balancing) are fields of
+    ``amoeba_core.finetune.FinetuneConfig`` and are run by ``benchmarks/stage2_ablation.py``."""
     import torch
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -51,16 +57,31 @@ def finetune(
         raise AmoebaError(f"strategy file {strategy} does not exist")
     if resume and not (out / "checkpoint.pt").is_file():
         raise AmoebaError(f"cannot resume: no checkpoint at {out / 'checkpoint.pt'}")
+    from amoeba_core.cli import _placement, _to
+    from amoeba_core.geometry import ModelGeometry
+    from amoeba_core.memory import plan_memory
+
+    where = _placement(device, dtype)
     console = Console()
+    source = model or Strategy.load(strategy).model_source
+    try:
+        geometry = ModelGeometry.resolve(source)
+    except AmoebaError:
+        geometry = None  # load_model names what is wrong with the model
+    if geometry is not None:
+        plan = plan_memory(geometry, where[1], batch=batch, seq_len=seq_len, train=True, lora_rank=rank,
+                           lora_experts=experts, grad_checkpointing=gradient_checkpointing, device=where[0]).check()
+        console.print(plan.fmt(), highlight=False, soft_wrap=True)
     t0 = time.perf_counter()
-    loaded = load_model(model or Strategy.load(strategy).model_source)
+    loaded = _to(load_model(source), where)
     strat = Strategy.load(strategy, expect_fingerprint=loaded.fingerprint)
     cfg = FinetuneConfig(steps=steps, k=k, seq_len=seq_len, batch=batch, grad_accum=grad_accum, lr=lr, rank=rank,
-                         experts=experts, top_k=top_k, min_depth=min_depth or None, smol=not no_smol,
-                         distill=not no_distill, balance=not no_balance, checkpoint_every=checkpoint_every, seed=seed)
+                         experts=experts, top_k=top_k, min_depth=min_depth or None, checkpoint_every=checkpoint_every,
+                         gradient_checkpointing=gradient_checkpointing, seed=seed)
     start = steps_done(out) if resume else 0
-    console.print(f"loaded {loaded.source} ({loaded.fingerprint}) in {time.perf_counter() - t0:.1f} s; "
-                  f"{'resuming at step ' + str(start) if resume else 'new run'} -> {out}", highlight=False)
+    console.print(f"loaded {loaded.source} ({loaded.fingerprint}) on {where[0]} in {where[1]} in {time.perf_counter() - t0:.1f} s; "
+                  f"{'resuming at step ' + str(start) if resume else 'new run'} -> {out}", highlight=False,
+                  soft_wrap=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[losses]}"), console=console) as bar:
         task = bar.add_task("fine-tuning", total=steps, completed=start, losses="")

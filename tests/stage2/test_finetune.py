@@ -129,3 +129,24 @@ def test_cli_kill_and_resume(strategy: Strategy, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert steps_done(out) == killed_at + 2
     assert "resuming at step" in r.stdout
+
+
+def test_gradient_checkpointing_gives_the_same_adapters(strategy: Strategy, tmp_path: Path) -> None:
+    plain = finetune(load_model("tiny"), strategy, CFG, tmp_path / "plain")
+    ckpt_cfg = FinetuneConfig(**{**CFG.__dict__, "gradient_checkpointing": True})
+    recomputed = finetune(load_model("tiny"), strategy, ckpt_cfg, tmp_path / "ckpt")
+    a, b = adapter_state(plain), adapter_state(recomputed)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+
+
+def test_cli_device_and_memory_plan_refusals(strategy: Strategy, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    strategy.save(tmp_path / "s.yaml")
+    base = ["finetune", "--model", "tiny", "--steps", "2", "--strategy", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "o")]
+    if not torch.cuda.is_available():
+        rc, err = _cli(*base, "--device", "cuda", capsys=capsys)
+        assert rc == 2 and err.startswith("error:") and "cuda" in err and len(err.strip().splitlines()) == 1
+    # 10^5 windows of 10^5 tokens cannot fit: refused before loading, naming the terms in GiB
+    rc, err = _cli(*base, "--device", "cpu", "--batch", "100000", "--seq-len", "100000", capsys=capsys)
+    assert rc == 2 and "does not fit" in err and "activations" in err and "GiB" in err
+    assert not (tmp_path / "o").exists()
