@@ -32,12 +32,14 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Mapping
+from typing import Any, Callable
 
 from amoeba_core.errors import AmoebaError
 from amoeba_core.shape import ModelGeometry, WidthAxes, width_key
 from profiler.device import DeviceSpec, ensure_device
 from profiler.flows import PHASES, FlowConfig, Workload, flow_class, make_flow
+from profiler.flows.options import FlowOptions, parse_options
 from profiler.measure import LatencyStats, MeasureConfig, PairedStats, environment, measure_paired
 from profiler.predict import fit_line, per_layer_depths, sparse_depths
 from profiler.table import LatencyTable, now_utc, row_key, shape_key
@@ -461,7 +463,7 @@ def make_plan(
     batch: int = 1,
     measure_cfg: MeasureConfig | None = None,
     torch_device: str = "cpu",
-    options: dict | None = None,
+    options: Mapping[str, Any] | FlowOptions | None = None,
     redo_contended: bool = False,
     reference: tuple[int, float] | None = None,
     attn_widths: tuple[float, ...] = (),
@@ -469,6 +471,7 @@ def make_plan(
     """Validate everything a profile needs before anything is written."""
     geometry = ModelGeometry.resolve(model)
     cfg = measure_config_for(flow, measure_cfg)  # an unknown flow -> error listing the known ones
+    opts = parse_options(flow, options)  # an unknown key or a bad value -> error listing the valid ones
     name = model if model in ModelGeometry.preset_names() else geometry.name
     ds = depths or tuple(range(1, geometry.n_layers + 1))
     return ProfilePlan(
@@ -481,7 +484,7 @@ def make_plan(
         phases=tuple(phases),
         prompt_len=prompt_len,
         batch=batch,
-        config=FlowConfig(dtype=dtype, threads=threads, device=torch_device, options=options or {}),
+        config=FlowConfig(dtype=dtype, threads=threads, device=torch_device, options=opts),
         sparse=sparse,
         per_layer=per_layer,
         measure=cfg,

@@ -6,6 +6,7 @@ import importlib
 
 from amoeba_core.errors import AmoebaError
 from profiler.flows.base import PHASES, Flow, FlowConfig, Phase, Workload
+from profiler.flows.options import FLOW_OPTIONS, FlowOptions, parse_options
 
 # name -> "module:Class". Add a flow here and in its own module; nothing else names it.
 FLOWS: dict[str, str] = {
@@ -32,11 +33,15 @@ def make_flow(name: str, config: FlowConfig | None = None) -> Flow:
     return klass(config)
 
 
-__all__ = ["FLOWS", "PHASES", "Flow", "FlowConfig", "Phase", "Workload", "flow_class", "make_flow"]
+__all__ = ["FLOWS", "FLOW_OPTIONS", "PHASES", "Flow", "FlowConfig", "FlowOptions", "Phase", "Workload", "flow_class",
+           "make_flow", "parse_flow_spec", "parse_options", "split_flow_specs"]
 
 
 def parse_flow_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """``"llamacpp:quant=q8_0,seed=1"`` -> ``("llamacpp", {"quant": "q8_0", "seed": "1"})`` (benchmark scripts)."""
+    """``"llamacpp:quant=q8_0,seed=1"`` -> ``("llamacpp", {"quant": "q8_0", "seed": "1"})`` (benchmark scripts).
+
+    The options are checked against the flow's typed options (:mod:`profiler.flows.options`): an
+    unknown key or a bad value raises AmoebaError here, before a benchmark times anything."""
     name, _, rest = spec.strip().partition(":")
     opts: dict[str, str] = {}
     for kv in filter(None, (x.strip() for x in rest.split(","))):
@@ -45,6 +50,7 @@ def parse_flow_spec(spec: str) -> tuple[str, dict[str, str]]:
         k, v = kv.split("=", 1)
         opts[k.strip()] = v.strip()
     flow_class(name.strip())  # unknown flow -> error listing the known ones
+    parse_options(name.strip(), opts)  # unknown key / bad value -> error listing the valid ones
     return name.strip(), opts
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import typing
 from pathlib import Path
 from typing import Iterator
 
@@ -26,10 +27,11 @@ import numpy as np
 from amoeba_core.cache import cached
 from amoeba_core.errors import AmoebaError
 from amoeba_core.shape import ModelGeometry
+from profiler.flows.options import GgufQuant
 
 log = logging.getLogger(__name__)
 
-QUANTS: tuple[str, ...] = ("f16", "q8_0", "q4_0")
+QUANTS: tuple[str, ...] = typing.get_args(GgufQuant)  # declared with the flow options
 _BLOCK = 32
 _INIT_STD = 0.02
 

@@ -12,11 +12,14 @@ with the install command. It never returns a made-up number.
 from __future__ import annotations
 
 import abc
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from amoeba_core.errors import AmoebaError
 from amoeba_core.shape import ModelGeometry
+from profiler.flows.options import FlowOptions, parse_options
 
 Phase = Literal["prefill", "decode"]
 PHASES: tuple[Phase, ...] = ("prefill", "decode")
@@ -29,7 +32,9 @@ class FlowConfig:
     dtype: str = "float32"
     threads: int = 0  # 0: the runtime's default
     device: str = "cpu"  # "cpu" or "cuda"
-    options: dict[str, Any] = field(default_factory=dict)  # flow-specific (e.g. quant type)
+    # flow-specific: the flow's typed options (profiler.flows.options), or a raw {key: value} dict
+    # that the flow validates into them when it is made (Flow.config then holds the typed model)
+    options: FlowOptions | Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.threads < 0:
@@ -65,9 +70,18 @@ class Flow(abc.ABC):
     # rebuild artifacts between the paired protocol's rounds unless the user says otherwise
     # (MeasureConfig.rebuild): True where a loaded copy's speed was measured to vary from load to load
     rebuild_between_rounds: ClassVar[bool] = False
+    # the flow's options (profiler.flows.options.FLOW_OPTIONS names the same model, without importing the flow)
+    options_model: ClassVar[type[FlowOptions]] = FlowOptions
 
     def __init__(self, config: FlowConfig | None = None) -> None:
-        self.config = config or FlowConfig()
+        config = config or FlowConfig()
+        opts = parse_options(self.name, config.options, self.options_model)  # AmoebaError: unknown key, bad value
+        self.config = dataclasses.replace(config, options=opts)
+
+    @property
+    def options(self) -> Any:
+        """The typed options (an instance of ``options_model``)."""
+        return self.config.options
 
     @classmethod
     @abc.abstractmethod

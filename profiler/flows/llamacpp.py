@@ -1,7 +1,7 @@
 """llama.cpp flow (llama-cpp-python): a GGUF of the geometry, timed with ``Llama.eval``.
 
 ``build`` writes (once, cached on disk, see :mod:`profiler.flows._gguf`) a random-weight GGUF in
-``options["quant"]`` (``f16``, ``q8_0`` or ``q4_0``) and loads it; ``options["gguf"]`` loads a
+``options.quant`` (``f16``, ``q8_0`` or ``q4_0``) and loads it; ``options.gguf`` loads a
 given file instead (e.g. a :func:`shallow_gguf` copy of a real model), which must match the
 geometry's sizes.
 
@@ -29,8 +29,9 @@ from typing import Any, ClassVar
 from amoeba_core.cache import release
 from amoeba_core.errors import AmoebaError, NotInstalledError
 from amoeba_core.shape import ModelGeometry
-from profiler.flows._gguf import QUANTS, cached_random_gguf, shallow_gguf
+from profiler.flows._gguf import cached_random_gguf, shallow_gguf
 from profiler.flows.base import Flow, FlowConfig, Workload
+from profiler.flows.options import LlamaCppOptions
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,11 @@ class LlamaCppFlow(Flow):
     # q4_0's reference level was bimodal between loads (4.4 vs 5.4 ms); rebuilt each round, its rows
     # reproduced 95% within 5% instead of 0-5% (benchmarks/reproducibility.py)
     rebuild_between_rounds: ClassVar[bool] = True
+    options_model: ClassVar[type[LlamaCppOptions]] = LlamaCppOptions
 
     def __init__(self, config: FlowConfig | None = None) -> None:
-        super().__init__(config)
-        quant = str(self.config.options.get("quant", "f16"))
-        if quant not in QUANTS:
-            raise AmoebaError(f"llamacpp flow: quant must be one of {QUANTS}, got {quant!r}")
+        super().__init__(config)  # options validated: quant is one of QUANTS
+        quant = self.options.quant
         if self.config.device != "cpu":
             raise AmoebaError("llamacpp flow: only device 'cpu' is supported (this build of llama.cpp is CPU-only)")
         self.quant = quant
@@ -72,14 +72,14 @@ class LlamaCppFlow(Flow):
 
     # -- build -----------------------------------------------------------------------------
     def build(self, geometry: ModelGeometry) -> LlamaCppArtifact:
-        given = self.config.options.get("gguf")
+        given = self.options.gguf
         if given:
             path = Path(given)
             if not path.is_file():
                 raise AmoebaError(f"GGUF file {path} does not exist")
         else:
-            path = cached_random_gguf(geometry, self.quant, seed=int(self.config.options.get("seed", 0)),
-                                      cache_dir=self.config.options.get("cache_dir"))
+            path = cached_random_gguf(geometry, self.quant, seed=self.options.seed,
+                                      cache_dir=self.options.cache_dir)
         art = LlamaCppArtifact(path, geometry)
         self._ensure_ctx(art, _MIN_CTX)
         if given:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,12 +36,13 @@ from amoeba_core.errors import AmoebaError, NotInstalledError
 from amoeba_core.shape import ModelGeometry
 from profiler.flows._hf_checkpoint import checkpoint_name, write_hf_checkpoint
 from profiler.flows.base import Flow, FlowConfig, Workload
+from profiler.flows.options import MlcLlmOptions, MlcQuantization
 
 log = logging.getLogger(__name__)
 
 INSTALL = ("pip install --pre -f https://mlc.ai/wheels mlc-llm-nightly-cu128 mlc-ai-nightly-cu128  "
            "(pick the wheel for your CUDA, e.g. -cu130; on Jetson Orin build MLC-LLM from source)")
-QUANTIZATIONS = ("q0f16", "q0bf16", "q0f32", "q3f16_1", "q4f16_0", "q4f16_1", "q4f16_2", "q4f32_1", "e4m3_e4m3_f16")
+QUANTIZATIONS: tuple[str, ...] = typing.get_args(MlcQuantization)
 _HF_DTYPE = {"q0f32": "float32", "q4f32_1": "float32", "q0bf16": "bfloat16"}
 
 
@@ -138,20 +140,18 @@ class MlcLlmFlow(Flow):
 
     name: ClassVar[str] = "mlc_llm"
     install_hint: ClassVar[str] = INSTALL
+    options_model: ClassVar[type[MlcLlmOptions]] = MlcLlmOptions
 
     def __init__(self, config: FlowConfig | None = None) -> None:
         super().__init__(config or FlowConfig(dtype="float16", device="cuda"))
-        o = self.config.options
-        self.quantization = str(o.get("quantization", "q0f16"))
-        _check_quant(self.quantization)
-        self.mlc_device = str(o.get("mlc_device", "cuda"))
-        self.decode_tokens = int(o.get("decode_tokens", 16))
-        self.context_window = int(o.get("context_window", 2048))
-        if self.decode_tokens < 2:
-            raise AmoebaError("mlc_llm: decode_tokens must be >= 2")
+        o = self.options  # validated: quantization one of QUANTIZATIONS, decode_tokens >= 2
+        self.quantization = o.quantization
+        self.mlc_device = o.mlc_device
+        self.decode_tokens = o.decode_tokens
+        self.context_window = o.context_window
         if self.config.device != "cuda":
             raise AmoebaError("mlc_llm runs on a GPU: pass --flow-device cuda")
-        self.workdir = Path(o.get("workdir") or cache_root() / "mlc")  # counted in the cache budget
+        self.workdir = Path(o.workdir or cache_root() / "mlc")  # counted in the cache budget
 
     @classmethod
     def check_available(cls) -> None:

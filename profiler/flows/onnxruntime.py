@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
+import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,10 +39,11 @@ from amoeba_core.cache import cached, release
 from amoeba_core.errors import AmoebaError, NotInstalledError
 from amoeba_core.shape import ModelGeometry
 from profiler.flows.base import Flow, FlowConfig, Workload
+from profiler.flows.options import OnnxExporter, OnnxRuntimeOptions
 
 log = logging.getLogger(__name__)
 
-EXPORTERS = ("torchscript", "dynamo")
+EXPORTERS: tuple[str, ...] = typing.get_args(OnnxExporter)
 PREFILL, DECODE = "prefill/model.onnx", "decode/model.onnx"
 _OPSET = 17
 
@@ -176,6 +178,7 @@ def _shared_pool(threads: int) -> bool:
 class OnnxRuntimeFlow(Flow):
     name: ClassVar[str] = "onnxruntime"
     install_hint: ClassVar[str] = "pip install 'amoeba-deploy[onnx]' (onnxruntime, or onnxruntime-gpu for CUDA)"
+    options_model: ClassVar[type[OnnxRuntimeOptions]] = OnnxRuntimeOptions
     # one session of a small shape ran 6-10% off another session of it, with tight intervals; rebuilt
     # each round, rows reproduced 95% within 5% instead of 85% (benchmarks/reproducibility.py)
     rebuild_between_rounds: ClassVar[bool] = True
@@ -184,9 +187,7 @@ class OnnxRuntimeFlow(Flow):
         super().__init__(config)
         if self.config.dtype != "float32":
             raise AmoebaError(f"onnxruntime flow exports float32 graphs only, got dtype {self.config.dtype!r}")
-        self.exporter = str(self.config.options.get("exporter", "torchscript"))
-        if self.exporter not in EXPORTERS:
-            raise AmoebaError(f"onnxruntime flow: exporter must be one of {EXPORTERS}, got {self.exporter!r}")
+        self.exporter = self.options.exporter  # validated: one of EXPORTERS
         if self.config.device == "cuda":
             import onnxruntime as ort
 
@@ -221,8 +222,7 @@ class OnnxRuntimeFlow(Flow):
         return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
     def build(self, geometry: ModelGeometry) -> OrtArtifact:
-        folder = cached_export(geometry, self.exporter, int(self.config.options.get("seed", 0)),
-                               self.config.options.get("cache_dir"))
+        folder = cached_export(geometry, self.exporter, self.options.seed, self.options.cache_dir)
         return OrtArtifact(folder, geometry, self._session(folder / PREFILL), self._session(folder / DECODE),
                            self.config.device)
 

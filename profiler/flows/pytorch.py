@@ -8,7 +8,7 @@ before each run, so every timed step attends to exactly ``prompt_len`` cached to
 To keep a profile sweep fast the flow reuses weights across depths: ``build`` of a geometry
 that differs from the previous one only in ``n_layers`` (fewer layers) returns a model made of
 the first layers of the previous one (the same modules, not copies), so a depth sweep builds
-random weights once per width. Set ``options={"reuse_weights": False}`` to build each anew.
+random weights once per width. Set ``options={"reuse_weights": False}`` (``-o reuse_weights=false``) to build each anew.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from amoeba_core.errors import AmoebaError, NotInstalledError
 from amoeba_core.shape import ModelGeometry
 from profiler.flows.base import Flow, FlowConfig, Workload
+from profiler.flows.options import PyTorchOptions
 
 if TYPE_CHECKING:
     import torch
@@ -53,6 +54,7 @@ class TorchArtifact:
 class PyTorchFlow(Flow):
     name: ClassVar[str] = "pytorch"
     install_hint: ClassVar[str] = "pip install torch transformers"
+    options_model: ClassVar[type[PyTorchOptions]] = PyTorchOptions
 
     def __init__(self, config: FlowConfig | None = None) -> None:
         super().__init__(config)
@@ -95,7 +97,7 @@ class PyTorchFlow(Flow):
         from amoeba_core.model import llama_config, random_llama
 
         self._threads()
-        reuse = bool(self.config.options.get("reuse_weights", True))
+        reuse = self.options.reuse_weights
         if reuse and self._pool is not None:
             g0, full = self._pool
             if (

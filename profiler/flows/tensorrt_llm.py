@@ -28,6 +28,7 @@ import asyncio
 import json
 import logging
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,12 +40,13 @@ from amoeba_core.errors import AmoebaError, NotInstalledError
 from amoeba_core.shape import ModelGeometry
 from profiler.flows._hf_checkpoint import checkpoint_name, write_hf_checkpoint
 from profiler.flows.base import Flow, FlowConfig, Workload
+from profiler.flows.options import TensorRtLlmOptions, TrtBackend
 
 log = logging.getLogger(__name__)
 
 INSTALL = ("pip install tensorrt_llm  (Linux x86_64/aarch64 with an NVIDIA GPU; also `apt install libopenmpi-dev`; "
            "or run inside the NGC container nvcr.io/nvidia/tensorrt-llm/release)")
-BACKENDS = ("pytorch", "tensorrt")
+BACKENDS: tuple[str, ...] = typing.get_args(TrtBackend)
 DTYPES = ("float16", "bfloat16")
 
 
@@ -158,19 +160,18 @@ class TensorRtLlmFlow(Flow):
 
     name: ClassVar[str] = "tensorrt_llm"
     install_hint: ClassVar[str] = INSTALL
+    options_model: ClassVar[type[TensorRtLlmOptions]] = TensorRtLlmOptions
 
     def __init__(self, config: FlowConfig | None = None) -> None:
         super().__init__(config or FlowConfig(dtype="float16", device="cuda"))
-        o = self.config.options
-        self.backend = str(o.get("backend", "pytorch"))
-        self.decode_tokens = int(o.get("decode_tokens", 16))
+        o = self.options  # validated: backend one of BACKENDS, decode_tokens >= 2
+        self.backend = o.backend
+        self.decode_tokens = o.decode_tokens
         self.dtype = self.config.dtype  # float16 | bfloat16 (pass --dtype float16)
         llm_kwargs("x", 1, self.decode_tokens, self.dtype, self.backend)  # validate early
-        if self.decode_tokens < 2:
-            raise AmoebaError("tensorrt_llm: decode_tokens must be >= 2 (TPOT needs two tokens)")
         if self.config.device != "cuda":
             raise AmoebaError("tensorrt_llm runs on NVIDIA GPUs: pass --flow-device cuda")
-        self.workdir = Path(o.get("workdir") or cache_root() / "trtllm")  # counted in the cache budget
+        self.workdir = Path(o.workdir or cache_root() / "trtllm")  # counted in the cache budget
 
     @classmethod
     def check_available(cls) -> None:
@@ -192,8 +193,8 @@ class TensorRtLlmFlow(Flow):
             for other in list(art.llms):  # one engine at a time on the GPU
                 art.llms.pop(other).shutdown()
             art.llms[prompt_len] = make_llm(art.hf_dir, prompt_len, self.decode_tokens, self.dtype, self.backend,
-                                            float(self.config.options.get("free_gpu_memory_fraction", 0.3)),
-                                            bool(self.config.options.get("cuda_graphs", True)),
+                                            self.options.free_gpu_memory_fraction,
+                                            self.options.cuda_graphs,
                                             self.workdir / "engines" / f"{art.hf_dir.name}-p{prompt_len}")
         return art.llms[prompt_len]
 

@@ -65,6 +65,7 @@ from amoeba_core.errors import AmoebaError, NotInstalledError
 from amoeba_core.filelock import file_lock
 from amoeba_core.shape import ModelGeometry
 from profiler.flows.base import Flow, FlowConfig, Workload
+from profiler.flows.options import TvmOptions
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ class TvmArtifact:
 class TvmFlow(Flow):
     name: ClassVar[str] = "tvm"
     install_hint: ClassVar[str] = INSTALL
+    options_model: ClassVar[type[TvmOptions]] = TvmOptions
     # A rebuild (``--rebuild``) is a reload: a fresh VM and fresh weight tensors from the compiled
     # executable (kept per shape in ``self._compiled``; not compiled again). Off by default: on the
     # 2-core VM it did not make two runs agree (reproducibility.py, tuned: 15% of rows within 5%
@@ -130,12 +132,7 @@ class TvmFlow(Flow):
             raise AmoebaError(f"tvm flow compiles float32 for the CPU, got dtype {self.config.dtype!r}")
         if self.config.device != "cpu":
             raise AmoebaError("tvm flow targets the host CPU (llvm); use --flow-device cpu")
-        o = self.config.options
-        if "trials_per_task" in o:
-            raise AmoebaError("tvm flow: trials_per_task is gone; trials is now the budget per kernel")
-        self.trials = int(o.get("trials", 0))
-        if self.trials < 0:
-            raise AmoebaError("tvm flow: trials must be >= 0")
+        self.trials = self.options.trials  # validated: >= 0 (trials_per_task is refused with a hint)
         self.threads = self.config.threads or len(os.sched_getaffinity(0))
         # the last KEEP_COMPILED executables (a block is the reference and up to 4 shapes, so a rebuild
         # between its rounds always finds them); older ones are dropped
@@ -234,9 +231,8 @@ class TvmFlow(Flow):
     def _tuned(self, mod: Any, target: Any) -> Any:
         from tvm import relax
 
-        o = self.config.options
-        work = Path(o["tuning_dir"]) if o.get("tuning_dir") else tuning_dir(
-            self.trials, str(o.get("device_name", "cpu-host")), o.get("profiles_root"))
+        o = self.options
+        work = Path(o.tuning_dir) if o.tuning_dir else tuning_dir(self.trials, o.device_name, o.profiles_root)
         work.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         with file_lock(work / ".lock"):  # one tuner per database: its JSON files are appended to
