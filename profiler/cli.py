@@ -76,10 +76,13 @@ def profile(
     threads: int = typer.Option(0, help="Runtime threads (0: runtime default)."),
     sparse: bool = typer.Option(False, "--sparse", help="Time only what the predictor needs (3 depths x all widths)."),
     per_layer: bool = typer.Option(False, "--per-layer", help="Time depth 1/2/4 models and compose deeper ones."),
-    quick: bool = typer.Option(False, "--quick", help="Few repeats (smoke runs, tests)."),
+    repeats: Optional[int] = typer.Option(
+        None, min=1, help="Time each row at most N times, with no seconds floor (default: 12 to 60 repeats, "
+        "until the interval is tight); with --rounds 1 a fast, noisier profile."
+    ),
     max_seconds: Optional[float] = typer.Option(None, help="Cap of timed seconds per row."),
     rounds: Optional[int] = typer.Option(
-        None, help="Interleaved passes over blocks of shapes, a row pooling all its rounds (default 3; --quick 1)."
+        None, help="Interleaved passes over blocks of shapes, a row pooling all its rounds (default 3)."
     ),
     min_util: Optional[float] = typer.Option(
         None, help="Contention diagnostic: rows whose median CPU use per thread is below this are reported "
@@ -115,10 +118,13 @@ def profile(
     )
 
     from amoeba_core.shape import parse_ints, parse_widths
-    from profiler.measure import QUICK, MeasureConfig
+    from profiler.measure import MeasureConfig
     from profiler.plan import make_plan, run_profile
 
-    cfg = QUICK if quick else MeasureConfig()
+    cfg = MeasureConfig()
+    if repeats is not None:
+        cfg = dataclasses.replace(cfg, warmup=min(cfg.warmup, repeats), min_repeats=min(cfg.min_repeats, repeats),
+                                  max_repeats=repeats, min_seconds=0.0)
     if max_seconds is not None:
         cfg = dataclasses.replace(cfg, max_seconds=max_seconds, min_seconds=min(cfg.min_seconds, max_seconds))
     if min_util is not None:

@@ -24,7 +24,7 @@ PROFILE = [
     "1,2",
     "--widths",
     "1",
-    "--quick",
+    "--repeats", "3", "--rounds", "1",
     "--threads",
     "1",
 ]

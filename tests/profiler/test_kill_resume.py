@@ -31,7 +31,7 @@ ARGS = [
     "16",
     "--threads",
     "1",
-    "--quick",
+    "--repeats", "3", "--rounds", "1",
 ]
 
 

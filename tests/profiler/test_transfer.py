@@ -24,7 +24,7 @@ from tests.search.test_service import _serve
 
 DEPTHS, WIDTHS = (6, 12, 18, 24, 30), (1.0, 0.875, 0.75, 0.625)
 FEW = ["profile", "--device", "cpu-host", "--flow", "pytorch", "--model", "tiny", "--depths", "1,2,3,4",
-       "--widths", "1,0.5", "--phases", "decode", "--prompt-len", "16", "--threads", "1", "--quick"]
+       "--widths", "1,0.5", "--phases", "decode", "--prompt-len", "16", "--threads", "1", "--repeats", "3", "--rounds", "1"]
 
 
 def _line(i: int, level: float, fixed: float, exponent: float, rng: np.random.Generator, noise: float) -> Line:
@@ -172,6 +172,6 @@ def test_transferred_table_is_labelled_end_to_end(two_lines: Path, tmp_path: Pat
     # a later measurement replaces the transferred answer of its shape
     d, w = shape
     _cli(root, "profile", "--device", "cpu-host", "--flow", "pytorch", "--model", "tiny", "--depths", str(d),
-         "--widths", str(w), "--phases", "decode", "--prompt-len", "16", "--threads", "1", "--quick")
+         "--widths", str(w), "--phases", "decode", "--prompt-len", "16", "--threads", "1", "--repeats", "3", "--rounds", "1")
     m = LatencyModel.open("cpu-host", "pytorch", "tiny", "decode", 16, root=root, threads=1)
     assert m.estimate(d, w).source == "measured"

@@ -67,7 +67,7 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 PROFILE = ["profile", "--device", "cpu-host", "--flow", "pytorch", "--model", "tiny", "--depths", "1,2",
-           "--quick", "--threads", "1"]
+           "--repeats", "3", "--rounds", "1", "--threads", "1"]
 
 
 @pytest.mark.parametrize(
