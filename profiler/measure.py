@@ -48,7 +48,7 @@ variation; rows carry protocol ``paired-v2`` instead of ``paired-v1``. Flows who
 measured to differ rebuild by default (``Flow.rebuild_between_rounds``: ONNX Runtime, llama.cpp).
 
 Memory: a block holds the reference and its shapes alive at once (two or more models); the
-plan bounds their total weight bytes (:func:`profiler.plan._blocks`).
+plan bounds their total weight bytes (:func:`profiler._blocks._blocks`).
 """
 
 from __future__ import annotations

@@ -30,21 +30,30 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Mapping
-from typing import Any, Callable
+from typing import Any
+
+import pandas as pd
 
 from amoeba_core.errors import AmoebaError
 from amoeba_core.shape import ModelGeometry, WidthAxes, width_key
+from profiler._blocks import (
+    BLOCK_SHAPES,
+    _blocks,
+    _check_memory,
+    _Point,
+    _weight_bytes,
+    block_budget,
+)
+from profiler._compose import _compose
 from profiler.device import DeviceSpec, ensure_device
 from profiler.flows import PHASES, FlowConfig, Workload, flow_class, make_flow
 from profiler.flows.options import FlowOptions, parse_options
 from profiler.measure import LatencyStats, MeasureConfig, PairedStats, environment, measure_paired
-from profiler.predict import fit_line, per_layer_depths, sparse_depths
+from profiler.predict import per_layer_depths, sparse_depths
 from profiler.table import LatencyTable, now_utc, row_key, shape_key
-
-import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -267,81 +276,6 @@ def run_profile(plan: ProfilePlan, root: Path | str | None = None, progress: Pro
     return result
 
 
-BLOCK_SHAPES = 4  # shapes timed interleaved with the reference in one block (alive at once)
-BLOCK_BYTES = 6 * 1024**3  # ... and at most this many weight bytes (fp32 estimate), the reference included
-MEMORY_FACTOR = 4  # a loaded shape holds up to ~4x its fp32 weights (ONNX export + prefill/decode sessions)
-
-
-def block_budget() -> int:
-    """Weight bytes a block may hold: ``BLOCK_BYTES``, or less when the machine has less than
-    ``MEMORY_FACTOR`` times that available now (ONNX Runtime's export and sessions of five
-    smollm2-sized shapes took 9 GB and were OOM-killed on a shared 23 GB host)."""
-    avail = _available_bytes()
-    return BLOCK_BYTES if avail is None else max(1, min(BLOCK_BYTES, avail // MEMORY_FACTOR))
-
-
-@dataclass
-class _Point:
-    w: float | WidthAxes  # width key (WidthAxes: separate attention/MLP widths)
-    d: int
-    phase: str
-    key: dict
-    redo: bool
-
-
-def _weight_bytes(geometry: ModelGeometry, depth: int, width: float | WidthAxes) -> int:
-    """Weight bytes of a shape at fp32 (an upper bound for the flows' dtypes)."""
-    return 4 * geometry.scaled_dims(depth, width).n_params()
-
-
-def _blocks(points: list[_Point], shapes: int, nbytes: Callable[[int, float], int],
-            max_bytes: int = BLOCK_BYTES, ref_bytes: int = 0) -> list[list[_Point]]:
-    """Consecutive points grouped so that a group holds at most ``shapes`` distinct (d, w) whose
-    weights (``nbytes``), together with the reference's (``ref_bytes``, alive all along), fit
-    ``max_bytes`` (a shape that does not fit with others gets a group of its own: two models,
-    the reference and it, are the least a paired block holds; :func:`_check_memory` refuses a
-    plan where even that exceeds the machine's available memory)."""
-    out: list[list[_Point]] = []
-    seen: set[tuple[int, float]] = set()
-    used = ref_bytes
-    for pt in points:
-        shape = (pt.d, pt.w)
-        if shape not in seen:
-            b = nbytes(*shape)
-            if not out or len(seen) >= shapes or (seen and used + b > max_bytes):
-                out.append([])
-                seen, used = set(), ref_bytes
-            seen.add(shape)
-            used += b
-        out[-1].append(pt)
-    return out
-
-
-def _available_bytes() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _check_memory(plan: ProfilePlan, nbytes: Callable[[int, float], int], points: list[_Point]) -> None:
-    """Refuse (before anything is timed) a CPU plan whose reference and largest shape cannot be
-    loaded at once in the memory available now."""
-    if plan.config.device != "cpu" or not points:
-        return
-    avail = _available_bytes()
-    need = nbytes(*plan.reference) + max(nbytes(pt.d, pt.w) for pt in points)
-    if avail is not None and need > avail:
-        raise AmoebaError(
-            f"the paired protocol loads the reference {shape_key(*plan.reference)} and each shape at once: "
-            f"~{need / 1e9:.1f} GB (fp32 estimate) but {avail / 1e9:.1f} GB are available; "
-            f"use --per-layer (its reference is the depth-{max(per_layer_depths(plan.geometry.n_layers))} model)"
-        )
-
-
 def _contended(row: pd.Series, min_util: float) -> bool:
     """A row's contention diagnostic: median util below ``min_util`` (legacy rows: every sample
     set aside by the old filter)."""
@@ -387,56 +321,6 @@ def _check_measurable(spec: DeviceSpec, plan: ProfilePlan) -> None:
         )
     if (spec.kind == "gpu") != (plan.config.device == "cuda"):
         raise AmoebaError(f"device {spec.name} is a {spec.kind} but the flow runs on {plan.config.device}")
-
-
-def _compose(plan: ProfilePlan, table: LatencyTable, variant: str) -> int:
-    """Per-layer rows for every requested depth, from the measured depth-1/2/4 rows of this
-    run's settings (threads, protocol): lines through their absolute p10/p50/p90 and through
-    their paired ratios and ratio bounds (the composed ratio interval is the envelope of those
-    lines), so the composed rows read in drift-corrected milliseconds like measured ones."""
-    written = 0
-    threads = plan.config.threads
-    ref_name = shape_key(*plan.reference)
-    for phase in plan.phases:
-        rows = table.rows(phase=phase, variant=variant, prompt_len=plan.prompt_len, batch=plan.batch, source="measured")
-        rows = rows[(rows["threads"] == threads) & (rows["protocol"] == plan.measure.protocol)]
-        for w in plan.widths:
-            sub = rows[(rows["width"].round(3) == round(w, 3)) & rows["attn_width"].isna()
-                       & rows["depth"].isin(plan.measured_depths)]
-            if sub["depth"].nunique() < 2:
-                continue
-            paired = sub["ratio"].notna().all() and (sub["reference"] == ref_name).all()
-            for d in plan.depths:
-                key = row_key(variant, d, w, phase, plan.batch, plan.prompt_len, "per-layer", threads,
-                              plan.measure.protocol)
-                row = {
-                    **key,
-                    "p50_ms": _compose_q(sub, "p50_ms", d),
-                    "p10_ms": _compose_q(sub, "p10_ms", d),
-                    "p90_ms": _compose_q(sub, "p90_ms", d),
-                    "n": int(sub["n"].sum()),
-                    "discarded": 0,
-                    "samples_ms": [],
-                    "created": now_utc(),
-                    "ratio": _compose_q(sub, "ratio", d) if paired else math.nan,
-                    "ratio_lo": _compose_q(sub, "ratio_lo", d) if paired else math.nan,
-                    "ratio_hi": _compose_q(sub, "ratio_hi", d) if paired else math.nan,
-                    "reference": ref_name if paired else "",
-                    "util": float(sub["util"].median()),
-                    "versions": str(sub["versions"].iloc[0]),
-                }
-                old = table.get(key)
-                if old is None:
-                    written += int(table.append(row))
-                elif not math.isclose(float(old["p50_ms"]), row["p50_ms"], rel_tol=1e-9):
-                    table.replace(row)  # its measured inputs were re-timed (--redo-contended)
-                    written += 1
-    return written
-
-
-def _compose_q(sub: pd.DataFrame, col: str, depth: int) -> float:
-    t0, slope = fit_line(sub["depth"], sub[col])
-    return t0 + depth * slope
 
 
 def measure_config_for(flow: str, cfg: MeasureConfig | None = None) -> MeasureConfig:
