@@ -39,8 +39,10 @@ import pandas as pd
 
 from amoeba_core.errors import AmoebaError
 from amoeba_core.shape import ModelGeometry, WidthAxes, width_key
-from profiler._blocks import (
+from profiler._blocks import (  # BLOCK_BYTES, MEMORY_FACTOR: importable from here as before the split
+    BLOCK_BYTES,  # noqa: F401
     BLOCK_SHAPES,
+    MEMORY_FACTOR,  # noqa: F401
     _blocks,
     _check_memory,
     _Point,
