@@ -42,7 +42,7 @@ def ensure_table(device: str, flow: str, model: str, phase: str, depths: tuple[i
                  widths: tuple[float, ...], root: Path | None) -> str:
     """'present', or profile a sparse table (decode) and say so."""
     from amoeba_core.errors import AmoebaError
-    from search.objectives import LatencyObjective
+    from search.latency import LatencyObjective
 
     try:
         lat = LatencyObjective(device, flow, model, phase, root=root)

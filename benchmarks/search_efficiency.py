@@ -138,7 +138,8 @@ def main() -> None:
     from search.hierarchical import run_hierarchical
 
     promotions = ("value", "interval")  # search.hierarchical's rule, and the earlier one it replaced
-    from search.objectives import AccuracyTable, LatencyObjective, MultiFidelityAccuracy
+    from search.objectives import AccuracyTable, MultiFidelityAccuracy
+    from search.latency import LatencyObjective
     from search.pareto import hypervolume, pareto_indices
     from search.problem import SearchProblem
     from search.space import SearchSpace

@@ -13,7 +13,7 @@ from typing import Any
 _EXPORTS = {
     "SearchSpace": "search.space", "fine_widths": "search.space",
     "AccuracyObjective": "search.objectives", "AccuracyTable": "search.objectives",
-    "AccuracyRecord": "search.objectives", "LatencyObjective": "search.objectives", "ShapeLatency": "search.objectives",
+    "AccuracyRecord": "search.objectives", "LatencyObjective": "search.latency", "LatencyEstimate": "profiler.lookup",
     "SearchProblem": "search.problem", "Evaluation": "search.problem",
     "run_hierarchical": "search.hierarchical", "run_optuna": "search.evolutionary",
     "open_storage": "search.store", "storage_url": "search.store",

@@ -15,7 +15,7 @@ from search.serve_cli import RUN as _RUN
 from search.serve_cli import push, serve  # `amoeba serve | push` live there
 
 if TYPE_CHECKING:
-    from search.objectives import LatencyObjective
+    from search.latency import LatencyObjective
 
 _PHASE = typer.Option("decode", help="decode (ms/token), prefill (ms/prompt) or e2e (prefill + gen_len decodes).")
 
@@ -107,7 +107,8 @@ def search(
     from rich.console import Console
     from rich.table import Table
 
-    from search.objectives import AccuracyTable, LatencyObjective, MultiFidelityAccuracy
+    from search.objectives import AccuracyTable, MultiFidelityAccuracy
+    from search.latency import LatencyObjective
     from search.pareto import pareto_indices
     from search.problem import SearchProblem
     from search.query import is_pairing_reference, write_meta

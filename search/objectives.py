@@ -15,10 +15,8 @@ each rung's windows contain the previous rung's: promoting a shape costs only th
 has not seen. Every rung's score is a row of the table under its own context
 (``...|<n>w``), so the full-budget rows are exactly what a single-fidelity search stores.
 
-Latency comes from the profiler (a measured row when there is one, else its predictor; with its
-90% interval and an ``extrapolated`` flag; one table variant, ``variant`` or the table's first) for
-``decode`` (one token), ``prefill`` (the prompt) or ``e2e``: prefill of ``prompt_len`` tokens plus
-``gen_len`` decode steps. An e2e value is labelled ``measured`` only when both parts are.
+Latency is :class:`search.latency.LatencyObjective` (the profiler's tables, one
+:class:`profiler.lookup.LatencyEstimate` per shape).
 """
 
 from __future__ import annotations
@@ -36,12 +34,10 @@ import pandas as pd
 
 from amoeba_core.errors import AmoebaError
 from amoeba_core.filelock import file_lock, read_snapshot
-from amoeba_core.shape import SubnetShape, WidthAxes, grid_key, width_key
+from amoeba_core.shape import SubnetShape
 
 log = logging.getLogger(__name__)
 
-PHASES = ("decode", "prefill", "e2e")
-_SOURCE_RANK = {"measured": 0, "per-layer": 1, "transferred": 2, "predicted": 3, "roofline": 4}  # lookup's preference order
 
 
 @dataclass(frozen=True)
@@ -388,71 +384,3 @@ class MultiFidelityAccuracy:
         obj = cls(run_windows, table, ctx, n, seq_len, rs, window_doc)
         obj.loaded, obj.windows_tensor = loaded, ids  # type: ignore[attr-defined]
         return obj
-
-
-@dataclass(frozen=True)
-class ShapeLatency:
-    ms: float
-    source: str
-    measured_ms: float | None = None
-    predicted_ms: float | None = None
-    lo_ms: float | None = None  # 90% interval (e2e: the parts' bounds added, a conservative interval)
-    hi_ms: float | None = None
-    extrapolated: bool = False  # the predictor left the measured depths/widths
-
-
-class LatencyObjective:
-    """Latency of a shape on one device/flow from the profiler's tables (cached models)."""
-
-    def __init__(self, device: str, flow: str, model: str, phase: str = "decode", prompt_len: int | None = None,
-                 gen_len: int = 128, root: Path | None = None, variant: str | None = None) -> None:
-        from profiler.lookup import LatencyModel
-
-        if phase not in PHASES:
-            raise AmoebaError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
-        if gen_len < 1:
-            raise AmoebaError(f"gen_len must be >= 1, got {gen_len}")
-        self.device, self.flow, self.model, self.phase, self.gen_len = device, flow, model, phase, int(gen_len)
-        self.parts: list[tuple[Any, int]] = []  # (LatencyModel, multiplier)
-        if phase in ("decode", "prefill"):
-            self.parts.append((LatencyModel.open(device, flow, model, phase, prompt_len, variant, root=root), 1))
-        else:
-            pre = LatencyModel.open(device, flow, model, "prefill", prompt_len, variant, root=root)
-            try:
-                dec = LatencyModel.open(device, flow, model, "decode", pre.prompt_len, pre.variant, root=root)
-            except AmoebaError:
-                dec = LatencyModel.open(device, flow, model, "decode", None, pre.variant, root=root)
-                log.info("no decode rows at context %d; using decode at context %d", pre.prompt_len, dec.prompt_len)
-            self.parts += [(pre, 1), (dec, self.gen_len)]
-        self.prompt_len = self.parts[0][0].prompt_len
-        self.variant: str | None = getattr(self.parts[0][0], "variant", None)
-        self._cache: dict[tuple[int, float], ShapeLatency] = {}
-
-    def __call__(self, shape: SubnetShape) -> ShapeLatency:
-        return self.at(shape.depth, width_key(shape.width, shape.attn_width))
-
-    def at(self, depth: int, width: float | WidthAxes) -> ShapeLatency:
-        """Latency of (depth, width); ``width`` may be a width key (``WidthAxes``: separate attention/MLP)."""
-        width = width_key(width)
-        key = (int(depth), width)
-        hit = self._cache.get(key)
-        if hit is not None:
-            return hit
-        ests = [(m.estimate(depth, width), k) for m, k in self.parts]
-        ms = sum(e.ms * k for e, k in ests)
-        source = max((e.source for e, _ in ests), key=lambda s: _SOURCE_RANK.get(s, 9))
-        measured = sum(e.measured_ms * k for e, k in ests) if all(e.measured_ms is not None for e, _ in ests) else None
-        predicted = sum(e.predicted_ms * k for e, k in ests) if all(e.predicted_ms is not None for e, _ in ests) \
-            else None
-        if not ms > 0:
-            raise AmoebaError(f"{self.device}/{self.flow}/{self.model} gives a non-positive {self.phase} latency "
-                              f"({ms:.4g} ms, {source}) for {grid_key(depth, width)}: the shape is outside what the "
-                              "table's predictor can extrapolate; profile widths/depths that cover it")
-        def bound(name: str) -> float | None:
-            vals = [getattr(e, name, None) for e, _ in ests]
-            return sum(v * k for v, (_, k) in zip(vals, ests)) if all(v is not None for v in vals) else None
-
-        extrapolated = any(bool(getattr(e, "extrapolated", False)) for e, _ in ests)
-        out = ShapeLatency(float(ms), source, measured, predicted, bound("lo_ms"), bound("hi_ms"), extrapolated)
-        self._cache[key] = out
-        return out

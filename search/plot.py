@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, Sequence
 
 from amoeba_core.errors import AmoebaError
 from amoeba_core.shape import parse_shape
-from search.objectives import LatencyObjective
+from search.latency import LatencyObjective
 from search.query import Point, QueryIndex, parse_share
 
 log = logging.getLogger(__name__)

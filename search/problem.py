@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from amoeba_core.shape import SubnetShape
-from search.objectives import AccuracyRecord, MultiFidelityAccuracy, ShapeLatency
+from search.objectives import AccuracyRecord, MultiFidelityAccuracy
+from profiler.lookup import LatencyEstimate
 from search.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ class Evaluation:
     None when the accuracy function gives a bare number)."""
 
     shape: SubnetShape
-    latency: ShapeLatency
+    latency: LatencyEstimate
     accuracy: float
     score: AccuracyRecord | None = None
 
@@ -78,7 +79,7 @@ class SearchProblem:
     """
 
     def __init__(self, space: SearchSpace, accuracy: Callable[[SubnetShape], AccuracyRecord | float],
-                 latency: Callable[[SubnetShape], ShapeLatency], budget_ms: float | None = None) -> None:
+                 latency: Callable[[SubnetShape], LatencyEstimate], budget_ms: float | None = None) -> None:
         self.space, self.accuracy_fn, self.latency_fn, self.budget_ms = space, accuracy, latency, budget_ms
         self.history: list[Evaluation] = []
         self._seen: dict[str, Evaluation] = {}
@@ -95,7 +96,7 @@ class SearchProblem:
         return fn if isinstance(fn, MultiFidelityAccuracy) else None
 
     # -- objectives -----------------------------------------------------------------
-    def latency(self, shape: SubnetShape) -> ShapeLatency:
+    def latency(self, shape: SubnetShape) -> LatencyEstimate:
         return self.latency_fn(shape)
 
     def feasible(self, shape: SubnetShape) -> bool:

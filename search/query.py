@@ -29,7 +29,9 @@ import yaml
 
 from amoeba_core.errors import AmoebaError
 from amoeba_core.shape import WidthAxes, parse_shape
-from search.objectives import PHASES, AccuracyRecord, AccuracyTable, LatencyObjective, ShapeLatency
+from search.objectives import AccuracyRecord, AccuracyTable
+from search.latency import LatencyObjective, PHASES
+from profiler.lookup import LatencyEstimate
 from search.pareto import pareto_indices
 from search.space import SearchSpace
 
@@ -123,7 +125,7 @@ class QueryIndex:
         self._lock = threading.Lock()
         self._indexes: dict[tuple[str, str, str, str | None], _Index] = {}
         self._tables: dict[str, list[str]] | None = None
-        self._full: dict[tuple[str, str, str, str | None], ShapeLatency] = {}  # full model's latency per table
+        self._full: dict[tuple[str, str, str, str | None], LatencyEstimate] = {}  # full model's latency per table
 
     # -- what is known -------------------------------------------------------------------
     def tables(self) -> dict[str, list[str]]:
@@ -198,7 +200,7 @@ class QueryIndex:
         """The full-size shape of the run's space (deepest, full width): what a budget such as 80% is a share of."""
         return f"d{max(self.space.depths)}-w1"
 
-    def full_latency(self, device: str, flow: str, phase: str = "decode", variant: str | None = None) -> ShapeLatency:
+    def full_latency(self, device: str, flow: str, phase: str = "decode", variant: str | None = None) -> LatencyEstimate:
         """Latency of :meth:`full_shape_key` on a table (checked as :meth:`index` checks it)."""
         ix = self.index(device, flow, phase, variant)
         key = (device, flow, phase, ix.variant)
@@ -285,7 +287,7 @@ def is_pairing_reference(source: str, ms: float | None, lo: float | None, hi: fl
 
 def describe_latency(p: Point) -> str:
     """``measured``, ``predicted 3.1-3.6 ms, extrapolated`` ...: where a latency came from."""
-    parts = [getattr(p, "latency_source", None) or getattr(p, "source", "")]  # a Point or a ShapeLatency
+    parts = [getattr(p, "latency_source", None) or getattr(p, "source", "")]  # a Point or a LatencyEstimate
     if is_pairing_reference(parts[0], getattr(p, "latency_ms", None) or getattr(p, "ms", None), p.lo_ms, p.hi_ms):
         parts.append("the pairing's reference: ratio 1 by definition")
     elif p.lo_ms is not None and p.hi_ms is not None:
@@ -315,7 +317,7 @@ def _record_width(r: AccuracyRecord) -> float | WidthAxes:
     return parse_shape(r.key).axes if parse_shape(r.key).attn_width is not None else r.width
 
 
-def _point(r: AccuracyRecord, lat: ShapeLatency) -> Point:
+def _point(r: AccuracyRecord, lat: LatencyEstimate) -> Point:
     return Point(r.key, r.depth, r.width, r.top1_acc, r.ppl, lat.ms, lat.source, lat.measured_ms, lat.predicted_ms,
                  getattr(lat, "lo_ms", None), getattr(lat, "hi_ms", None), getattr(lat, "extrapolated", None),
                  getattr(r, "top1_lo", None), getattr(r, "top1_hi", None))

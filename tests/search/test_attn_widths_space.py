@@ -10,7 +10,8 @@ from amoeba_core.errors import AmoebaError
 from amoeba_core.shape import SubnetShape, WidthAxes
 from search.evolutionary import run_optuna
 from search.hierarchical import run_hierarchical
-from search.objectives import AccuracyObjective, AccuracyTable, LatencyObjective
+from search.objectives import AccuracyObjective, AccuracyTable
+from search.latency import LatencyObjective
 from search.problem import SearchProblem
 from search.query import _grid, _point, _record_width
 from search.space import SearchSpace

@@ -59,13 +59,13 @@ def test_a_budget_as_a_share_of_the_full_model(run_dir: Path, profiles: Path) ->
 
 
 def test_how_a_latency_is_described() -> None:
-    from search.objectives import ShapeLatency
+    from profiler.lookup import LatencyEstimate
     from search.query import describe_latency
 
     # A paired table's reference row has ratio 1 with no interval: said so, not printed as "40.000-40.000 ms".
-    ref = ShapeLatency(ms=40.0, source="measured", measured_ms=40.0, lo_ms=40.0, hi_ms=40.0)
+    ref = LatencyEstimate(ms=40.0, source="measured", measured_ms=40.0, lo_ms=40.0, hi_ms=40.0)
     assert describe_latency(ref) == "measured, the pairing's reference: ratio 1 by definition"
-    other = ShapeLatency(ms=30.0, source="predicted", lo_ms=29.5, hi_ms=30.5, extrapolated=True)
+    other = LatencyEstimate(ms=30.0, source="predicted", lo_ms=29.5, hi_ms=30.5, extrapolated=True)
     assert describe_latency(other) == "predicted, 29.500-30.500 ms, extrapolated"
 
 

@@ -22,7 +22,7 @@ def _search_worker(i: int, url: str, run: str, objective: Any, profiles: str, ma
     import torch
 
     from search.evolutionary import run_optuna
-    from search.objectives import LatencyObjective
+    from search.latency import LatencyObjective
     from search.problem import SearchProblem
     from search.space import SearchSpace
     from search.store import open_storage

@@ -10,7 +10,8 @@ import pytest
 
 from amoeba_core.shape import SubnetShape
 from search.hierarchical import run_hierarchical
-from search.objectives import AccuracyTable, LatencyObjective, MultiFidelityAccuracy, spread_order
+from search.objectives import AccuracyTable, MultiFidelityAccuracy, spread_order
+from search.latency import LatencyObjective
 from search.pareto import hypervolume
 from search.problem import SearchProblem
 from search.space import SearchSpace, fine_widths

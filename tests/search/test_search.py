@@ -8,7 +8,8 @@ import pytest
 from amoeba_core.shape import SubnetShape
 from search.evolutionary import run_optuna
 from search.hierarchical import run_hierarchical
-from search.objectives import AccuracyObjective, AccuracyTable, LatencyObjective
+from search.objectives import AccuracyObjective, AccuracyTable
+from search.latency import LatencyObjective
 from search.pareto import hypervolume
 from search.problem import SearchProblem
 from search.space import SearchSpace, fine_widths

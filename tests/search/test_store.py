@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from search.objectives import AccuracyObjective, AccuracyTable, LatencyObjective
+from search.objectives import AccuracyObjective, AccuracyTable
+from search.latency import LatencyObjective
 from search.problem import SearchProblem
 from search.space import SearchSpace
 from search.store import open_storage, storage_url

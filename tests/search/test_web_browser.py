@@ -46,7 +46,8 @@ def web_run(profiles: Path, strategy_path: Path, tmp_path_factory: pytest.TempPa
     even and 0.02 less than the shape before it when k is odd, so the front is the 4 even-ranked
     shapes and the 4 others are evaluated but dominated, whatever order the timings come in.
     """
-    from search.objectives import AccuracyRecord, AccuracyTable, LatencyObjective
+    from search.objectives import AccuracyRecord, AccuracyTable
+    from search.latency import LatencyObjective
     from search.query import write_meta
     from search.space import SearchSpace
 
