@@ -175,6 +175,39 @@ def _meta(loaded: LoadedModel, strategy: Strategy, cfg: FinetuneConfig, scfg: SM
     }
 
 
+def _world() -> tuple[int, int]:
+    """``(rank, world_size)`` of an initialised ``torch.distributed`` group, else ``(0, 1)``."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the process group torchrun describes (``RANK``/``WORLD_SIZE`` in the environment): NCCL when
+    CUDA is present, gloo on the CPU. Without torchrun nothing happens. Returns ``(rank, world_size)``."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return _world()
+
+
+def _all_reduce(params: list[torch.nn.Parameter], sums: dict[str, float]) -> dict[str, float]:
+    """Sum every rank's gradients (each already divided by the global micro-batch count) and losses."""
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+    keys = sorted(sums)
+    t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=params[0].device)
+    dist.all_reduce(t)
+    return dict(zip(keys, t.tolist()))
+
+
 def finetune(
     loaded: LoadedModel,
     strategy: Strategy,
@@ -211,7 +244,8 @@ def finetune(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
-    start = 0
+    start, seen = 0, 0
+    rank, world = _world()
     if resume:
         ck = torch.load(ckpt_path, weights_only=False)
         old = ck["meta"]
@@ -223,9 +257,11 @@ def finetune(
         torch.set_rng_state(ck["rng"]["torch"])
         random.setstate(ck["rng"]["python"])
         start = ck["step"]
+        seen = int(ck.get("windows_seen", start * cfg.grad_accum * cfg.batch))
         log.info("resumed from %s at step %d", ckpt_path, start)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / META).write_text(json.dumps(meta, indent=2))
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / META).write_text(json.dumps(meta, indent=2))
     windows = train_windows(loaded.tokenizer, cfg.seq_len, cfg.data_seed)
     device = next(model.parameters()).device
     if cfg.gradient_checkpointing:
@@ -236,7 +272,10 @@ def finetune(
     t_start = time.perf_counter()
 
     def save(step: int) -> None:
-        _atomic_save({"step": step, "adapters": adapter_state(model), "optimizer": opt.state_dict(),
+        if rank != 0:
+            return
+        _atomic_save({"step": step, "windows_seen": seen, "tokens_seen": seen * cfg.seq_len,
+                      "world_size": world, "adapters": adapter_state(model), "optimizer": opt.state_dict(),
                       "scheduler": sched.state_dict(), "meta": meta,
                       "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}, ckpt_path)
 
@@ -244,12 +283,13 @@ def finetune(
     try:
         for step in range(start, cfg.steps):
             t0 = time.perf_counter()
-            torch.manual_seed(cfg.seed * 1_000_003 + step)
             rng = random.Random(cfg.seed * 1_000_003 + step)
             picked = sandwich(shapes, cfg.k, rng)
             sums: dict[str, float] = {}
-            for micro in range(cfg.grad_accum):
-                g = (step * cfg.grad_accum + micro) * cfg.batch
+            n_micro = cfg.grad_accum * world  # global micro-batches of this step; this rank runs its share
+            for micro in range(rank * cfg.grad_accum, (rank + 1) * cfg.grad_accum):
+                torch.manual_seed((cfg.seed * 1_000_003 + step) * 1_009 + micro)  # gate noise of this micro-batch
+                g = seen + micro * cfg.batch
                 ids = windows[order[torch.arange(g, g + cfg.batch) % len(windows)]].to(device)
                 teacher, ref = None, None
                 for i, shape in enumerate(picked):
@@ -265,16 +305,20 @@ def finetune(
                         raw = float(loss.detach())
                         if i > 0 and cfg.balance and ref is not None:
                             loss = loss * (ref / loss.detach().clamp_min(1e-8))
-                        (loss / cfg.grad_accum).backward()
+                        (loss / n_micro).backward()
                     key = ("largest" if i == 0 else "smallest" if i == len(picked) - 1 else shape.grid_key)
-                    sums[key] = sums.get(key, 0.0) + raw / cfg.grad_accum
+                    sums[key] = sums.get(key, 0.0) + raw / n_micro
+            seen += n_micro * cfg.batch
+            if world > 1:
+                sums = _all_reduce(params, sums)
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             rep = StepReport(step + 1, sums, sched.get_last_lr()[0], time.perf_counter() - t0)
-            with (out / LOG).open("a") as f:
-                f.write(json.dumps(asdict(rep)) + "\n")
+            if rank == 0:
+                with (out / LOG).open("a") as f:
+                    f.write(json.dumps(asdict(rep)) + "\n")
             if on_step:
                 on_step(rep)
             done = step + 1
@@ -289,7 +333,10 @@ def finetune(
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_disable()
         model.eval()
-    _atomic_save(adapter_state(model), out / ADAPTERS)
+    if rank == 0:
+        _atomic_save(adapter_state(model), out / ADAPTERS)
+    if world > 1:
+        torch.distributed.barrier()
     return model
 
 
