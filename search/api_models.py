@@ -7,7 +7,7 @@ One schema for every reader of an answer: the HTTP routes of :mod:`search.servic
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import BaseModel, Field
 
@@ -46,6 +46,9 @@ class VariantOut(BaseModel):
     variant: Optional[str] = Field(None, description="The variant the latencies are of")
     variants: list[str] = Field(default_factory=list, description="Every variant of the table")
     variant_note: Optional[str] = Field(None, description="Set when several exist and none was asked for")
+    weights: Literal["stage1", "stage2"] = Field("stage1", description="Which model the accuracies are of: the "
+                                                 "Stage 1 model, or the Stage 2 fine-tuned one (search --adapters)")
+    adapters: Optional[str] = Field(None, description="The Stage 2 adapters the accuracies were scored with")
 
 
 class FrontOut(VariantOut):

@@ -16,7 +16,8 @@ def query_json(ans: Answer) -> str:
     return QueryOut(feasible=ans.feasible, device=ans.device, flow=ans.flow, phase=ans.phase,
                     budget_ms=ans.budget_ms, shape=ShapeOut.of(ans.shape) if ans.shape is not None else None,
                     fastest=ShapeOut.of(ans.fastest), message=ans.message, export_command=ans.export_command,
-                    variant=ans.variant, variants=list(ans.variants), variant_note=ans.variant_note).model_dump_json()
+                    variant=ans.variant, variants=list(ans.variants), variant_note=ans.variant_note,
+                    weights=ans.weights, adapters=ans.adapters).model_dump_json()
 
 
 def front_json(run: Path, root: Optional[Path], device: str, flow: str, phase: str = "decode",
@@ -28,4 +29,5 @@ def front_json(run: Path, root: Optional[Path], device: str, flow: str, phase: s
     ix = index.index(device, flow, phase, variant)
     return FrontOut(device=device, flow=flow, phase=phase, front=[ShapeOut.of(p) for p in ix.front()],
                     n_evaluated=len(index.records), variant=ix.variant, variants=list(ix.variants),
-                    variant_note=variant_note(ix.variant, ix.variants) if variant is None else None).model_dump_json()
+                    variant_note=variant_note(ix.variant, ix.variants) if variant is None else None,
+                    weights=index.weights, adapters=index.adapters).model_dump_json()

@@ -72,6 +72,8 @@ class Answer:
     variant: str | None = None  # the variant the latencies are of
     variants: tuple[str, ...] = ()  # every variant of the table
     variant_note: str | None = None  # set when a variant was taken for the caller (several, none given)
+    weights: str = "stage1"  # "stage2" when the run's accuracies are of the fine-tuned model (search --adapters)
+    adapters: str | None = None  # the Stage 2 adapters those accuracies were scored with
 
 
 def write_meta(run_dir: Path | str, space: SearchSpace, extra: dict[str, Any] | None = None) -> Path:
@@ -116,6 +118,8 @@ class QueryIndex:
         meta = read_meta(self.run_dir)
         self.space = SearchSpace.from_dict(meta["space"])
         self.model = self.space.model
+        self.adapters: str | None = meta.get("adapters") or None
+        self.weights = "stage2" if self.adapters else "stage1"  # which model the stored accuracies are of
         self.prompt_len, self.gen_len = prompt_len, gen_len
         table = AccuracyTable(self.run_dir / "accuracy.parquet")
         self.records: list[AccuracyRecord] = [r for r in table.records(self.space.fingerprint) if r.kind == "strategy"]
@@ -231,10 +235,12 @@ class QueryIndex:
             raise AmoebaError(f"budget must be a positive number of milliseconds, got {clip(budget_ms, 30)}")
         ix = self.index(device, flow, phase, variant)
         note = variant_note(ix.variant, ix.variants) if variant is None else None
-        var = dict(variant=ix.variant, variants=ix.variants, variant_note=note)
+        var = dict(variant=ix.variant, variants=ix.variants, variant_note=note, weights=self.weights,
+                   adapters=self.adapters)
         pos = bisect.bisect_right(ix.lat, budget) - 1
         fastest = ix.points[0]
         where = f"{device}/{flow}" + (f" [{ix.variant}]" if ix.variant else "")
+        where += f", {self.describe_weights()}"
         if pos < 0:
             msg = (f"no stored shape fits {budget:g} ms ({phase}) on {where}; the fastest is "
                    f"{_grid(fastest)} at {fastest.latency_ms:.3f} ms ({describe_latency(fastest)})")
@@ -244,9 +250,14 @@ class QueryIndex:
                f" on {where}")
         return Answer(True, device, flow, phase, budget, p, fastest, msg, self.export_command(p), **var)
 
+    def describe_weights(self) -> str:
+        """``Stage 1 model`` or ``Stage 2 fine-tuned model (adapters <dir>)``: what the accuracies are of."""
+        return f"Stage 2 fine-tuned model (adapters {self.adapters})" if self.adapters else "Stage 1 model"
+
     def export_command(self, p: Point) -> str:
         strategy = self.space.strategy_path or str(self.run_dir / "strategy.yaml")
-        return f"amoeba export --strategy {strategy} --shape {_grid(p)} --out exports/{_grid(p)}"
+        extra = f" --adapters {self.adapters}" if self.adapters else ""
+        return f"amoeba export --strategy {strategy} --shape {_grid(p)}{extra} --out exports/{_grid(p)}"
 
 
 def parse_share(text: str) -> float | None:

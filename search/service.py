@@ -246,7 +246,8 @@ def create_app(run_dir: Path | str, root: Path | None = None, token: str | None 
 
                 head = {"device": device, "flow": flow, "phase": phase, "n_evaluated": len(s.index.records),
                         "variant": ix.variant, "variants": list(ix.variants),
-                        "variant_note": variant_note(ix.variant, ix.variants) if variant is None else None}
+                        "variant_note": variant_note(ix.variant, ix.variants) if variant is None else None,
+                        "weights": s.index.weights, "adapters": s.index.adapters}
                 pts = ",".join(s.point_json(p) for p in ix.front())
                 hit = (json.dumps(head)[:-1] + f',"front":[{pts}]}}').encode()
                 if len(s.cache) < 10_000:
@@ -311,7 +312,8 @@ def query_body(s: Snapshot, device: str, flow: str, budget_ms: float, phase: str
     a = s.index.best(device, flow, budget_ms, phase, variant)
     head = {"feasible": a.feasible, "device": a.device, "flow": a.flow, "phase": a.phase,
             "budget_ms": a.budget_ms, "message": a.message, "export_command": a.export_command,
-            "variant": a.variant, "variants": list(a.variants), "variant_note": a.variant_note}
+            "variant": a.variant, "variants": list(a.variants), "variant_note": a.variant_note,
+            "weights": a.weights, "adapters": a.adapters}
     shape = s.point_json(a.shape) if a.shape is not None else "null"
     return (json.dumps(head)[:-1] + f',"shape":{shape},"fastest":{s.point_json(a.fastest)}}}').encode()
 

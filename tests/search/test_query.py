@@ -64,3 +64,28 @@ def test_queries_take_microseconds(run_dir: Path, profiles: Path) -> None:
         ix.best("cpu-host", "pytorch", float(b))
         ts.append(time.perf_counter() - t0)
     assert np.percentile(ts, 99) < 5e-3
+
+
+def test_answers_say_which_model_the_accuracies_are_of(run_dir: Path, profiles: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import yaml
+
+    from search.json_out import query_json
+
+    ix = QueryIndex(run_dir, profiles)
+    budget = max(p.latency_ms for p in ix.points("cpu-host", "pytorch"))
+    a = ix.best("cpu-host", "pytorch", budget)
+    assert (a.weights, a.adapters) == ("stage1", None) and "Stage 1 model" in a.message
+    assert "--adapters" not in (a.export_command or "")
+    tuned = tmp_path / "tuned"
+    shutil.copytree(run_dir, tuned)
+    meta = yaml.safe_load((tuned / "search.yaml").read_text())
+    meta["adapters"] = "runs/stage2"
+    (tuned / "search.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    b = QueryIndex(tuned, profiles).best("cpu-host", "pytorch", budget)
+    assert (b.weights, b.adapters) == ("stage2", "runs/stage2") and "Stage 2 fine-tuned model" in b.message
+    assert "--adapters runs/stage2" in (b.export_command or "")
+    import json
+
+    assert json.loads(query_json(b))["weights"] == "stage2"
