@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from amoeba_core.errors import AmoebaError
 from amoeba_core.shape import ModelGeometry, WidthAxes
 from profiler.predict import per_layer_depths
-from profiler.table import shape_key
+from amoeba_core.shape import grid_key
 
 if TYPE_CHECKING:
     from profiler.plan import ProfilePlan
@@ -85,7 +85,7 @@ def _check_memory(plan: ProfilePlan, nbytes: Callable[[int, float], int], points
     need = nbytes(*plan.reference) + max(nbytes(pt.d, pt.w) for pt in points)
     if avail is not None and need > avail:
         raise AmoebaError(
-            f"the paired protocol loads the reference {shape_key(*plan.reference)} and each shape at once: "
+            f"the paired protocol loads the reference {grid_key(*plan.reference)} and each shape at once: "
             f"~{need / 1e9:.1f} GB (fp32 estimate) but {avail / 1e9:.1f} GB are available; "
             f"use --per-layer (its reference is the depth-{max(per_layer_depths(plan.geometry.n_layers))} model)"
         )

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from profiler.predict import fit_line
-from profiler.table import LatencyTable, now_utc, row_key, shape_key
+from profiler.table import LatencyTable, now_utc, row_key
+from amoeba_core.shape import grid_key
 
 if TYPE_CHECKING:
     from profiler.plan import ProfilePlan
@@ -22,7 +23,7 @@ def _compose(plan: ProfilePlan, table: LatencyTable, variant: str) -> int:
     lines), so the composed rows read in drift-corrected milliseconds like measured ones."""
     written = 0
     threads = plan.config.threads
-    ref_name = shape_key(*plan.reference)
+    ref_name = grid_key(*plan.reference)
     for phase in plan.phases:
         rows = table.rows(phase=phase, variant=variant, prompt_len=plan.prompt_len, batch=plan.batch, source="measured")
         rows = rows[(rows["threads"] == threads) & (rows["protocol"] == plan.measure.protocol)]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 Shape = tuple[int, float]  # (depth, width rounded to 3 decimals)
 
 
-def shape_key(depth: int, width: float) -> Shape:
+def line_point(depth: int, width: float) -> Shape:
     return int(depth), round(float(width), 3)
 
 

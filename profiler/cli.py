@@ -265,7 +265,9 @@ def table_show(
     """Print a latency table (header and rows)."""
     from rich.table import Table
 
-    from profiler.table import row_width_key, shape_key
+    from profiler.table import row_width_key
+
+    from amoeba_core.shape import grid_key
 
     tab = _existing(device, flow, model, root)
     df = tab.corrected(tab.rows(phase=phase)).sort_values(
@@ -289,7 +291,7 @@ def table_show(
             x.phase,
             str(x.prompt_len),
             str(x.threads),
-            shape_key(x.depth, row_width_key(x.width, x.attn_width)),
+            grid_key(x.depth, row_width_key(x.width, x.attn_width)),
             f"{x.ms:.3f} [{num(x.ms_lo, '.3f')}, {num(x.ms_hi, '.3f')}]",
             num(x.ratio, ".4f"),
             f"{x.p50_ms:.3f}",

@@ -93,10 +93,11 @@ def predict_json(m: LatencyModel, device: str, flow: str, model: str, shape: str
 
 def table_json(tab: LatencyTable, df: pd.DataFrame) -> str:
     """`amoeba table show --json`: the rows shown (corrected ms, as the text table prints them)."""
-    from profiler.table import row_width_key, shape_key
+    from profiler.table import row_width_key
+    from amoeba_core.shape import grid_key
 
     rows = [TableRowOut(variant=x.variant, phase=x.phase, prompt_len=int(x.prompt_len), threads=integer(x.threads),
-                        shape=shape_key(x.depth, row_width_key(x.width, x.attn_width)), ms=float(x.ms),
+                        shape=grid_key(x.depth, row_width_key(x.width, x.attn_width)), ms=float(x.ms),
                         ms_lo=num(x.ms_lo), ms_hi=num(x.ms_hi), ratio=num(x.ratio), p50_ms=num(x.p50_ms),
                         p10_ms=num(x.p10_ms), p90_ms=num(x.p90_ms), n=integer(x.n), util=num(x.util),
                         source=x.source) for _, x in df.iterrows()]

@@ -55,7 +55,8 @@ from profiler.flows import PHASES, FlowConfig, Workload, flow_class, make_flow
 from profiler.flows.options import FlowOptions, parse_options
 from profiler.measure import LatencyStats, MeasureConfig, PairedStats, environment, measure_paired
 from profiler.predict import per_layer_depths, sparse_depths
-from profiler.table import LatencyTable, now_utc, row_key, shape_key
+from profiler.table import LatencyTable, now_utc, row_key
+from amoeba_core.shape import grid_key
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ def run_profile(plan: ProfilePlan, root: Path | str | None = None, progress: Pro
     threads = plan.config.threads
     versions = json.dumps({**env["versions"], "python": env["python"]}, sort_keys=True)
     ref_d, ref_w = plan.reference
-    ref_name = shape_key(ref_d, ref_w)
+    ref_name = grid_key(ref_d, ref_w)
     nbytes = functools.partial(_weight_bytes, plan.geometry)
     rounds = plan.measure.rounds
 
@@ -204,7 +205,7 @@ def run_profile(plan: ProfilePlan, root: Path | str | None = None, progress: Pro
                 result.skipped += 1
                 done += rounds
                 if progress:
-                    progress(f"{shape_key(d, w)} {phase} (present)", done, total)
+                    progress(f"{grid_key(d, w)} {phase} (present)", done, total)
                 continue
             pt = _Point(w, d, phase, k, redo)
             if (d, w) == (ref_d, width_key(ref_w)):
@@ -252,7 +253,7 @@ def run_profile(plan: ProfilePlan, root: Path | str | None = None, progress: Pro
                         nonlocal done
                         done += n_prog
                         if progress:
-                            names = ", ".join(shape_key(pt.d, pt.w) for pt in block) or ref_name
+                            names = ", ".join(grid_key(pt.d, pt.w) for pt in block) or ref_name
                             progress(f"{phase} round {r + 1}/{rounds} [{names}] vs {ref_name}", done, total)
 
                     res = measure_paired(fns, ref_fn, plan.measure, cpu_threads, on_round,

@@ -58,7 +58,7 @@ import numpy as np
 import pandas as pd
 
 from amoeba_core.errors import AmoebaError
-from profiler._lines import Line, LineKey, Shape, Transferred, common_shapes, select_references, shape_key
+from profiler._lines import Line, LineKey, Shape, Transferred, common_shapes, line_point, select_references
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ def load_lines(root: Path | str | None, model: str, phase: str, prompt_len: int,
                 if exclude is not None and key == exclude:
                     continue
                 rows = line_rows(table, key)
-                ms = {shape_key(d, w): float(v) for d, w, v in zip(rows["depth"], rows["width"], rows["ms"])}
+                ms = {line_point(d, w): float(v) for d, w, v in zip(rows["depth"], rows["width"], rows["ms"])}
                 if ms:
                     out.append(Line(key, ms))
     return out
@@ -297,7 +297,8 @@ def few_shot(plan: Any, k: int, root: Path | str | None = None, progress: Any = 
     from profiler.flows import make_flow
     from profiler.measure import LEGACY
     from profiler.plan import run_profile
-    from profiler.table import LatencyTable, level_key, now_utc, row_key, shape_key as ref_name
+    from amoeba_core.shape import grid_key as ref_name
+    from profiler.table import LatencyTable, level_key, now_utc, row_key
 
     if k < 1:
         raise AmoebaError(f"--few-shot needs K >= 1 measurements, got {k}")
@@ -307,8 +308,8 @@ def few_shot(plan: Any, k: int, root: Path | str | None = None, progress: Any = 
     t0 = time.perf_counter()
     variant = make_flow(plan.flow, plan.config).variant
     threads = int(plan.config.threads)
-    wanted = [shape_key(d, w) for w in plan.widths for d in plan.depths]
-    reference = shape_key(*plan.reference)
+    wanted = [line_point(d, w) for w in plan.widths for d in plan.depths]
+    reference = line_point(*plan.reference)
     table = LatencyTable(plan.device, plan.flow, plan.model, root)
     setups = []  # validate every phase before timing anything
     for phase in plan.phases:
@@ -319,7 +320,7 @@ def few_shot(plan: Any, k: int, root: Path | str | None = None, progress: Any = 
             raise _no_reference_error(key, sorted(set(wanted) | {reference}))
         model = TransferModel.fit(refs, shapes)
         have = line_rows(table, key) if table.path.exists() else None
-        already = set() if have is None else {shape_key(d, w) for d, w in zip(have["depth"], have["width"])}
+        already = set() if have is None else {line_point(d, w) for d, w in zip(have["depth"], have["width"])}
         first = [reference, *sorted(s for s in already if s in shapes and s != reference)]
         chosen = model.choose(max(k, len(first)), first)
         setups.append((phase, key, refs, shapes, model, chosen, already))
@@ -336,8 +337,8 @@ def few_shot(plan: Any, k: int, root: Path | str | None = None, progress: Any = 
     levels = table.reference_levels() if hasattr(table, "reference_levels") else {}
     for phase, key, refs, shapes, model, _, _ in setups:
         rows = line_rows(table, key)
-        obs = {shape_key(d, w): float(v) for d, w, v in zip(rows["depth"], rows["width"], rows["ms"])
-               if shape_key(d, w) in shapes}
+        obs = {line_point(d, w): float(v) for d, w, v in zip(rows["depth"], rows["width"], rows["ms"])
+               if line_point(d, w) in shapes}
         z, n_z = calibrate_z(refs, len(obs), shapes, [reference])
         ref_key = ref_name(*plan.reference)
         level = levels.get(level_key(key.variant, phase, key.prompt_len, key.batch, key.threads, ref_key))
