@@ -111,13 +111,17 @@ def _claim_peers(d: dict[str, Any]) -> str | None:
 
 
 def _claim_model_cost(d: dict[str, Any]) -> str | None:
-    hits = [(p, v) for k in ("extrapolation", "extrapolated", "7b") for p, v in find(d, k)]
-    if not hits:
+    g, x = d.get("geometries"), d.get("extrapolation_7b")
+    if not isinstance(g, dict) or not isinstance(x, dict) or "select_hours" not in x:
         return None
-    p, v = hits[0]
-    if isinstance(v, dict):  # its scalar fields, not a count of them
-        v = "; ".join(f"{k} {cell(x)}" for k, x in list(v.items())[:8] if not isinstance(x, (dict, list)))
-    return f"Cost model (computed extrapolation, not measured): `{p}` {cell(v)}"
+    steps = ", ".join(f"{n} {num(v['stage2_step']['median_s'])} s [{num(v['stage2_step']['min_s'])}, "
+                      f"{num(v['stage2_step']['max_s'])}]" for n, v in g.items() if isinstance(v, dict))
+    res = d.get("fit", {}).get("stage2_step", {}).get("relative_residuals", [])
+    worst = max((abs(r) for r in res), default=None)
+    return (f"Model-side cost on this CPU (2 threads): one Stage 2 sandwich step {steps} (median [min, max]); "
+            f"fit to params x tokens, worst residual {_pct(worst)}; a 7B model, computed extrapolation: "
+            f"`amoeba select` {num(x['select_hours'])} h, 10K-step Stage 2 {num(x['stage2_10k_steps_hours'])} h; "
+            f"host noise max/min {num(d.get('noise', {}).get('max_over_min'))}")
 
 
 CLAIMS: tuple[tuple[str, Callable[[dict[str, Any]], str | None]], ...] = (
