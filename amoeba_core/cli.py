@@ -12,10 +12,10 @@ import typer
 from amoeba_core.errors import AmoebaError
 
 
-def _console():  # noqa: ANN202 - rich Console
+def _console(quiet: bool = False):  # noqa: ANN202 - rich Console
     from rich.console import Console
 
-    return Console()
+    return Console(quiet=quiet)
 
 
 def _threads(threads: int) -> None:
@@ -109,9 +109,12 @@ def select(
         raise AmoebaError(f"--out must be a .yaml file, got {out}")
     if out.exists() and out.is_dir():
         raise AmoebaError(f"--out {out} is a folder")
-    where = _placement(device, dtype)
+    from amoeba_core.distributed import init_distributed, local_device
+
+    proc_rank, _ = init_distributed()  # under torchrun the ranks share the DP's candidates; rank 0 writes
+    where = _placement(local_device(device), dtype)
     _threads(threads)
-    console = _console()
+    console = _console(quiet=proc_rank != 0)
     _plan(console, model, where, batch=4, seq_len=calib_seq_len)
     t0 = time.perf_counter()
     loaded = _to(load_model(model), where)
@@ -147,7 +150,8 @@ def select(
                                                stats_windows=stats_windows, val_windows=val_windows,
                                                window_choice="balanced" if calib_balance else "spread",
                                                **swaps_asked))
-    strategy.save(out)
+    if proc_rank == 0:
+        strategy.save(out)
     st = strategy.stats
     console.print(f"depth DP: {st['dp_evaluations']} evaluations ({st['dp_evaluations_from_cache']} from cache) "
                   f"in {st['dp_seconds']:.1f} s on {st['dp_calib_tokens']} calibration tokens", highlight=False)

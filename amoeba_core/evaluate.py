@@ -22,15 +22,12 @@ depth DP, or a search over shapes) only run their differing suffix; ``score_many
 suffixes of full-width shapes together, one batch per layer (the DP's candidates of a step: 1.73x
 less CPU than one shape at a time for SmolLM2, ``benchmarks/select_speed.py``). Scores are cached on
 disk keyed by (model fingerprint, shape key, width rankings, split, seq_len, windows, a hash
-of the windows' tokens), so the same shape is never evaluated twice; entries of older versions
-(no window hash, no per-window data) are not matched and are recomputed.
+of the windows' tokens), so the same shape is never evaluated twice. Under torchrun ``score_many``
+deals its shapes over the ranks (:mod:`amoeba_core.distributed`).
 
-:class:`ShapeScore`, :func:`compare` and :func:`windows_id` live in :mod:`amoeba_core.scores`,
-``reference_score``/``mc_accuracy`` in :mod:`amoeba_core.mc`; all are importable from here.
-
-``mc_accuracy`` scores multiple-choice items by log-likelihood in the style of
-lm-eval-harness (``acc`` and length-normalised ``acc_norm``). No MC data set ships with
-Python or the installed packages, so none is bundled; pass your own items.
+:class:`ShapeScore`, :func:`compare`, :func:`windows_id` (:mod:`amoeba_core.scores`) and
+``reference_score``/``mc_accuracy`` (:mod:`amoeba_core.mc`: lm-eval-style log-likelihood multiple
+choice; no MC data set ships with Python, so none is bundled) are importable from here.
 """
 
 from __future__ import annotations
@@ -43,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from amoeba_core.data import balanced_windows, split_docs, spread_windows, window_docs
+from amoeba_core.distributed import shard, world
 from amoeba_core.errors import AmoebaError
 from amoeba_core.mc import MCItem, mc_accuracy, reference_score
 from amoeba_core.model import LoadedModel
@@ -171,14 +169,30 @@ class Evaluator:
         self._scores[k] = s
         self.n_evaluated += 1
         self.eval_seconds += sec
-        if self.cache is not None:
-            self.cache.parent.mkdir(parents=True, exist_ok=True)
-            with self.cache.open("a") as f:
-                f.write(json.dumps({"key": k, **s.to_json()}) + "\n")
+        self._append(k, s)
         return s
 
+    def _append(self, key: str, s: ShapeScore) -> None:
+        if self.cache is not None and world()[0] == 0:  # in a torchrun group rank 0 keeps the cache
+            self.cache.parent.mkdir(parents=True, exist_ok=True)
+            with self.cache.open("a") as f:
+                f.write(json.dumps({"key": key, **s.to_json()}) + "\n")
+
     def score_many(self, shapes: list[SubnetShape]) -> list[ShapeScore]:
-        """Scores of ``shapes``; full-width ones not scored yet run together (:meth:`_run_together`)."""
+        """Scores of ``shapes``; full-width ones not scored yet run together (:meth:`_run_together`).
+        Under torchrun the shapes not scored yet are dealt over the ranks (:func:`~amoeba_core.distributed.shard`)
+        and every rank gets every score, so the DP's and the search's decisions are the same on each."""
+        todo = [s for s in dict.fromkeys(shapes) if self.key(s) not in self._scores]
+        if len(todo) > 1 and world()[1] > 1:
+            fresh = dict(zip(todo, shard(todo, self._score_local)))
+            for s, sc in fresh.items():
+                if self.key(s) not in self._scores:  # scored by another rank
+                    self._scores[self.key(s)] = sc
+                    self._append(self.key(s), sc)
+            return [fresh[s] if s in fresh else self.score(s) for s in shapes]
+        return self._score_local(shapes)
+
+    def _score_local(self, shapes: list[SubnetShape]) -> list[ShapeScore]:
         todo = [s for s in dict.fromkeys(shapes) if self.key(s) not in self._scores]
         together = [s for s in todo if not s.narrowed] if self.loaded.adapters is None else []
         fresh: dict[SubnetShape, ShapeScore] = {}
@@ -240,18 +254,7 @@ class Evaluator:
                         self._remember((w, done[i]), list(by_key[keys[i]].clone().split(self.batch_size)))
                 live = set(keys)
                 by_key = {k: h for k, h in by_key.items() if k in live}
-            units = []
-            for h in (by_key[k] for k in keys):
-                nll_w: list[float] = []
-                correct_w: list[int] = []
-                n_w: list[int] = []
-                for i, (b, hb) in enumerate(zip(self.ids.split(self.batch_size), h.split(self.batch_size))):
-                    s_, c_, m_ = self._head(hb, b, i)
-                    nll_w += s_
-                    correct_w += c_
-                    n_w += m_
-                units.append((nll_w, correct_w, n_w))
-        return units
+            return [self._heads(by_key[k].split(self.batch_size)) for k in keys]
 
     # --- engine -----------------------------------------------------------------------
     def _prefix(self, shape: SubnetShape) -> int:
@@ -290,20 +293,24 @@ class Evaluator:
                 states = self._memo[(w, start)]
             else:
                 states = [inner.embed_tokens(b) for b in self.ids.split(self.batch_size)]
-            nll_w: list[float] = []
-            correct_w: list[int] = []
-            n_w: list[int] = []
             hs = list(states)
             for j, layer_idx in enumerate(shape.layers[start:]):
                 layer = inner.layers[layer_idx]
                 hs = [self._layer(layer, h) for h in hs]
                 if start + j + 1 <= k_max:
                     self._remember((w, start + j + 1), hs)
-            for i, (b, h) in enumerate(zip(self.ids.split(self.batch_size), hs)):
-                s, c, m = self._head(h, b, i)
-                nll_w += s
-                correct_w += c
-                n_w += m
+            return self._heads(hs)
+
+    def _heads(self, hs: Sequence[torch.Tensor]) -> tuple[list[float], list[int], list[int]]:
+        """Per-window units (NLL sums, right tokens, token counts) of final hidden states, batch by batch."""
+        nll_w: list[float] = []
+        correct_w: list[int] = []
+        n_w: list[int] = []
+        for i, (b, h) in enumerate(zip(self.ids.split(self.batch_size), hs)):
+            s, c, m = self._head(h, b, i)
+            nll_w += s
+            correct_w += c
+            n_w += m
         return nll_w, correct_w, n_w
 
     def _layer(self, layer: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from amoeba_core.distributed import init_distributed, world as _world  # noqa: F401  (re-exported)
 from amoeba_core.errors import AmoebaError
 from amoeba_core.shape import SubnetShape
 from amoeba_core.smol import (
@@ -173,25 +174,6 @@ def _meta(loaded: LoadedModel, strategy: Strategy, cfg: FinetuneConfig, scfg: SM
         "finetune": asdict(cfg),
         "smol": scfg.to_dict(),
     }
-
-
-def _world() -> tuple[int, int]:
-    """``(rank, world_size)`` of an initialised ``torch.distributed`` group, else ``(0, 1)``."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed() -> tuple[int, int]:
-    """Join the process group torchrun describes (``RANK``/``WORLD_SIZE`` in the environment): NCCL when
-    CUDA is present, gloo on the CPU. Without torchrun nothing happens. Returns ``(rank, world_size)``."""
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return _world()
 
 
 def _all_reduce(params: list[torch.nn.Parameter], sums: dict[str, float]) -> dict[str, float]:

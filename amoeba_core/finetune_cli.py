@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import os
 import time
 from pathlib import Path
 
@@ -62,12 +61,10 @@ def finetune(
     from amoeba_core.geometry import ModelGeometry
     from amoeba_core.memory import plan_memory
 
-    from amoeba_core.finetune import init_distributed
+    from amoeba_core.distributed import init_distributed, local_device
 
     proc_rank, world = init_distributed()  # under torchrun: one process per device, rank 0 writes
-    if world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    where = _placement(device, dtype)
+    where = _placement(local_device(device), dtype)
     console = Console(quiet=proc_rank != 0)
     source = model or Strategy.load(strategy).model_source
     try:
