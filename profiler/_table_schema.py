@@ -18,9 +18,8 @@ import pandas as pd
 from amoeba_core.shape import WidthAxes, split_key, width_key
 from profiler.measure import LEGACY
 
-SOURCES: tuple[str, ...] = ("measured", "per-layer", "predicted", "roofline", "transferred")  # append new sources here
-KEY_COLUMNS = ["variant", "depth", "width", "phase", "batch", "prompt_len", "source", "threads", "protocol",
-               "attn_width"]
+from profiler.store import KEY_COLUMNS  # noqa: E402 - one key for the store and the DataFrame
+from profiler.store.rows import SOURCES  # noqa: E402,F401 - re-exported
 COLUMNS: dict[str, str] = {
     "device": "string",
     "flow": "string",

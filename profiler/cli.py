@@ -308,13 +308,36 @@ def table_export(
     device: str = typer.Option(..., help="Device name."),
     flow: str = typer.Option(..., help="Flow name."),
     model: str = typer.Option(..., help="Model name."),
-    out: Path = typer.Option(..., help="CSV file to write."),
+    out: Path = typer.Option(..., help="File to write: .parquet (header in its metadata, for `table import`) or .csv."),
     root: Optional[Path] = _ROOT,
 ) -> None:
-    """Write a latency table as CSV (samples as a JSON list)."""
+    """Write a latency table as Parquet (interchange: `amoeba table import` reads it) or CSV."""
+    if out.suffix not in (".parquet", ".csv"):
+        raise AmoebaError(f"--out must end in .parquet or .csv, got {out.name}")
     tab = _existing(device, flow, model, root)
-    path = tab.export_csv(out)
-    _console().print(f"{len(tab.df)} rows -> {path}")
+    if out.suffix == ".csv":
+        tab.export_csv(out)
+    else:
+        from profiler.store.legacy import export_parquet
+
+        export_parquet(tab.store, device, flow, model, out)
+    _console().print(f"{len(tab.df)} rows -> {out}")
+
+
+@table_app.command("import")
+def table_import(
+    path: Path = typer.Argument(..., help="A Parquet file written by `amoeba table export`."),
+    as_device: Optional[str] = typer.Option(None, "--as", help="Store it under this device name."),
+    root: Optional[Path] = _ROOT,
+) -> None:
+    """Merge an exported latency table into the store (rows already present are kept)."""
+    from profiler.store import open_store
+    from profiler.store.legacy import import_parquet
+
+    if not path.is_file():
+        raise AmoebaError(f"no such file {path}")
+    device, flow, model, n = import_parquet(open_store(root), path, as_device)
+    _console().print(f"{n} new rows -> {device}/{flow}-{model}")
 
 
 def _existing(device: str, flow: str, model: str, root: Path | None):  # noqa: ANN202
@@ -324,7 +347,7 @@ def _existing(device: str, flow: str, model: str, root: Path | None):  # noqa: A
     if device not in list_devices(root):
         raise AmoebaError(f"unknown device {device!r}; known: {', '.join(list_devices(root)) or '(none)'}")
     tab = LatencyTable(device, flow, model, root)
-    if not tab.path.exists():
+    if not tab.exists:
         known = ", ".join(f"{t.flow}/{t.model}" for t in list_tables(root) if t.device == device) or "(none)"
         raise AmoebaError(f"no latency table {tab.path}; known on {device}: {known}")
     return tab

@@ -63,7 +63,7 @@ class TableInfo:
     device: str
     flow: str
     model: str
-    path: Path
+    store: str  # the store's URL
 
 
 @dataclass(frozen=True)
@@ -86,21 +86,12 @@ def list_devices(root: Path | None = None) -> list[str]:
     return _list_devices(root)
 
 
-def list_tables(root: Path | None = None) -> list[TableInfo]:
-    """Every ``<device>/<flow>-<model>.parquet`` under the profiles root."""
-    from profiler.flows import FLOWS
+def list_tables(root: Path | str | None = None) -> list[TableInfo]:
+    """Every (device, flow, model) table with rows in the store of ``root`` (:func:`profiler.store.open_store`)."""
+    from profiler.store import open_store
 
-    base = profiles_root(root)
-    out: list[TableInfo] = []
-    if not base.is_dir():
-        return out
-    for path in sorted(base.glob("*/*.parquet")):
-        stem = path.stem
-        flow = next((f for f in sorted(FLOWS, key=len, reverse=True) if stem.startswith(f + "-")), None)
-        if flow is None:
-            continue
-        out.append(TableInfo(path.parent.name, flow, stem[len(flow) + 1 :], path))
-    return out
+    store = open_store(root)
+    return [TableInfo(d, f, m, store.url) for d, f, m in store.list_tables()]
 
 
 class LatencyModel:

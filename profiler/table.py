@@ -1,62 +1,52 @@
-"""The latency lookup table (LUT): a pandas DataFrame stored as Parquet next to a YAML header.
+"""The latency lookup table (LUT): one (device, flow, model)'s rows in the store, as a pandas DataFrame.
 
-One table per (device, flow, model): ``<root>/<device>/<flow>-<model>.parquet`` and ``.yaml``.
-A row is one (variant, depth, width, phase, batch, prompt_len, source); ``source`` says how the
-number was obtained: ``measured`` (timed whole model), ``per-layer`` (composed from measured
-shallow models), ``predicted`` or ``roofline`` (computed), ``transferred`` (few-shot: estimated
-from other lines of the store and K measurements of this one, :mod:`profiler.transfer`; ``n`` is
-0, ``p10_ms``/``p90_ms`` hold its 90% interval). Rows of different sources are
-never merged: they are separate rows, and readers choose explicitly.
+Rows live in the store (:mod:`profiler.store`: an embedded SQLite file ``<root>/amoeba.db`` by default,
+a PostgreSQL URL when shared), one schema (:class:`profiler.store.rows.LatencyRow`). A row is one
+(variant, depth, width, phase, batch, prompt_len, source); ``source`` says how the number was obtained:
+``measured`` (timed whole model), ``per-layer`` (composed from measured shallow models), ``predicted``
+or ``roofline`` (computed), ``transferred`` (few-shot: estimated from other lines of the store and K
+measurements of this one, :mod:`profiler.transfer`; ``n`` is 0, ``p10_ms``/``p90_ms`` hold its 90%
+interval). Rows of different sources are never merged: they are separate rows, and readers choose.
 
-Durability: :meth:`LatencyTable.append` takes an exclusive ``fcntl`` lock, re-reads the file,
-skips the row if its key is already there, and writes the whole table to a temporary file that
-is fsynced and ``os.replace``-d over the old one. A SIGKILL at any instant leaves either the
-old or the new file, so no completed row is lost and none is duplicated; re-running the same
-command skips the rows present.
+Durability: :meth:`LatencyTable.append` inserts the row in one transaction unless its key is
+present (``ON CONFLICT DO NOTHING``): a SIGKILL at any instant loses no committed row and
+duplicates none; re-running the same command skips the rows present.
 
 Row key and provenance: the key also holds ``threads`` and ``protocol`` (``paired-v1`` for rows
 timed by :func:`profiler.measure.measure_paired`, ``paired-v2`` when the artifacts were rebuilt
-between rounds, :attr:`profiler.measure.MeasureConfig.rebuild`; rows of older tables read as ``legacy``, their
-threads taken from the header's environment record), so a re-run with another thread count or
-protocol writes new rows instead of silently reusing rows measured under other settings. Every
-row also records ``versions`` (runtime versions, a JSON string), ``reference`` (the key of the
-shape it was paired with, e.g. ``d30-w1.000``), ``ratio``/``ratio_lo``/``ratio_hi`` (median
-paired ratio to the reference and its 90% bootstrap interval), ``util`` (median CPU use per
-thread: a contention diagnostic, never a filter) and ``created``. Older Parquet files lack
-these columns and read with defaults (:data:`OPTIONAL`).
+between rounds; rows of the earliest tables read as ``legacy``), so a re-run with another thread
+count or protocol writes new rows instead of silently reusing rows measured under other settings.
+Every row also records ``versions`` (runtime versions, a JSON string), ``reference`` (the key of the
+shape it was paired with, e.g. ``d30-w1.000``), ``ratio``/``ratio_lo``/``ratio_hi`` (median paired
+ratio to the reference and its 90% bootstrap interval), ``util`` (median CPU use per thread: a
+contention diagnostic, never a filter) and ``created``.
 
-Reference levels (drift-proof milliseconds): the header's ``references`` mapping holds, per
-(variant, phase, prompt_len, batch, threads, reference shape), the median of the reference's
-samples in every block that was timed against it (``blocks``), their median (``level_ms``,
-the reference's absolute level over all blocks) and spread (``p10_ms``/``p90_ms`` of the block
-medians: the host's drift while the table was measured). :meth:`LatencyTable.corrected` turns
-ratios into milliseconds, ``ms = ratio * level_ms``; legacy rows keep their raw median with the
+Reference levels (drift-proof milliseconds): every block timed against a reference stores that
+reference's samples (as quantiles) per (variant, phase, prompt_len, batch, threads, reference); the
+header's ``references`` mapping is built from them: the pooled median (``level_ms``, the
+reference's level over all blocks) and the spread of the block medians (``p10_ms``/``p90_ms``: the
+host's drift while the table was measured). :meth:`LatencyTable.corrected` turns ratios into
+milliseconds, ``ms = ratio * level_ms``; unpaired rows keep their raw median with the
 order-statistic 90% interval of their samples.
 
 Separate attention/MLP widths: a row of a ``d24-a0.667-m0.750`` shape has ``width`` = the MLP
-width and ``attn_width`` = the attention width; one-ratio rows (and every row of older files)
-have ``attn_width`` NaN, meaning today's policy from ``width``. ``attn_width`` is part of the key,
-NaN matching NaN, so old tables read unchanged and the two forms never overwrite each other.
+width and ``attn_width`` = the attention width; one-ratio rows have ``attn_width`` NaN. ``attn_width``
+is part of the key, NaN matching NaN, so the two forms never overwrite each other.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import io
 import json
 import logging
-import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from amoeba_core.errors import AmoebaError
-from amoeba_core.filelock import file_lock, read_snapshot
-from profiler.device import profiles_root
+from profiler.store import open_store
 from profiler.measure import LatencyStats, median_ci_ms
 from profiler._table_schema import (  # noqa: F401 - re-exported: profiler.table is their public home
     COLUMNS, KEY_COLUMNS, LEVEL_QUANTILES, OPTIONAL, SOURCES, RefLevel, _has, _level_summary, _match, _pooled_median,
@@ -68,11 +58,6 @@ log = logging.getLogger(__name__)
 
 def now_utc() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def table_paths(device: str, flow: str, model: str, root: Path | str | None = None) -> tuple[Path, Path]:
-    base = profiles_root(root) / device / f"{flow}-{model}"
-    return base.with_suffix(".parquet"), base.with_suffix(".yaml")
 
 
 def _empty() -> pd.DataFrame:
@@ -93,58 +78,22 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
     return df[list(COLUMNS)].reset_index(drop=True)
 
 
-def read_parquet(path: Path, thread_defaults: dict[str, int] | None = None) -> pd.DataFrame:
-    """Read a table file; ``thread_defaults`` (variant -> threads) fills the threads of files
-    written before the column existed."""
-    try:
-        df = pd.read_parquet(io.BytesIO(read_snapshot(path)[0]))  # one open: replace-safe
-    except Exception as e:  # noqa: BLE001 - pyarrow raises many types for a bad file
-        raise AmoebaError(
-            f"corrupt latency table {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-        ) from None
-    missing = set(COLUMNS) - set(df.columns) - set(OPTIONAL)
-    if missing:
-        raise AmoebaError(f"corrupt latency table {path}: missing columns {sorted(missing)}")
-    df["samples_ms"] = df["samples_ms"].map(lambda x: [float(v) for v in x] if x is not None else [])
-    if "threads" not in df.columns and thread_defaults:
-        df["threads"] = df["variant"].map(lambda v: thread_defaults.get(v, 0))
-    return _normalise(df)
-
-
-def read_header(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
-        raise AmoebaError(f"corrupt table header {path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict) or not {"device", "flow", "model"} <= set(data):
-        raise AmoebaError(f"corrupt table header {path}: expected a mapping with device, flow, model")
-    return data
-
-
-def _atomic_write_bytes(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class LatencyTable:
-    """One device/flow/model LUT on disk."""
+    """One device/flow/model LUT in the store (``root``: a profiles folder, a ``.db`` file or a URL)."""
 
     def __init__(self, device: str, flow: str, model: str, root: Path | str | None = None) -> None:
         self.device, self.flow, self.model = device, flow, model
-        self.path, self.header_path = table_paths(device, flow, model, root)
-        self.lock_path = self.path.with_name(f".{self.path.stem}.lock")
-        self.header: dict[str, Any] = read_header(self.header_path) if self.header_path.exists() else {}
-        self.df: pd.DataFrame = self._read()
+        self.store = open_store(root)
+        self.path = f"{self.store.url.split(':///', 1)[-1] if self.store.file else self.store}#{device}/{flow}-{model}"
+        self.reload()
 
     def _read(self) -> pd.DataFrame:
-        if not self.path.exists():
+        rows = self.store.latency_rows(self.device, self.flow, self.model)
+        if not rows:
             return _empty()
-        envs = self.header.get("environments") or {}
-        threads = {v: int(e["threads"]) for v, e in envs.items() if isinstance(e, dict) and e.get("threads")}
-        return read_parquet(self.path, threads)
+        df = pd.DataFrame(rows)
+        df["device"], df["flow"], df["model"] = self.device, self.flow, self.model
+        return _normalise(df)
 
     @classmethod
     def open(cls, device: str, flow: str, model: str, root: Path | str | None = None) -> LatencyTable:
@@ -152,12 +101,12 @@ class LatencyTable:
 
     @property
     def exists(self) -> bool:
-        return self.path.exists() or self.header_path.exists()
+        return bool(len(self.df)) or bool(self.header)
 
     # -- reading -------------------------------------------------------------------
     def reload(self) -> None:
-        self.header = read_header(self.header_path) if self.header_path.exists() else {}
-        self.df = self._read()
+        self.header: dict[str, Any] = self.store.header(self.device, self.flow, self.model)
+        self.df: pd.DataFrame = self._read()
 
     def rows(
         self,
@@ -187,30 +136,19 @@ class LatencyTable:
     def variants(self) -> list[str]:
         return sorted(self.df["variant"].dropna().unique().tolist())
 
-    # -- writing -------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        with file_lock(self.lock_path):
-            _remove_stale_temps(self.path.parent)
-            yield
+    # -- writing (each one transaction) ------------------------------------------------
+    def _header_in(self, conn: Any) -> dict[str, Any]:
+        header = self.store.header(self.device, self.flow, self.model, conn)
+        header.pop("references", None)
+        return header or {"device": self.device, "flow": self.flow, "model": self.model, "created": now_utc(),
+                          "variants": [], "environments": {}}
 
     def write_header(
         self, updates: dict[str, Any], environment: dict[str, Any] | None = None, variant: str | None = None
     ) -> None:
-        """Create or update the YAML header (atomically)."""
-        with self._locked():
-            header = (
-                read_header(self.header_path)
-                if self.header_path.exists()
-                else {
-                    "device": self.device,
-                    "flow": self.flow,
-                    "model": self.model,
-                    "created": now_utc(),
-                    "variants": [],
-                    "environments": {},
-                }
-            )
+        """Create or update the header."""
+        with self.store.begin() as c:
+            header = self._header_in(c)
             header.update(updates)
             if variant is not None:
                 if variant not in header.setdefault("variants", []):
@@ -218,44 +156,37 @@ class LatencyTable:
                 if environment is not None:
                     header.setdefault("environments", {})[variant] = json.loads(json.dumps(environment, default=str))
             header["updated"] = now_utc()
-            text = yaml.safe_dump(header, sort_keys=False, default_flow_style=None)
-            _atomic_write_bytes(self.header_path, lambda p: p.write_text(text))
-            self.header = header
+            self.store.put_header(c, self.device, self.flow, self.model, header)
+            self.store.bump(c)
+        self.header = self.store.header(self.device, self.flow, self.model)
 
-    def append(self, row: dict[str, Any]) -> bool:
-        """Add one row atomically; returns False (and writes nothing) if its key is present."""
+    def _valid(self, row: dict[str, Any]) -> dict[str, Any]:
+        from profiler.store.rows import LatencyRow, row_error
+
         row = {**row, "device": self.device, "flow": self.flow, "model": self.model}
         row.setdefault("created", now_utc())
         if row.get("source") not in SOURCES:
             raise AmoebaError(f"row source must be one of {SOURCES}, got {row.get('source')!r}")
-        with self._locked():
-            current = self._read()
-            if _has(current, row):
-                self.df = current
-                return False
-            new = (
-                _normalise(pd.concat([current, pd.DataFrame([row])], ignore_index=True))
-                if len(current)
-                else _normalise(pd.DataFrame([row]))
-            )
-            _atomic_write_bytes(self.path, lambda p: new.to_parquet(p, index=False))
-            self.df = new
-            return True
+        try:
+            LatencyRow.model_validate(row)
+        except ValueError as e:
+            raise AmoebaError(f"invalid latency row for {self.path}: {row_error(e)}") from None
+        return row
+
+    def append(self, row: dict[str, Any]) -> bool:
+        """Add one row (one transaction); returns False (and writes nothing) if its key is present."""
+        row = self._valid(row)
+        with self.store.begin() as c:
+            added = bool(self.store.insert_rows(c, self.device, self.flow, self.model, [row]))
+            if added:
+                self.store.bump(c)
+        self.df = self._read()
+        return added
 
     def replace(self, row: dict[str, Any]) -> None:
-        """Atomically put ``row`` in place of the row with the same key (or add it)."""
-        row = {**row, "device": self.device, "flow": self.flow, "model": self.model}
-        row.setdefault("created", now_utc())
-        with self._locked():
-            current = self._read()
-            keep = current[~_match(current, row)] if len(current) else current
-            new = (
-                _normalise(pd.concat([keep, pd.DataFrame([row])], ignore_index=True))
-                if len(keep)
-                else _normalise(pd.DataFrame([row]))
-            )
-            _atomic_write_bytes(self.path, lambda p: new.to_parquet(p, index=False))
-            self.df = new
+        """Put ``row`` in place of the row with the same key (or add it), in one transaction."""
+        self.store.replace_row(self.device, self.flow, self.model, self._valid(row))
+        self.df = self._read()
 
     def get(self, key: dict[str, Any]) -> pd.Series | None:
         hit = self.df[_match(self.df, key)] if len(self.df) else self.df
@@ -266,26 +197,19 @@ class LatencyTable:
         self, variant: str, phase: str, prompt_len: int, batch: int, threads: int, reference: str,
         stats: LatencyStats,
     ) -> RefLevel:
-        """Record one block's reference samples (atomically, under the lock) and return the
-        updated level of that reference."""
+        """Record one block's reference samples and return the updated level of that reference."""
         key = level_key(variant, phase, prompt_len, batch, threads, reference)
-        with self._locked():
-            header = read_header(self.header_path) if self.header_path.exists() else {
-                "device": self.device, "flow": self.flow, "model": self.model, "created": now_utc(),
-                "variants": [], "environments": {}}
-            refs = header.setdefault("references", {})
-            entry = refs.setdefault(key, {"variant": variant, "phase": phase, "prompt_len": int(prompt_len),
-                                          "batch": int(batch), "threads": int(threads), "reference": reference,
-                                          "blocks": []})
-            entry["blocks"].append({"p50_ms": round(stats.p50_ms, 6), "p10_ms": round(stats.p10_ms, 6),
-                                    "p90_ms": round(stats.p90_ms, 6), "n": stats.n, "created": now_utc(),
-                                    "quantiles_ms": _quantiles(stats.samples_ms)})
-            entry.update(_level_summary(entry["blocks"]))
-            header["updated"] = now_utc()
-            text = yaml.safe_dump(header, sort_keys=False, default_flow_style=None)
-            _atomic_write_bytes(self.header_path, lambda p: p.write_text(text))
-            self.header = header
-        return RefLevel.from_entry(entry)
+        entry = {"variant": variant, "phase": phase, "prompt_len": int(prompt_len), "batch": int(batch),
+                 "threads": int(threads), "reference": reference,
+                 "blocks": [{"p50_ms": round(stats.p50_ms, 6), "p10_ms": round(stats.p10_ms, 6),
+                             "p90_ms": round(stats.p90_ms, 6), "n": stats.n, "created": now_utc(),
+                             "quantiles_ms": _quantiles(stats.samples_ms)}]}
+        with self.store.begin() as c:
+            self.store.put_header(c, self.device, self.flow, self.model, {**self._header_in(c), "updated": now_utc()})
+            self.store.add_blocks(c, self.device, self.flow, self.model, {key: entry})
+            self.store.bump(c)
+        self.header = self.store.header(self.device, self.flow, self.model)
+        return RefLevel.from_entry(self.header["references"][key])
 
     def reference_levels(self) -> dict[str, RefLevel]:
         """Every reference level of the header, by :func:`level_key`."""
@@ -294,7 +218,7 @@ class LatencyTable:
             try:
                 out[k] = RefLevel.from_entry(e)
             except (KeyError, TypeError, ValueError):
-                raise AmoebaError(f"corrupt table header {self.header_path}: reference {k!r}") from None
+                raise AmoebaError(f"corrupt table header {self.path}: reference {k!r}") from None
         return out
 
     def corrected(self, rows: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -327,13 +251,3 @@ class LatencyTable:
         df["samples_ms"] = df["samples_ms"].map(lambda xs: json.dumps([round(float(x), 4) for x in xs]))
         df.to_csv(out, index=False)
         return out
-
-
-def _remove_stale_temps(folder: Path) -> None:
-    """Temporary files of writers that were killed mid-write (their pid is gone)."""
-    for tmp in folder.glob(".*.tmp*"):
-        pid = tmp.name.rsplit(".tmp", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
-            tmp.unlink(missing_ok=True)
-
-

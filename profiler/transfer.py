@@ -319,7 +319,7 @@ def few_shot(plan: Any, k: int, root: Path | str | None = None, progress: Any = 
         if not refs or reference not in shapes:
             raise _no_reference_error(key, sorted(set(wanted) | {reference}))
         model = TransferModel.fit(refs, shapes)
-        have = line_rows(table, key) if table.path.exists() else None
+        have = line_rows(table, key) if table.exists else None
         already = set() if have is None else {line_point(d, w) for d, w in zip(have["depth"], have["width"])}
         first = [reference, *sorted(s for s in already if s in shapes and s != reference)]
         chosen = model.choose(max(k, len(first)), first)

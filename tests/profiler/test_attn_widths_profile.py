@@ -12,6 +12,7 @@ from amoeba_core.errors import AmoebaError
 from amoeba_core.shape import ModelGeometry, WidthAxes, width_key
 from profiler.lookup import LatencyModel
 from profiler.plan import make_plan, run_profile
+from profiler.store.legacy import legacy_paths
 from profiler.table import LatencyTable, row_key
 from tests.profiler.conftest import FAST
 
@@ -48,7 +49,7 @@ def test_attention_width_the_groups_cannot_realise_is_refused_before_writing(roo
     with pytest.raises(AmoebaError, match="--per-layer"):
         make_plan("cpu-host", "pytorch", "tiny", None, (1.0,), ("decode",), 16, "float32", 1, per_layer=True,
                   attn_widths=(0.5,))
-    assert not (root / "cpu-host" / "pytorch-tiny.parquet").exists()
+    assert not LatencyTable("cpu-host", "pytorch", "tiny", root).exists
 
 
 def test_old_tables_without_attn_width_read_as_one_ratio(tmp_path: Path) -> None:
@@ -56,8 +57,10 @@ def test_old_tables_without_attn_width_read_as_one_ratio(tmp_path: Path) -> None
     base = {"p50_ms": 1.0, "p10_ms": 0.9, "p90_ms": 1.1, "n": 3, "samples_ms": [1.0, 0.9, 1.1]}
     assert tab.append({**row_key("float32", 4, 0.75, "decode", 1, 16), **base})
     old = tab.df.drop(columns=["attn_width"])
-    old.to_parquet(tab.path, index=False)  # a file written before the column existed
-    again = LatencyTable("dev", "pytorch", "m", tmp_path)
+    parquet, _ = legacy_paths(tmp_path / "old", "dev", "pytorch", "m")
+    parquet.parent.mkdir(parents=True)
+    old.to_parquet(parquet, index=False)  # a file of the earlier format, written before the column existed
+    again = LatencyTable("dev", "pytorch", "m", tmp_path / "old")
     assert math.isnan(float(again.df["attn_width"].iloc[0]))
     assert again.has(row_key("float32", 4, 0.75, "decode", 1, 16))
     # the separate shape of the same MLP width is another row, not a duplicate

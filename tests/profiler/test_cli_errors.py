@@ -86,10 +86,10 @@ def test_bad_input_exit_2_one_line_nothing_changed(croot: Path, case: str) -> No
     assert _digest(croot) == before
 
 
-@pytest.mark.parametrize("what", ["parquet", "yaml"])
+@pytest.mark.parametrize("what", ["store", "earlier-format parquet"])
 def test_corrupt_table_files(croot: Path, what: str) -> None:
-    table = croot / "cpu-host" / f"pytorch-tiny.{what}"
-    table.write_bytes(b"\x00garbage: [" * 10)
+    bad = croot / "amoeba.db" if what == "store" else croot / "cpu-host" / "pytorch-tiny.parquet"
+    bad.write_bytes(b"\x00garbage: [" * 10)
     before = _digest(croot)
     for args in (
         PROFILE,
@@ -99,7 +99,8 @@ def test_corrupt_table_files(croot: Path, what: str) -> None:
         r = _run(croot, *args)
         assert r.returncode == 2, r.stderr
         lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and "corrupt" in lines[0] and f"pytorch-tiny.{what}" in lines[0], r.stderr
+        assert len(lines) == 1 and bad.name in lines[0], r.stderr
+        assert ("cannot open store" if what == "store" else "corrupt latency table") in lines[0], r.stderr
     assert _digest(croot) == before
 
 

@@ -14,7 +14,7 @@ from tests.profiler.conftest import FAST
 def test_lists(measured_root: Path) -> None:
     assert list_devices(measured_root) == ["a5000", "cpu-host", "orin-nx-16gb"]
     [t] = list_tables(measured_root)
-    assert (t.device, t.flow, t.model) == ("cpu-host", "pytorch", "tiny") and t.path.is_file()
+    assert (t.device, t.flow, t.model) == ("cpu-host", "pytorch", "tiny") and t.store.endswith("profiles/amoeba.db")
 
 
 def test_sources_in_order(measured_root: Path) -> None:

@@ -21,6 +21,7 @@ from profiler.flows import FlowConfig, Workload, make_flow
 from profiler.lookup import LatencyModel
 from profiler.measure import LEGACY, PROTOCOL, PROTOCOL_REBUILD, MeasureConfig, measure, measure_paired
 from profiler.plan import make_plan, run_profile
+from profiler.store.legacy import legacy_paths
 from profiler.table import LatencyTable, row_key
 from tests.profiler.conftest import FAST
 
@@ -278,7 +279,9 @@ def test_legacy_table_reads_with_defaults_and_is_not_reused(root: Path) -> None:
              "phase": "decode", "batch": 1, "prompt_len": 16, "p50_ms": float(d), "p10_ms": 0.9 * d,
              "p90_ms": 1.1 * d, "n": 5, "samples_ms": [0.9 * d, d, d, d, 1.1 * d], "source": "measured",
              "created": "2026-01-01T00:00:00+00:00"} for d in (2, 4)]
-    pd.DataFrame(rows)[old_cols].to_parquet(t.path, index=False)
+    parquet, _ = legacy_paths(root, "cpu-host", "pytorch", "tiny")  # the earlier file format, imported on open
+    parquet.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows)[old_cols].to_parquet(parquet, index=False)
     back = LatencyTable("cpu-host", "pytorch", "tiny", root)
     assert (back.df.protocol == LEGACY).all() and (back.df.threads == 1).all() and back.df.ratio.isna().all()
     assert back.get(row_key("float32", 2, 1.0, "decode", 1, 16, "measured", 1, LEGACY)) is not None
@@ -299,7 +302,7 @@ def test_redo_contended_retimes_rows_with_low_util(root: Path) -> None:
     run_profile(plan, root)
     t = LatencyTable("cpu-host", "pytorch", "tiny", root)
     low = t.get(row_key("float32", 2, 1.0, "decode", 1, 16, "measured", 1, PROTOCOL)).to_dict()
-    t.replace({**low, "util": 0.1, "p50_ms": 1e6})  # as if another process had taken the CPU
+    t.replace({**low, "util": 0.1, "p50_ms": 1e6, "p10_ms": 1e6, "p90_ms": 1e6, "samples_ms": [1e6] * 3})  # as if another process had taken the CPU
     busy = t.get(row_key("float32", 4, 1.0, "decode", 1, 16, "measured", 1, PROTOCOL)).to_dict()
     t.replace({**busy, "util": 0.99})  # and the other row had its core (whatever this host's load was)
     redo = run_profile(dataclasses.replace(plan, redo_contended=True), root)

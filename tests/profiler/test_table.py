@@ -1,4 +1,4 @@
-"""LUT storage: atomic appends, skip-on-rerun, concurrent writers, corrupt files, CSV.
+"""LUT storage: transactional appends, skip-on-rerun, concurrent writers, corrupt files, CSV.
 
 Rows here carry fixed stand-in latencies: these tests are about storage, not timing.
 """
@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from amoeba_core.errors import AmoebaError
+from profiler.store.legacy import legacy_paths
 from profiler.table import LatencyTable, row_key
 
 
@@ -23,7 +24,7 @@ def _row(depth: int, width: float = 1.0, phase: str = "decode", ms: float = 1.0,
         "p10_ms": ms * 0.9,
         "p90_ms": ms * 1.1,
         "n": 3,
-        "samples_ms": [ms * 0.9, ms, ms * 1.1],
+        "samples_ms": [ms * 0.9, ms, ms * 1.1] if source == "measured" else [],  # computed rows carry none
     }
 
 
@@ -45,7 +46,9 @@ def test_rejects_unknown_source(tmp_path: Path) -> None:
     t = LatencyTable("dev", "pytorch", "tiny", tmp_path)
     with pytest.raises(AmoebaError, match="source"):
         t.append({**_row(1), "source": "guessed"})
-    assert not t.path.exists()
+    with pytest.raises(AmoebaError, match="timing samples"):  # the push schema is the table's schema
+        t.append({**_row(1), "samples_ms": []})
+    assert not t.exists and not (tmp_path / "amoeba.db").exists()  # nothing written, not even the file
 
 
 def _writer(root: str, start: int) -> None:
@@ -68,27 +71,26 @@ def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path: Path) -> None:
 
 
 def test_corrupt_files_raise_naming_the_file(tmp_path: Path) -> None:
-    t = LatencyTable("dev", "pytorch", "tiny", tmp_path)
-    t.write_header({}, variant="float32")
-    t.append(_row(1))
-    t.path.write_bytes(b"PAR1 this is not parquet")
+    parquet, header = legacy_paths(tmp_path, "dev", "pytorch", "tiny")
+    parquet.parent.mkdir(parents=True)
+    parquet.write_bytes(b"PAR1 this is not parquet")  # a table of the earlier format, imported on open
     with pytest.raises(AmoebaError, match=r"corrupt latency table .*pytorch-tiny\.parquet"):
         LatencyTable("dev", "pytorch", "tiny", tmp_path)
-    t.path.unlink()
-    t.header_path.write_text("device: [unclosed\n  :: - x")
-    with pytest.raises(AmoebaError, match=r"corrupt table header .*pytorch-tiny\.yaml"):
-        LatencyTable("dev", "pytorch", "tiny", tmp_path)
-    t.header_path.write_text("just a string\n")
-    with pytest.raises(AmoebaError, match="corrupt table header"):
-        LatencyTable("dev", "pytorch", "tiny", tmp_path)
-
-
-def test_parquet_with_missing_columns_is_corrupt(tmp_path: Path) -> None:
-    t = LatencyTable("dev", "pytorch", "tiny", tmp_path)
-    t.path.parent.mkdir(parents=True)
-    pd.DataFrame({"depth": [1]}).to_parquet(t.path)
+    pd.DataFrame({"depth": [1]}).to_parquet(parquet)
     with pytest.raises(AmoebaError, match="missing columns"):
         LatencyTable("dev", "pytorch", "tiny", tmp_path)
+    pd.DataFrame([{**_row(1), "samples_ms": [0.9, 1.0, 1.1]}]).to_parquet(parquet)
+    header.write_text("device: [unclosed\n  :: - x")
+    with pytest.raises(AmoebaError, match=r"corrupt table header .*pytorch-tiny\.yaml"):
+        LatencyTable("dev", "pytorch", "tiny", tmp_path)
+    header.write_text("just a string\n")
+    with pytest.raises(AmoebaError, match="corrupt table header"):
+        LatencyTable("dev", "pytorch", "tiny", tmp_path)
+    db = tmp_path / "other" / "x.db"
+    db.parent.mkdir()
+    db.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(AmoebaError, match=r"cannot open store .*x\.db"):
+        LatencyTable("dev", "pytorch", "tiny", db).append(_row(1))
 
 
 def test_csv_export(tmp_path: Path) -> None:
@@ -110,12 +112,3 @@ def test_replace_swaps_one_row_atomically(tmp_path: Path) -> None:
     assert len(back.df) == 2 and back.get(row_key("float32", 1, 1.0, "decode", 1, 32))["p50_ms"] == 1.5
     assert back.get(row_key("float32", 2, 1.0, "decode", 1, 32))["p50_ms"] == 6.0
     assert back.get(row_key("float32", 3, 1.0, "decode", 1, 32)) is None
-
-
-def test_stale_temp_files_of_killed_writers_are_removed(tmp_path: Path) -> None:
-    t = LatencyTable("dev", "pytorch", "tiny", tmp_path)
-    t.append(_row(1))
-    stale = t.path.with_name(f".{t.path.name}.tmp999999999")
-    stale.write_bytes(b"half a parquet")
-    t.append(_row(2))
-    assert not stale.exists() and len(LatencyTable("dev", "pytorch", "tiny", tmp_path).df) == 2
