@@ -79,11 +79,26 @@ class DeviceSpec:
         return asdict(self)
 
 
+def _is_url(root: Path | str | None) -> bool:
+    return isinstance(root, str) and "://" in root
+
+
+def _pushed_specs(root: Path | str | None) -> dict[str, dict[str, Any]]:
+    """Specs pushed into the store of ``root`` (``amoeba push``); the folder's files come first."""
+    from profiler.store import open_store
+
+    return open_store(root).device_specs()
+
+
 def list_devices(root: Path | str | None = None) -> list[str]:
-    base = profiles_root(root)
-    if not base.is_dir():
-        return []
-    return sorted(p.name for p in base.iterdir() if (p / DEVICE_FILE).is_file())
+    """Devices with a spec: ``<root>/<name>/device.yaml`` files, and specs pushed into the store."""
+    names: set[str] = set()
+    base = None if _is_url(root) else profiles_root(root)
+    if base is not None and base.is_dir():
+        names |= {p.name for p in base.iterdir() if (p / DEVICE_FILE).is_file()}
+    if _is_url(root) or (base is not None and base.is_dir()):
+        names |= set(_pushed_specs(root))
+    return sorted(names)
 
 
 def spec_only_root(root: Path | str | None = None, prefix: str = "amoeba-") -> Path:
@@ -101,13 +116,18 @@ def spec_only_root(root: Path | str | None = None, prefix: str = "amoeba-") -> P
 
 
 def load_device(name: str, root: Path | str | None = None) -> DeviceSpec:
-    path = profiles_root(root) / name / DEVICE_FILE
-    if not path.is_file():
+    """The spec of device ``name``: its ``device.yaml`` in the profiles folder, else one pushed into the store."""
+    path = None if _is_url(root) else profiles_root(root) / name / DEVICE_FILE
+    if path is None or not path.is_file():
+        pushed = _pushed_specs(root) if _is_url(root) or profiles_root(root).is_dir() else {}
+        if name in pushed:
+            return DeviceSpec.from_dict(pushed[name], f"device {name} in the store")
         known = list_devices(root)
         raise AmoebaError(
             f"unknown device {name!r}; known: {', '.join(known) or '(none)'}"
             + ("" if name == HOST else f" (only {HOST} is detected automatically)")
         )
+    assert path is not None
     try:
         data = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, OSError) as e:

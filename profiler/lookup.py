@@ -336,7 +336,8 @@ def _cached_model(
     device: str, flow: str, model: str, phase: str, prompt_len: int | None, variant: str | None, root: str, stamp: float,
     threads: int | None = None,
 ) -> LatencyModel:
-    return LatencyModel.open(device, flow, model, phase, prompt_len, variant, Path(root), threads)
+    return LatencyModel.open(device, flow, model, phase, prompt_len, variant, root if "://" in root else Path(root),
+                             threads)
 
 
 def latency_ms(
@@ -348,16 +349,17 @@ def latency_ms(
     phase: str = "decode",
     prompt_len: int | None = None,
     variant: str | None = None,
-    root: Path | None = None,
+    root: Path | str | None = None,
     threads: int | None = None,
     attn_width: float | None = None,
 ) -> LatencyEstimate:
     """Latency of one step of shape (depth, width); see the module docstring for the order of sources."""
-    base = profiles_root(root)
-    known = _list_devices(base)
+    from profiler.store import open_store
+
+    known = _list_devices(root)
     if device not in known:
         raise AmoebaError(f"unknown device {device!r}; known: {', '.join(known) or '(none)'}")
-    path = base / device / f"{flow}-{model}.parquet"
-    stamp = path.stat().st_mtime_ns if path.exists() else 0.0
-    m = _cached_model(device, flow, model, phase, prompt_len, variant, str(base.resolve()), stamp, threads)
+    where = root if isinstance(root, str) and "://" in root else str(profiles_root(root).resolve())
+    stamp = open_store(root).revision()  # a new row anywhere in the store: models are rebuilt
+    m = _cached_model(device, flow, model, phase, prompt_len, variant, where, stamp, threads)
     return m.estimate(depth, width, attn_width)

@@ -9,10 +9,9 @@ device (header + rows with their provenance), and sends it as one :class:`Profil
   device spec whose name is the pushed device;
 * the model's geometry is known (a preset) or carried by the table header, and every depth fits it;
 * every ``*_ms`` value is finite and positive, p10 <= p50 <= p90, widths in (0, 1];
-* ``source`` is one of the profiler's labels, and a row can only be ``measured`` with its timing
-  samples (p50 inside their range); a computed row (predicted, roofline, transferred) carries
-  none, so it can never pass as measured; a roofline-only device (a spec sheet) has no measured
-  or per-layer rows.
+* every row passes :class:`profiler.store.rows.LatencyRow`, the schema the store's table is built
+  from (a ``measured`` row carries its timing samples, a computed one none, so it can never pass
+  as measured); a roofline-only device (a spec sheet) has no measured or per-layer rows.
 
 Rows then merge by key (:mod:`search.db`): pushing twice stores nothing new.
 """
@@ -24,82 +23,26 @@ import logging
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from amoeba_core.errors import AmoebaError
+from profiler.store.rows import COMPOSED, MEASURED, LatencyRow
 from search.query import clip
 
 log = logging.getLogger(__name__)
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"
-MEASURED = ("measured",)  # sources that are timings and must carry their samples
-COMPOSED = ("per-layer",)  # composed from measured rows (no samples of its own, n > 0)
 MAX_ROWS = 200_000
-
-PositiveMs = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-
-
-class RowIn(BaseModel):
-    """One latency row; columns beyond these (provenance, ratios, intervals) pass through as they are."""
-
-    model_config = ConfigDict(extra="allow")
-
-    variant: str = Field(min_length=1, max_length=64)
-    depth: int = Field(ge=1, le=100_000)
-    width: float = Field(gt=0, le=1, allow_inf_nan=False)
-    phase: Literal["prefill", "decode"]
-    batch: int = Field(ge=1)
-    prompt_len: int = Field(ge=0)
-    source: str
-    p50_ms: PositiveMs
-    p10_ms: Optional[PositiveMs] = None
-    p90_ms: Optional[PositiveMs] = None
-    n: int = Field(0, ge=0)
-    samples_ms: list[PositiveMs] = Field(default_factory=list)
-    created: Optional[str] = None
-
-    @field_validator("source")
-    @classmethod
-    def _known_source(cls, v: str) -> str:
-        from profiler.table import SOURCES
-
-        if v not in SOURCES:
-            raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {clip(v, 30)}")
-        return v
-
-    @model_validator(mode="after")
-    def _consistent(self) -> RowIn:
-        for k, v in (self.model_extra or {}).items():
-            if k.endswith("_ms") and v is not None and not isinstance(v, list):
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                    raise ValueError(f"{k} must be a finite positive number of ms, got {clip(v, 30)}")
-        if self.p10_ms is not None and self.p10_ms > self.p50_ms * (1 + 1e-9):
-            raise ValueError(f"p10_ms {self.p10_ms:g} > p50_ms {self.p50_ms:g}")
-        if self.p90_ms is not None and self.p90_ms < self.p50_ms * (1 - 1e-9):
-            raise ValueError(f"p90_ms {self.p90_ms:g} < p50_ms {self.p50_ms:g}")
-        if self.source in MEASURED:
-            if not self.samples_ms:
-                raise ValueError(f"a {self.source} row carries its timing samples (samples_ms is empty): "
-                                 "computed rows are labelled predicted, transferred or roofline")
-            lo, hi = min(self.samples_ms), max(self.samples_ms)
-            if not lo * (1 - 1e-6) <= self.p50_ms <= hi * (1 + 1e-6):
-                raise ValueError(f"p50_ms {self.p50_ms:g} lies outside its samples [{lo:g}, {hi:g}]")
-        elif self.source in COMPOSED:
-            if self.samples_ms:
-                raise ValueError(f"a {self.source} row is composed, it carries no samples of its own")
-        elif self.samples_ms:
-            raise ValueError(f"a {self.source} row is computed, it cannot carry timing samples")
-        return self
 
 
 class TableIn(BaseModel):
     flow: str = Field(max_length=64)
     model: str = Field(pattern=MODEL_NAME)
     header: dict[str, Any] = Field(default_factory=dict)
-    rows: list[RowIn] = Field(max_length=MAX_ROWS)
+    rows: list[LatencyRow] = Field(max_length=MAX_ROWS)  # the store's one row schema
 
     @field_validator("flow")
     @classmethod

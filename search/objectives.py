@@ -98,7 +98,7 @@ class AccuracyTable:
         if not {"fingerprint", "key", "depth", "width", "top1_acc"} <= set(df.columns):
             raise AmoebaError(f"corrupt accuracy table {self.path}: missing columns "
                               f"{sorted({'fingerprint', 'key', 'depth', 'width', 'top1_acc'} - set(df.columns))}")
-        self._rows = {(r.fingerprint, r.key): _record(r._asdict()) for r in df.itertuples(index=False)}
+        self._rows = {(r.fingerprint, r.key): record_from_dict(r._asdict()) for r in df.itertuples(index=False)}
         self._mtime = mtime
 
     def get(self, fingerprint: str, key: str) -> AccuracyRecord | None:
@@ -139,7 +139,7 @@ def _row(r: AccuracyRecord) -> dict[str, Any]:
 _WINDOW_FIELDS = ("window_nll", "window_correct", "window_count", "window_doc")
 
 
-def _record(d: dict[str, Any]) -> AccuracyRecord:
+def record_from_dict(d: dict[str, Any]) -> AccuracyRecord:
     def opt(v: Any) -> Any:
         return None if v is None or (isinstance(v, float) and v != v) else v
 

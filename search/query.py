@@ -112,24 +112,45 @@ class _Index:
 class QueryIndex:
     """Answers queries for one run; thread-safe; indexes are built on first use and cached."""
 
-    def __init__(self, run_dir: Path | str, root: Path | None = None, prompt_len: int | None = None,
-                 gen_len: int = 128) -> None:
+    def __init__(self, run_dir: Path | str, root: Path | str | None = None, prompt_len: int | None = None,
+                 gen_len: int = 128, *, meta: dict[str, Any] | None = None,
+                 records: list[AccuracyRecord] | None = None) -> None:
+        """A run folder's index; ``meta``/``records`` given (a run in the store: :meth:`from_store`) are
+        used instead of the folder's files. ``root``: where latencies are read (a folder, a store URL)."""
         self.run_dir, self.root = Path(run_dir), root
-        meta = read_meta(self.run_dir)
+        meta = read_meta(self.run_dir) if meta is None else meta
         self.space = SearchSpace.from_dict(meta["space"])
         self.model = self.space.model
         self.adapters: str | None = meta.get("adapters") or None
         self.weights = "stage2" if self.adapters else "stage1"  # which model the stored accuracies are of
         self.prompt_len, self.gen_len = prompt_len, gen_len
-        table = AccuracyTable(self.run_dir / "accuracy.parquet")
-        self.records: list[AccuracyRecord] = [r for r in table.records(self.space.fingerprint) if r.kind == "strategy"]
-        self.baselines: list[AccuracyRecord] = [r for r in table.records() if r.kind == "baseline"]
+        every = AccuracyTable(self.run_dir / "accuracy.parquet").records() if records is None else records
+        self.records: list[AccuracyRecord] = [r for r in every if r.fingerprint == self.space.fingerprint
+                                              and r.kind == "strategy"]
+        self.baselines: list[AccuracyRecord] = [r for r in every if r.kind == "baseline"]
         if not self.records:
-            raise AmoebaError(f"no evaluated shapes in {self.run_dir / 'accuracy.parquet'}")
+            where = self.run_dir / "accuracy.parquet" if records is None else f"run {self.run_dir.name} of the store"
+            raise AmoebaError(f"no evaluated shapes in {where}")
         self._lock = threading.Lock()
         self._indexes: dict[tuple[str, str, str, str | None], _Index] = {}
         self._tables: dict[str, list[str]] | None = None
         self._full: dict[tuple[str, str, str, str | None], LatencyEstimate] = {}  # full model's latency per table
+
+    @classmethod
+    def from_store(cls, store: Any, run: str, prompt_len: int | None = None, gen_len: int = 128,
+                   root: Path | None = None) -> QueryIndex:
+        """The index of run ``run`` as pushed into ``store`` (:class:`profiler.store.Store`), latencies from it
+        too. ``root``: the local profiles folder; when ``store`` is its own, device specs are read there."""
+        from profiler.store import store_url
+        from search.objectives import record_from_dict
+
+        meta = store.run_meta(run)
+        if meta is None:
+            raise AmoebaError(f"no search results for run {clip(run)} in the store: run `amoeba search --run "
+                              f"runs/{run} ...` or `amoeba push --run ...`")
+        where = root if store.url == store_url(root)[0] else store.url
+        return cls(Path(run), where, prompt_len, gen_len, meta=meta,
+                   records=[record_from_dict(r) for r in store.run_records(run)])
 
     # -- what is known -------------------------------------------------------------------
     def tables(self) -> dict[str, list[str]]:

@@ -19,8 +19,8 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Bind address (a non-loopback address needs --token)."),
     port: int = typer.Option(8000, min=1, max=65535),
     token: Optional[str] = typer.Option(None, envvar="AMOEBA_TOKEN", help="Bearer token required by every request."),
-    db: Optional[str] = typer.Option(None, "--db", help="Database of the service's tables: sqlite:///... or "
-                                                        "postgresql://user@host/db (default: <run>/service.db)."),
+    db: Optional[str] = typer.Option(None, "--db", help="The store to serve: sqlite:///... or postgresql://user@host/db "
+                                                        "(default: the profiles root's store, or $AMOEBA_STORE)."),
     workers: int = typer.Option(1, min=1, max=64, help="Worker processes (each answers from its own index)."),
     refresh_s: float = typer.Option(0.5, "--refresh-s", min=0.0, help="How often a worker polls for pushed data."),
     root: Optional[Path] = ROOT,
@@ -36,7 +36,7 @@ def serve(
 
     if not is_loopback(host) and not token:
         raise AmoebaError(f"binding {host} exposes the service beyond this machine: set --token (or AMOEBA_TOKEN)")
-    url = db or default_url(run)
+    url = db or default_url(root)
     if workers == 1:
         uvicorn.run(create_app(run, root, token, db=url, refresh_s=refresh_s), host=host, port=port,
                     log_level="warning")

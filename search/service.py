@@ -2,15 +2,16 @@
 
 Routes: ``GET /devices``, ``/fronts/{device}/{flow}``, ``/query`` (each takes ``variant``), and
 ``POST /profiles`` / ``POST /runs`` (``amoeba push``: a device's spec and latency tables, or a
-run's accuracy records). Data lives in a database (:mod:`search.db`: SQLite in the run folder by
-default, PostgreSQL with ``--db``); at start the local run folder and profiles root are merged
-into it. Each worker process answers from a snapshot of the database written as files
-(:meth:`search.db.FleetDB.materialize`) and indexed by :class:`search.query.QueryIndex`; a push
-rebuilds the receiving worker's snapshot before it answers, and every worker polls the database's
-revision (at most every ``refresh_s``, off the event loop) and swaps in a new snapshot when it
-moved. A query naming a device the snapshot does not know checks the revision at once, so a
-device is answered for right after its push, on any worker. Fronts and answered points are
-serialised once per snapshot (cached JSON); a query is a binary search plus string joins.
+run's accuracy records). Data lives in the store (:mod:`profiler.store`: the profiles root's
+SQLite file by default, PostgreSQL with ``--db``); at start the local run folder is merged into it
+(and the local profiles when the store is another database). Each worker process answers from an
+in-memory index of one revision of the store (:meth:`search.query.QueryIndex.from_store`: records,
+device specs and latency rows read from the store directly); a push rebuilds the receiving
+worker's index before it answers, and every worker polls the store's revision (at most every
+``refresh_s``, off the event loop) and swaps in a new index when it moved. A query naming a device
+the index does not know checks the revision at once, so a device is answered for right after its
+push, on any worker. Fronts and answered points are serialised once per revision (cached JSON); a
+query is a binary search plus string joins.
 
 Bad input gets a 4xx with a reason: 422 for malformed parameters or a rejected push, 404 for an
 unknown device, flow or variant (the reason lists the known ones), 401 for a missing or wrong
@@ -30,8 +31,6 @@ import logging
 import math
 import os
 import re
-import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -46,20 +45,19 @@ from amoeba_core.errors import AmoebaError
 from search.api_models import DevicesOut, FrontOut, PushOut, QueryOut, RunOut, RunsOut, ShapeOut, VariantOut  # noqa: F401 (re-exported)
 from search.fleet import ProfileIn, RunIn
 from search.gate import TokenGate, cap, clip_errors
-from search.query import Point, QueryIndex, clip
+from search.query import Point, QueryIndex
 
 log = logging.getLogger(__name__)
 
 Phase = Literal["decode", "prefill", "e2e"]
-SNAP_PREFIX = "amoeba-serve-"
 PAGE_PATHS = ("/", "/static/")  # answer without the token (a trailing / is a prefix)
 
 
 class Snapshot:
-    """One revision of the database as files + its index + cached JSON answers."""
+    """One revision of the store: its index + cached JSON answers."""
 
-    def __init__(self, folder: Path, revision: int, index: QueryIndex) -> None:
-        self.folder, self.revision, self.index = folder, revision, index
+    def __init__(self, revision: int, index: QueryIndex) -> None:
+        self.revision, self.index = revision, index
         self.cache: dict[tuple[Any, ...], bytes] = {}
         self._points: dict[int, str] = {}
 
@@ -74,46 +72,36 @@ class Served:
     """What one worker answers from; ``points``/``front``/``best``/``model`` follow the current snapshot."""
 
     def __init__(self, db: Any, run: str, refresh_s: float = 0.5, prompt_len: int | None = None,
-                 gen_len: int = 128, warm: bool = True) -> None:
+                 gen_len: int = 128, warm: bool = True, root: Path | None = None) -> None:
         self.db, self.run, self.refresh_s, self.warm = db, run, refresh_s, warm
+        self.root = root  # the local profiles folder: device specs there when the store is its own
         self.prompt_len, self.gen_len = prompt_len, gen_len
         self._lock = threading.Lock()
         self._polling = False
         self._last_check = time.monotonic()
         self.last_error: str | None = None
-        _remove_stale_snapshots()
         self.snap: Snapshot = self._build()
 
     # -- snapshots ------------------------------------------------------------------------
     def _build(self) -> Snapshot:
-        folder = Path(tempfile.mkdtemp(prefix=f"{SNAP_PREFIX}{os.getpid()}-"))
-        try:
-            rev = self.db.materialize(folder / "profiles", folder / "runs")
-            run_dir = folder / "runs" / self.run
-            if not (run_dir / "search.yaml").is_file():
-                raise AmoebaError(f"no search results for run {clip(self.run)} in the database or its folder: "
-                                  f"run `amoeba search --run runs/{self.run} ...` or `amoeba push --run ...`")
-            index = QueryIndex(run_dir, folder / "profiles", self.prompt_len, self.gen_len)
-            if self.warm:
-                index.warm()
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-        return Snapshot(folder, rev, index)
+        rev = self.db.revision()  # read first: a push landing meanwhile moves it again, and is picked up
+        index = QueryIndex.from_store(self.db.store, self.run, self.prompt_len, self.gen_len, root=self.root)
+        if self.warm:
+            index.warm()
+        return Snapshot(rev, index)
 
     def rebuild(self) -> bool:
-        """Swap in a snapshot of the database's current revision (if it moved); True if swapped."""
+        """Swap in an index of the store's current revision (if it moved); True if swapped."""
         with self._lock:
             if self.db.revision() == self.snap.revision:
                 return False
             try:
                 new = self._build()
-            except AmoebaError as e:  # keep answering from the last good snapshot
+            except AmoebaError as e:  # keep answering from the last good index
                 self.last_error = str(e)
                 log.error("cannot refresh the index: %s", e)
                 return False
-            old, self.snap, self.last_error = self.snap, new, None
-            shutil.rmtree(old.folder, ignore_errors=True)
+            self.snap, self.last_error = new, None
             return True
 
     def check(self) -> None:
@@ -134,7 +122,6 @@ class Served:
         threading.Thread(target=poll, daemon=True).start()
 
     def close(self) -> None:
-        shutil.rmtree(self.snap.folder, ignore_errors=True)
         self.db.dispose()
 
     # -- the QueryIndex surface (the web page uses these) ---------------------------------
@@ -160,30 +147,31 @@ class Served:
 
 
 def seed(db: Any, run_dir: Path, root: Path | None) -> None:
-    """Merge the local profiles root and run folder into the database (idempotent)."""
+    """Merge the local run folder (and the local profiles, when the store is not theirs) into the store."""
     from profiler.device import list_devices
+    from search.db import default_url
     from search.fleet import profile_payload, push_profile, push_run, run_payload
 
-    for name in list_devices(root):
-        rep = push_profile(profile_payload(name, root), db=db)
-        if rep["conflicts"]:
-            log.warning("%s: %d local rows differ from the stored ones (kept the stored): %s", name,
-                        rep["conflicts"], rep["conflict_keys"][:3])
+    if db.url != default_url(root):
+        for name in list_devices(root):
+            rep = push_profile(profile_payload(name, root), db=db)
+            if rep["conflicts"]:
+                log.warning("%s: %d local rows differ from the stored ones (kept the stored): %s", name,
+                            rep["conflicts"], rep["conflict_keys"][:3])
     if (Path(run_dir) / "search.yaml").is_file():
         push_run(run_payload(Path(run_dir)), db=db)
 
 
 def create_app(run_dir: Path | str, root: Path | None = None, token: str | None = None, warm: bool = True,
                db: str | None = None, seed_local: bool = True, refresh_s: float = 0.5) -> FastAPI:
-    """The service for run ``run_dir`` (its folder name in the database) over database ``db``."""
-    from profiler.table import KEY_COLUMNS
+    """The service for run ``run_dir`` (its folder name in the store) over store ``db`` (default: the root's)."""
     from search.db import FleetDB, default_url
 
     run_dir = Path(run_dir)
-    store = FleetDB(db or default_url(run_dir))
+    store = FleetDB(db or default_url(root))
     if seed_local:
         seed(store, run_dir, root)
-    served = Served(store, run_dir.resolve().name, refresh_s, warm=warm)
+    served = Served(store, run_dir.resolve().name, refresh_s, warm=warm, root=root)
     atexit.register(served.close)
 
     @contextlib.asynccontextmanager
@@ -287,7 +275,7 @@ def create_app(run_dir: Path | str, root: Path | None = None, token: str | None 
     @app.post("/profiles", response_model=PushOut)
     def push_profile(p: ProfileIn) -> PushOut:
         """Merge a device's spec and latency tables (``amoeba push``); answers for it at once."""
-        rep = store.merge_profile(p.device, p.spec, p.table_dicts(), list(KEY_COLUMNS))
+        rep = store.merge_profile(p.device, p.spec, p.table_dicts())
         served.rebuild()
         return _push_out(rep, served, served.last_error is None)
 
@@ -376,14 +364,6 @@ def _safe_variants(index: QueryIndex, device: str, flow: str) -> tuple[str, ...]
         return index.variants(device, flow)
     except AmoebaError:
         return ()
-
-
-def _remove_stale_snapshots() -> None:
-    """Snapshot folders of workers that are gone (killed before they could clean up)."""
-    for d in Path(tempfile.gettempdir()).glob(f"{SNAP_PREFIX}*"):
-        pid = d.name[len(SNAP_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(d, ignore_errors=True)
 
 
 def app_from_env() -> FastAPI:

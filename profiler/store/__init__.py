@@ -24,6 +24,7 @@ imported on first open (:mod:`profiler.store.legacy`); the files stay where they
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -79,6 +80,16 @@ def store_url(target: Path | str | None = None) -> tuple[str, Path | None]:
         return f"sqlite:///{path.resolve()}", None
     shared = os.environ.get("AMOEBA_STORE")  # a team's database in place of the folder's file
     return (shared if shared else f"sqlite:///{(path / FILE).resolve()}"), path
+
+
+def _forget_after_fork() -> None:
+    """A forked child must not use its parent's pooled connections: it opens its own."""
+    for store in _STORES.values():
+        store.engine.dispose(close=False)
+    _STORES.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def open_store(target: Path | str | None = None) -> Store:
@@ -232,6 +243,28 @@ class Store:
     def dispose(self) -> None:
         self.engine.dispose()
 
+    # -- device specs and runs (pushed by the fleet) -----------------------------------------------
+    def device_specs(self) -> dict[str, dict[str, Any]]:
+        if not self.ready(write=False):
+            return {}
+        with self.engine.connect() as c:
+            return {n: json.loads(t) for n, t in c.execute(self.sa.select(self.devices.c.name, self.devices.c.spec))}
+
+    def run_meta(self, name: str) -> dict[str, Any] | None:
+        if not self.ready(write=False):
+            return None
+        with self.engine.connect() as c:
+            got = c.execute(self.sa.select(self.runs.c.meta).where(self.runs.c.name == name)).first()
+        return None if got is None else json.loads(got[0])
+
+    def run_records(self, name: str) -> list[dict[str, Any]]:
+        if not self.ready(write=False):
+            return []
+        a = self.accuracy.c
+        with self.engine.connect() as c:
+            return [json.loads(t) for (t,) in c.execute(self.sa.select(a.record).where(a.run == name)
+                                                        .order_by(a.fingerprint, a.key))]
+
     # -- latency tables ----------------------------------------------------------------------
     def _where(self, t: Any, device: str, flow: str, model: str) -> Any:
         return (t.c.device == device) & (t.c.flow == flow) & (t.c.model == model)
@@ -304,7 +337,7 @@ class Store:
 
         if conn is None and not self.ready(write=False):
             return {}
-        with (self.engine.connect() if conn is None else _Same(conn)) as c:
+        with (self.engine.connect() if conn is None else contextlib.nullcontext(conn)) as c:
             got = c.execute(self.sa.select(self.tables.c.header).where(
                 self._where(self.tables, device, flow, model))).first()
             b = self.blocks.c
@@ -350,19 +383,6 @@ class Store:
                                "quantiles_ms": dump(b["quantiles_ms"]) if b.get("quantiles_ms") else None})
         idx = ("device", "flow", "model", "level_key", "created", "p50_ms")
         return len(self.insert_ignore(conn, self.blocks, values, idx))
-
-
-class _Same:
-    """An open connection used as a context manager without closing it."""
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-
-    def __enter__(self) -> Any:
-        return self.conn
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def first_line(e: BaseException) -> str:

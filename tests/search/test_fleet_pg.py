@@ -134,11 +134,16 @@ def test_two_clients_push_overlapping_tables_at_once(postgres_url: str, tmp_path
             a, b = f"edge-{i}" in a_names, f"edge-{i}" in b_names
             expect[f"edge-{i}"] = n if a and b else len(range(n)[a_rows if a else b_rows])
         assert {d: db.count_rows(d) for d in expect} == expect
-        sa = db.sa
-        with db.engine.connect() as c:
-            dup = c.execute(sa.select(db.rows.c.device, db.rows.c.row_key).group_by(db.rows.c.device, db.rows.c.row_key)
+        sa, rows = db.sa, db.store.rows
+        with db.store.engine.connect() as c:
+            dup = c.execute(sa.select(rows.c.device, rows.c.row_key).group_by(rows.c.device, rows.c.row_key)
                             .having(sa.func.count() > 1)).all()
+            # typed columns: a latency is selected and compared in SQL
+            fastest = c.execute(sa.select(sa.func.min(rows.c.p50_ms)).where(
+                (rows.c.device == "edge-4") & (rows.c.phase == "decode") & (rows.c.source == "measured"))).scalar_one()
         assert dup == []
+        assert isinstance(fastest, float) and fastest == min(
+            r["p50_ms"] for r in payload["tables"][0]["rows"] if r["phase"] == "decode" and r["source"] == "measured")
         reports = [json.loads(o.read_text()) for o in outs]
         assert sum(r["inserted"] for r in reports) == sum(expect.values())  # each row inserted by exactly one client
         assert sum(r["conflicts"] for r in reports) == 0
