@@ -36,6 +36,19 @@ def init_distributed() -> tuple[int, int]:
     return world()
 
 
+def union(items: Sequence[T]) -> list[T]:
+    """The items any rank holds, rank 0's first, the same list on every rank (a collective: every rank
+    calls it). Ranks can disagree on what is left to do: one may have read a cache line another wrote."""
+    rank, size = world()
+    if size == 1:
+        return list(items)
+    import torch.distributed as dist
+
+    parts: list[list[T] | None] = [None] * size
+    dist.all_gather_object(parts, list(items))
+    return list(dict.fromkeys(x for part in parts for x in part or []))
+
+
 def shard(items: Sequence[T], fn: Callable[[list[T]], list[R]]) -> list[R]:
     """``fn(items)`` with the items dealt round-robin over the ranks: each rank computes ``fn`` of its
     share, the results are gathered (``all_gather_object``) and returned in the items' order on every

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from amoeba_core.data import balanced_windows, split_docs, spread_windows, window_docs
-from amoeba_core.distributed import shard, world
+from amoeba_core.distributed import shard, union, world
 from amoeba_core.errors import AmoebaError
 from amoeba_core.mc import MCItem, mc_accuracy, reference_score
 from amoeba_core.model import LoadedModel
@@ -183,7 +183,8 @@ class Evaluator:
         Under torchrun the shapes not scored yet are dealt over the ranks (:func:`~amoeba_core.distributed.shard`)
         and every rank gets every score, so the DP's and the search's decisions are the same on each."""
         todo = [s for s in dict.fromkeys(shapes) if self.key(s) not in self._scores]
-        if len(todo) > 1 and world()[1] > 1:
+        if world()[1] > 1:
+            todo = union(todo)  # the same list on every rank, or the ranks' shares would not line up
             fresh = dict(zip(todo, shard(todo, self._score_local)))
             for s, sc in fresh.items():
                 if self.key(s) not in self._scores:  # scored by another rank
