@@ -79,3 +79,38 @@ def f16_weight_error(model, run) -> float:  # noqa: ANN001
             for n, p in model.named_parameters():
                 p.copy_(saved[n])
     return rel_rms(got, want)
+
+
+def extracted_matches_masked(model, shape, strategy, ids, atol: float = 1e-5):  # noqa: ANN001, ANN201
+    """The physically extracted subnet of ``shape`` gives the masked full model's logits on ``ids``.
+
+    Returns ``(subnet, its logits)`` for the caller's further checks (parameters, export)."""
+    import torch
+
+    from amoeba_core.subnet import extract_subnet, masked_subnet
+
+    sub = extract_subnet(model, shape, strategy)
+    with torch.no_grad():
+        a = sub(input_ids=ids).logits
+        with masked_subnet(model, shape, strategy) as m:
+            b = m(input_ids=ids, use_cache=False).logits
+    assert torch.allclose(a, b, atol=atol), float((a - b).abs().max())
+    return sub, a
+
+
+def assert_gguf_matches(path, ref, ids, why: str, n_ctx: int = 32) -> None:  # noqa: ANN001
+    """llama.cpp's logits of the GGUF file ``path`` on ``ids`` match PyTorch model ``ref``'s.
+
+    Bound: 4x what rounding only the weights to f16 does in PyTorch, plus the fp32 floor (llama.cpp
+    keeps its KV cache in f16; see the module docstring). Skips when llama-cpp-python is absent."""
+    import pytest
+    import torch
+
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not importable: `make install-all`")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False)
+    llm.eval(ids[0].tolist())
+    got = np.array(llm.scores[: ids.shape[1]])
+    ew = f16_weight_error(ref, lambda m: m(input_ids=ids).logits[0])
+    with torch.no_grad():
+        want = ref(input_ids=ids).logits[0]
+    assert_logits_match(got, want, 4 * ew + FP32_REL_RMS, f"{why}; f16 weight rounding alone: {ew:.3g}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -14,7 +13,7 @@ from amoeba_core.model import LoadedModel
 from amoeba_core.shape import SubnetShape
 from amoeba_core.strategy import Strategy
 from amoeba_core.subnet import extract_subnet, masked_subnet, n_params
-from tests._parity import FP32_REL_RMS, assert_logits_match, f16_weight_error
+from tests._parity import assert_gguf_matches, extracted_matches_masked
 
 IDS = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(3))
 # tiny: 4 heads in 2 KV groups, 128 channels -> attention widths 1, 0.5 (2 groups x 1), 0.25
@@ -31,12 +30,7 @@ def test_split_extracted_equals_masked(tiny: LoadedModel, strategy: Strategy, bi
                                        layers: tuple[int, ...], attn: float, mlp: float, bias: bool) -> None:
     st = bias_strategy if bias else strategy
     shape = SubnetShape(layers, mlp, attn)
-    sub = extract_subnet(tiny.model, shape, st)
-    with torch.no_grad():
-        a = sub(input_ids=IDS).logits
-        with masked_subnet(tiny.model, shape, st) as m:
-            b = m(input_ids=IDS, use_cache=False).logits
-    assert torch.allclose(a, b, atol=1e-5), float((a - b).abs().max())
+    sub, _ = extracted_matches_masked(tiny.model, shape, st, IDS)
     g = tiny.geometry.scaled(shape)
     assert n_params(sub) == g.n_params() + bias * _bias_params(sub)
     assert (sub.config.num_attention_heads, sub.config.intermediate_size) == (round(attn * 4), g.intermediate)
@@ -104,12 +98,7 @@ def test_split_export_hf_reload_and_gguf_shapes(tiny: LoadedModel, bias_strategy
     assert t["blk.2.ffn_down.weight"] == (g.intermediate, g.hidden)
     assert r.fields["llama.attention.head_count"].contents() == 2
     assert r.fields["llama.feed_forward_length"].contents() == 96
-    llama_cpp = pytest.importorskip("llama_cpp")
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=32, logits_all=True, verbose=False)
-    llm.eval(ids[0].tolist())
-    got = np.array(llm.scores[: ids.shape[1]])
-    ew = f16_weight_error(ref, lambda m: m(input_ids=ids).logits[0])
-    assert_logits_match(got, want[0], 4 * ew + FP32_REL_RMS, f"f32 GGUF, f16 KV cache; f16 weight rounding alone: {ew:.3g}")
+    assert_gguf_matches(path, ref, ids, "f32 GGUF, f16 KV cache")
 
 
 def test_smol_code_separates_networks_not_spellings() -> None:

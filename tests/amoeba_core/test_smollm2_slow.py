@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from amoeba_core.errors import AmoebaError
 from amoeba_core.strategy import Strategy
-from tests._parity import FP32_REL_RMS, assert_logits_match, f16_weight_error
+from tests._parity import assert_gguf_matches, extracted_matches_masked
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -45,16 +44,11 @@ def test_smollm2_extract_export(smol, smol_strategy: Strategy, text: str, heads:
     from transformers import AutoModelForCausalLM
 
     from amoeba_core.export import export_subnet
-    from amoeba_core.subnet import extract_subnet, masked_subnet, n_params
+    from amoeba_core.subnet import n_params
 
     shape = smol_strategy.resolve(text)
     ids = smol.tokenizer("The capital of France is Paris. The capital of Italy is", return_tensors="pt").input_ids
-    sub = extract_subnet(smol.model, shape, smol_strategy)
-    with torch.no_grad():
-        ref = sub(input_ids=ids).logits
-        with masked_subnet(smol.model, shape, smol_strategy) as m:
-            masked = m(input_ids=ids, use_cache=False).logits
-    assert torch.allclose(ref, masked, atol=1e-3), float((ref - masked).abs().max())
+    sub, ref = extracted_matches_masked(smol.model, shape, smol_strategy, ids, atol=1e-3)
     g = smol.geometry.scaled(shape)
     biases = sum(p.numel() for n, p in sub.named_parameters() if n.endswith(".bias"))
     assert (g.n_heads, g.n_kv_heads, g.intermediate) == (heads, 3, inter)
@@ -71,11 +65,5 @@ def test_smollm2_extract_export(smol, smol_strategy: Strategy, text: str, heads:
     assert t["blk.23.attn_q.weight"] == (576, heads * 64) and t["blk.23.attn_k.weight"] == (576, 3 * 64)
     assert t["blk.0.ffn_gate.weight"] == (576, inter) and t["blk.0.ffn_down.weight"] == (inter, 576)
     assert "blk.24.attn_q.weight" not in t
-    llama_cpp = pytest.importorskip("llama_cpp")
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False)
-    llm.eval(ids[0].tolist())
-    got = np.array(llm.scores[: ids.shape[1]])
     # bound from f16 rounding, not from one CPU: see tests/_parity.py
-    ew = f16_weight_error(sub, lambda m: m(input_ids=ids).logits[0])
-    assert_logits_match(got, ref[0], 4 * ew + FP32_REL_RMS,
-                        f"f16 GGUF in llama.cpp vs fp32 PyTorch; f16 weight rounding alone: {ew:.3g}")
+    assert_gguf_matches(path, sub, ids, "f16 GGUF in llama.cpp vs fp32 PyTorch", n_ctx=64)

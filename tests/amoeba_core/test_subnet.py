@@ -12,6 +12,7 @@ from amoeba_core.model import LoadedModel
 from amoeba_core.shape import SubnetShape
 from amoeba_core.strategy import Strategy
 from amoeba_core.subnet import extract_subnet, masked_subnet, n_params
+from tests._parity import extracted_matches_masked
 
 SHAPES = [((0, 1, 2, 3), 1.0), ((0, 2, 3), 0.75), ((1, 3), 0.5), ((0, 1, 3), 0.25), ((3,), 0.875)]
 IDS = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
@@ -23,12 +24,7 @@ def test_extracted_equals_masked(tiny: LoadedModel, strategy: Strategy, bias_str
                                  width: float, bias: bool) -> None:
     st = bias_strategy if bias else strategy
     shape = SubnetShape(layers, width)
-    sub = extract_subnet(tiny.model, shape, st)
-    with torch.no_grad():
-        a = sub(input_ids=IDS).logits
-        with masked_subnet(tiny.model, shape, st) as m:
-            b = m(input_ids=IDS, use_cache=False).logits
-    assert torch.allclose(a, b, atol=1e-5), float((a - b).abs().max())
+    sub, _ = extracted_matches_masked(tiny.model, shape, st, IDS)
     assert n_params(sub) == tiny.geometry.scaled(shape).n_params() + (bias and width < 1) * _bias_params(sub)
     assert sub.config.num_hidden_layers == len(layers)
     assert [lyr.self_attn.layer_idx for lyr in sub.model.layers] == list(range(len(layers)))

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import pytest
 from amoeba_core.shape import ModelGeometry
 from profiler.device import HOST, detect_host, save_device
 from profiler.measure import MeasureConfig
+from tests._runs import cli_env, profile_tiny  # noqa: F401 (cli_env: re-exported)
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = MeasureConfig(warmup=1, min_repeats=3, max_repeats=6, max_seconds=0.3, rel_ci=0.05, rounds=1, min_seconds=0)
@@ -41,29 +41,10 @@ def root(host_spec_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 @pytest.fixture(scope="session")
 def measured_root(host_spec_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A root holding a real PyTorch table of the `tiny` preset (depths 1-4, widths 1 and 0.5)."""
-    from profiler.plan import make_plan, run_profile
-
     r = tmp_path_factory.mktemp("measured") / "profiles"
     shutil.copytree(host_spec_dir, r)
-    plan = make_plan(
-        "cpu-host",
-        "pytorch",
-        "tiny",
-        (1, 2, 3, 4),
-        (1.0, 0.5),
-        ("prefill", "decode"),
-        32,
-        "float32",
-        1,
-        measure_cfg=FAST,
-    )
-    res = run_profile(plan, r)
-    assert res.written == 16
-    return r
+    return profile_tiny(r, ("prefill", "decode"), prompt_len=32, cfg=FAST, spec=False)
 
 
-def cli_env(root: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["AMOEBA_PROFILES"] = str(root)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env
+# `amoeba profile` of `tiny` on this host: the arguments the CLI tests extend
+PROFILE_TINY = ["profile", "--device", "cpu-host", "--flow", "pytorch", "--model", "tiny"]

@@ -10,24 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.profiler.conftest import cli_env
+from tests.profiler.conftest import PROFILE_TINY, cli_env
 
-PROFILE = [
-    "profile",
-    "--device",
-    "cpu-host",
-    "--flow",
-    "pytorch",
-    "--model",
-    "tiny",
-    "--depths",
-    "1,2",
-    "--widths",
-    "1",
-    "--repeats", "3", "--rounds", "1",
-    "--threads",
-    "1",
-]
+PROFILE = [*PROFILE_TINY, "--depths", "1,2", "--widths", "1", "--repeats", "3", "--rounds", "1", "--threads", "1"]
 
 
 def _digest(root: Path) -> dict[str, str]:

@@ -13,27 +13,11 @@ from pathlib import Path
 
 from profiler.table import LatencyTable
 
-from tests.profiler.conftest import cli_env
+from tests.profiler.conftest import PROFILE_TINY, cli_env
 
 AMOEBA = [sys.executable, "-m", "amoeba"]
-ARGS = [
-    "profile",
-    "--device",
-    "cpu-host",
-    "--flow",
-    "pytorch",
-    "--model",
-    "tiny",
-    "--depths",
-    "1,2,3,4",
-    "--widths",
-    "1,0.75,0.5",
-    "--prompt-len",
-    "16",
-    "--threads",
-    "1",
-    "--repeats", "3", "--rounds", "1",
-]
+ARGS = [*PROFILE_TINY, "--depths", "1,2,3,4", "--widths", "1,0.75,0.5", "--prompt-len", "16", "--repeats", "3",
+        "--rounds", "1", "--threads", "1"]
 
 
 def _rows(path: Path) -> int:
