@@ -8,7 +8,7 @@ the lowest accuracy of the space) is the target's 100%.
 1. One exhaustive pass runs real forward passes of every shape at every fidelity rung
    (``--rungs``, window counts; each rung's windows contain the previous rung's, so the pass runs
    each window once per shape) and caches every rung's score, with its 90% interval, in
-   ``<run>/accuracy.parquet``. A re-run is free.
+   the run's store (``<run>/amoeba.db``). A re-run is free.
 2. The methods are replayed against that cache, each charged the tokens it would have evaluated:
    multi-fidelity hierarchical search (screen at the cheapest rung, promote while the interval
    reaches the front; each ladder under search.hierarchical's promotion rule, the largest expected gain
@@ -166,7 +166,7 @@ def main() -> None:
         attn = _widths(args.attn_widths)
     space = SearchSpace.from_strategy(args.strategy, model=args.model, widths=_widths(args.widths), depths=depths,
                                       attn_widths=attn)
-    table = AccuracyTable(args.run / "accuracy.parquet")
+    table = AccuracyTable(args.run)
     ladders = [parse_ints(x) for x in args.rungs.split(";") if x.strip()]
     # The exhaustive pass scores the full budget in one go; every lower rung of any ladder is a prefix
     # of those windows (derived from the stored per-window sums, exactly what scoring them alone gives).

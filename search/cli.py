@@ -126,11 +126,15 @@ def search(
                                       attn_widths=parse_widths(attn_widths) if attn_widths else None,
                                       depths=parse_ints(depths) if depths else None)
     latency = LatencyObjective(device, flow, space.model, phase, prompt_len, gen_len, root, variant=variant)
-    table = AccuracyTable(run / "accuracy.parquet")
+    acc_url = storage if storage and storage.split(":", 1)[0].split("+")[0] in ("sqlite", "postgresql") else None
+    table = AccuracyTable(run, url=acc_url)  # in the study's database when that is SQL, else the run's store
     accuracy = _accuracy_objective(objective, rungs, strategy, table, source, split, seq_len, max_windows, adapters,
                                    task_path, task_limit)
     space = dataclasses.replace(space, fingerprint=accuracy.fingerprint)
+    from profiler.store import redact
+
     write_meta(run, space, {"adapters": str(adapters) if adapters else None, "objective": objective,
+                            "accuracy_store": redact(acc_url) if acc_url else None,
                             "variant": latency.variant, "rungs": list(accuracy.rungs) if isinstance(accuracy, MultiFidelityAccuracy) else None})
     problem = SearchProblem(space, accuracy, latency, budget_ms)
     store = open_storage(storage, run)

@@ -196,11 +196,11 @@ def profile_payload(device: str, root: Path | None = None, as_name: str | None =
 
 def run_payload(run_dir: Path, name: str | None = None) -> dict[str, Any]:
     """A run's search.yaml and accuracy records (``amoeba push --run``)."""
-    from search.objectives import AccuracyTable
     from search.query import read_meta
+    from search.records import AccuracyTable, record_dict
 
     meta = read_meta(run_dir)
-    recs = [r.__dict__ for r in AccuracyTable(run_dir / "accuracy.parquet").records()]
+    recs = [record_dict(r) for r in AccuracyTable(run_dir, url=meta.get("accuracy_store")).records()]
     return {"run": name or run_dir.resolve().name, "meta": json.loads(json.dumps(meta, default=str)),
             "records": json.loads(json.dumps(recs, default=str))}
 

@@ -2,9 +2,9 @@
 
 Accuracy is next-token top-1 accuracy on held-out text from the Stage 1 evaluator, with
 perplexity kept alongside. Every score is stored once per (model fingerprint, shape key) in
-``runs/<name>/accuracy.parquet`` and shared by every device, flow and search method; a shape is
-never evaluated twice. Writes are atomic and serialised by a lock file, so several search
-processes can share one table. A record carries its 90% intervals (``top1_lo/hi``, ``ppl_lo/hi``,
+the store under the run's name (:mod:`search.records`) and shared by every device, flow and search
+method; a shape is never evaluated twice. Several search processes can share one run (a record is
+inserted once, in a transaction). A record carries its 90% intervals (``top1_lo/hi``, ``ppl_lo/hi``,
 bootstrap over evaluation windows, :mod:`amoeba_core.stats`), the per-window sums they came
 from, and its cost in evaluated tokens.
 
@@ -21,141 +21,26 @@ Latency is :class:`search.latency.LatencyObjective` (the profiler's tables, one
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
-import os
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import pandas as pd
 
 from amoeba_core.errors import AmoebaError
-from amoeba_core.filelock import file_lock, read_snapshot
 from amoeba_core.shape import SubnetShape
 
 log = logging.getLogger(__name__)
 
 
 
-@dataclass(frozen=True)
-class AccuracyRecord:
-    fingerprint: str
-    key: str
-    depth: int
-    width: float
-    top1_acc: float
-    ppl: float | None = None
-    nll: float | None = None
-    n_tokens: int | None = None
-    seconds: float | None = None
-    kind: str = "strategy"  # or "baseline" (uniform shrink outside the strategy)
-    top1_lo: float | None = None  # 90% bootstrap interval over windows
-    top1_hi: float | None = None
-    ppl_lo: float | None = None
-    ppl_hi: float | None = None
-    windows: int | None = None  # evaluation windows scored (the fidelity)
-    tokens: int | None = None  # tokens run through the model to score it (the cost)
-    window_nll: tuple[float, ...] | None = None  # per-window sums, in scoring order
-    window_correct: tuple[float, ...] | None = None
-    window_count: tuple[float, ...] | None = None
-    window_doc: tuple[float, ...] | None = None  # document of each window (intervals resample documents)
-    ci_unit: str | None = None  # what the intervals resampled: "document" or "window"
-
-    def interval(self) -> tuple[float, float]:
-        """(lo, hi) of top-1; the point value twice when no interval was stored."""
-        lo = self.top1_acc if self.top1_lo is None else self.top1_lo
-        hi = self.top1_acc if self.top1_hi is None else self.top1_hi
-        return float(lo), float(hi)
-
-
-COLUMNS = list(AccuracyRecord.__dataclass_fields__)
-
-
-class AccuracyTable:
-    """Parquet table of accuracy records keyed by (fingerprint, key)."""
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self.lock_path = self.path.with_name(f".{self.path.name}.lock")
-        self._rows: dict[tuple[str, str], AccuracyRecord] = {}
-        self._mtime: int = -1
-        self.reload()
-
-    def reload(self) -> None:
-        if not self.path.exists():
-            return
-        if self.path.stat().st_mtime_ns == self._mtime:
-            return
-        data, mtime = read_snapshot(self.path)  # one open: a concurrent replace cannot tear the read
-        try:
-            df = pd.read_parquet(io.BytesIO(data))
-        except Exception as e:  # noqa: BLE001 - pyarrow raises many types for a truncated or foreign file
-            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            raise AmoebaError(f"corrupt accuracy table {self.path}: {first}") from None
-        if not {"fingerprint", "key", "depth", "width", "top1_acc"} <= set(df.columns):
-            raise AmoebaError(f"corrupt accuracy table {self.path}: missing columns "
-                              f"{sorted({'fingerprint', 'key', 'depth', 'width', 'top1_acc'} - set(df.columns))}")
-        self._rows = {(r.fingerprint, r.key): record_from_dict(r._asdict()) for r in df.itertuples(index=False)}
-        self._mtime = mtime
-
-    def get(self, fingerprint: str, key: str) -> AccuracyRecord | None:
-        hit = self._rows.get((fingerprint, key))
-        if hit is None:
-            self.reload()
-            hit = self._rows.get((fingerprint, key))
-        return hit
-
-    def records(self, fingerprint: str | None = None) -> list[AccuracyRecord]:
-        self.reload()
-        return [r for (fp, _), r in self._rows.items() if fingerprint is None or fp == fingerprint]
-
-    def _locked(self) -> contextlib.AbstractContextManager[None]:
-        return file_lock(self.lock_path)
-
-    def put(self, rec: AccuracyRecord) -> None:
-        with self._locked():
-            self._mtime = -1
-            self.reload()
-            if (rec.fingerprint, rec.key) in self._rows:
-                return
-            self._rows[(rec.fingerprint, rec.key)] = rec
-            df = pd.DataFrame([_row(r) for r in self._rows.values()], columns=COLUMNS)
-            tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-            df.to_parquet(tmp, index=False)
-            os.replace(tmp, self.path)
-            self._mtime = self.path.stat().st_mtime_ns
-
-
-def _row(r: AccuracyRecord) -> dict[str, Any]:
-    d = asdict(r)
-    for k in _WINDOW_FIELDS:
-        d[k] = None if d[k] is None else [float(x) for x in d[k]]
-    return d
-
-
-_WINDOW_FIELDS = ("window_nll", "window_correct", "window_count", "window_doc")
-
-
-def record_from_dict(d: dict[str, Any]) -> AccuracyRecord:
-    def opt(v: Any) -> Any:
-        return None if v is None or (isinstance(v, float) and v != v) else v
-
-    def opt_int(v: Any) -> int | None:
-        v = opt(v)
-        return None if v is None else int(v)
-
-    def seq(v: Any) -> tuple[float, ...] | None:
-        return None if v is None or isinstance(v, float) else tuple(float(x) for x in v)
-
-    return AccuracyRecord(str(d["fingerprint"]), str(d["key"]), int(d["depth"]), float(d["width"]),
-                          float(d["top1_acc"]), opt(d.get("ppl")), opt(d.get("nll")), opt_int(d.get("n_tokens")),
-                          opt(d.get("seconds")), str(d.get("kind") or "strategy"), opt(d.get("top1_lo")),
-                          opt(d.get("top1_hi")), opt(d.get("ppl_lo")), opt(d.get("ppl_hi")), opt_int(d.get("windows")),
-                          opt_int(d.get("tokens")), *(seq(d.get(k)) for k in _WINDOW_FIELDS),
-                          None if opt(d.get("ci_unit")) is None else str(d["ci_unit"]))
+from search.records import (  # noqa: E402,F401 (the record types live in search.records; re-exported)
+    COLUMNS,
+    AccuracyRecord,
+    AccuracyTable,
+    record_dict,
+    record_from_dict,
+)
 
 
 def window_record(fingerprint: str, shape: SubnetShape, nll: Sequence[float], correct: Sequence[float],

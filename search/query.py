@@ -1,7 +1,7 @@
 """Best shape for (device, flow, budget, phase): exact over the shapes whose accuracy is stored.
 
 A run folder (``runs/<name>/``) holds ``search.yaml`` (the model and the search space, written by
-``amoeba search``) and ``accuracy.parquet`` (every evaluated shape). For one (device, flow, phase)
+``amoeba search``) and the run's accuracy records (every evaluated shape, :mod:`search.records`). For one (device, flow, phase)
 the index looks up each stored shape's latency once, sorts by latency and keeps a running
 arg-max of accuracy, so a query is one binary search (microseconds). The answer is the most
 accurate stored shape whose latency fits the budget (ties: the faster one). An infeasible
@@ -124,12 +124,13 @@ class QueryIndex:
         self.adapters: str | None = meta.get("adapters") or None
         self.weights = "stage2" if self.adapters else "stage1"  # which model the stored accuracies are of
         self.prompt_len, self.gen_len = prompt_len, gen_len
-        every = AccuracyTable(self.run_dir / "accuracy.parquet").records() if records is None else records
+        table = AccuracyTable(self.run_dir, url=meta.get("accuracy_store")) if records is None else None
+        every = table.records() if table is not None else records or []
         self.records: list[AccuracyRecord] = [r for r in every if r.fingerprint == self.space.fingerprint
                                               and r.kind == "strategy"]
         self.baselines: list[AccuracyRecord] = [r for r in every if r.kind == "baseline"]
         if not self.records:
-            where = self.run_dir / "accuracy.parquet" if records is None else f"run {self.run_dir.name} of the store"
+            where = table if table is not None else f"run {self.run_dir.name} of the store"
             raise AmoebaError(f"no evaluated shapes in {where}")
         self._lock = threading.Lock()
         self._indexes: dict[tuple[str, str, str, str | None], _Index] = {}

@@ -10,7 +10,7 @@ import typer
 from amoeba_core.errors import AmoebaError
 
 # options shared with search/cli.py
-RUN = typer.Option(Path("runs/default"), "--run", help="Run folder (accuracy.parquet, study.db, search.yaml).")
+RUN = typer.Option(Path("runs/default"), "--run", help="Run folder (search.yaml; its records and study in amoeba.db).")
 ROOT = typer.Option(None, "--root", help="Profiles folder (default: $AMOEBA_PROFILES or ./device_profiles).")
 
 
@@ -58,7 +58,7 @@ def push(
     token: Optional[str] = typer.Option(None, envvar="AMOEBA_TOKEN", help="The server's bearer token."),
     device: Optional[list[str]] = typer.Option(None, help="Device(s) to push (default: every device under --root)."),
     as_name: Optional[str] = typer.Option(None, "--as", help="Push the (one) device under this name, e.g. edge-1."),
-    run: Optional[Path] = typer.Option(None, "--run", help="Also push this run's search.yaml + accuracy.parquet."),
+    run: Optional[Path] = typer.Option(None, "--run", help="Also push this run's search.yaml and accuracy records."),
     db: Optional[str] = typer.Option(None, "--db", help="Write straight into this database instead of a server."),
     root: Optional[Path] = ROOT,
 ) -> None:

@@ -2,7 +2,8 @@
 
 ``open_storage(url, run_dir)``:
 
-* ``None`` -> ``sqlite:///<run_dir>/study.db`` (one machine, opens in optuna-dashboard as it is);
+* ``None`` -> ``sqlite:///<run_dir>/amoeba.db``, the run's store (one machine; opens in
+  optuna-dashboard as it is; ``<run_dir>/study.db`` where an earlier version left one);
 * any SQLAlchemy URL (``sqlite:///...``, ``postgresql://user@host/db``) -> ``RDBStorage``, which is
   how several machines search one study. A database server (PostgreSQL, MySQL) gets trial
   heartbeats (every ``heartbeat_s``, default 60 s): a trial whose worker died (SIGKILL, lost
@@ -21,7 +22,6 @@ locked" errors.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import time
 import warnings
@@ -29,15 +29,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from amoeba_core.errors import AmoebaError
+from amoeba_core.filelock import file_lock
 
 log = logging.getLogger(__name__)
 
 
 def storage_url(url: str | None, run_dir: Path | str) -> str:
-    """The URL a study is stored under (the default is the run's SQLite file)."""
+    """The URL a study is stored under: by default the run's store (``<run>/amoeba.db``, the same SQLite
+    file as its accuracy records), or ``<run>/study.db`` where an earlier version left its studies."""
     if url is None or url == "":
-        path = Path(run_dir).resolve() / "study.db"
-        return f"sqlite:///{path}"
+        run = Path(run_dir).resolve()
+        return f"sqlite:///{run / 'study.db' if (run / 'study.db').is_file() else run / 'amoeba.db'}"
     return url
 
 
@@ -117,12 +119,8 @@ def _schema_lock(url: str) -> Iterator[None]:
     if not db or db == ":memory:":
         yield
         return
-    with open(Path(db).with_name(f".{Path(db).name}.lock"), "a") as lf:
-        fcntl.flock(lf, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lf, fcntl.LOCK_UN)
+    with file_lock(Path(db).with_name(f".{Path(db).name}.lock")):
+        yield
 
 
 def study_name(model: str, method: str, device: str, flow: str, phase: str, budget_ms: float | None) -> str:

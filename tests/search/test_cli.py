@@ -100,4 +100,5 @@ def test_search_records_every_evaluation_in_the_study(run_dir: Path) -> None:
     [summary] = optuna.get_all_study_summaries(storage)
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
     assert len(study.trials) == 60 and {t.user_attrs["shape"] for t in study.trials}
-    assert (run_dir / "accuracy.parquet").is_file() and (run_dir / "search.yaml").is_file()
+    assert (run_dir / "amoeba.db").is_file() and (run_dir / "search.yaml").is_file()
+    assert not (run_dir / "study.db").exists() and not (run_dir / "accuracy.parquet").exists()  # one file

@@ -143,7 +143,7 @@ def test_runs_lists_every_stored_run(fleet: tuple[str, str], measured_run: Path,
 
     base, _ = fleet
     other = tmp_path / "other-run"
-    shutil.copytree(measured_run, other, ignore=shutil.ignore_patterns("*.db", ".*"))
+    shutil.copytree(measured_run, other, ignore=shutil.ignore_patterns(".*"))
     r = CliRunner().invoke(app, ["push", "--server", base, "--token", TOKEN, "--run", str(other), "--root",
                                  str(tmp_path / "none")], catch_exceptions=False)
     assert r.exit_code == 0, r.output

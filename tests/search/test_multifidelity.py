@@ -214,7 +214,7 @@ def test_plot_draws_intervals_and_a_compared_front(run_dir: Path, profiles: Path
     # A second run (as `amoeba search --adapters` would write): same shapes, labelled Stage 2.
     other = tmp_path / "stage2"
     other.mkdir()
-    (other / "accuracy.parquet").write_bytes((run_dir / "accuracy.parquet").read_bytes())
+    (other / "amoeba.db").write_bytes((run_dir / "amoeba.db").read_bytes())  # a copied run keeps its records
     write_meta(other, SearchSpace.from_dict(read_meta(run_dir)["space"]), {"adapters": "runs/x/adapters"})
     assert run_label(other).startswith("Stage 2 front") and run_label(run_dir).startswith("Stage 1 front")
     index = QueryIndex(run_dir, profiles)

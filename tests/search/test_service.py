@@ -159,14 +159,20 @@ def test_truncated_accuracy_table_is_a_one_line_error(measured_run: Path, profil
 
     import os
 
-    bad = tmp_path / "run"
+    # a run folder of the earlier format whose accuracy.parquet is cut short, and a run whose store is
+    bad, cut = tmp_path / "run", tmp_path / "cut"
     shutil.copytree(measured_run, bad, ignore=shutil.ignore_patterns("*.db", ".*"))
-    data = (bad / "accuracy.parquet").read_bytes()
+    data = (Path(__file__).parent / "fixtures" / "earlier_run" / "accuracy.parquet").read_bytes()
     (bad / "accuracy.parquet").write_bytes(data[: len(data) // 2])
-    for args in (["query", "--device", "cpu-host", "--flow", "pytorch", "--budget", "5ms"], ["plot"],
-                 ["serve", "--port", "1"]):
-        r = subprocess.run([sys.executable, "-m", "amoeba.cli", *args, "--run", str(bad)], env={**os.environ, "AMOEBA_PROFILES": str(profiles)},
-                           capture_output=True, text=True, timeout=120)
-        assert r.returncode == 2, (args, r.stderr[-2000:])
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: corrupt accuracy table"), (args, r.stderr[-2000:])
+    shutil.copytree(measured_run, cut, ignore=shutil.ignore_patterns(".*"))
+    db = (cut / "amoeba.db").read_bytes()
+    (cut / "amoeba.db").write_bytes(db[:100])
+    for run, want in ((bad, "error: corrupt accuracy table"), (cut, "error: cannot open store")):
+        for args in (["query", "--device", "cpu-host", "--flow", "pytorch", "--budget", "5ms"], ["plot"],
+                     ["serve", "--port", "1"]):
+            r = subprocess.run([sys.executable, "-m", "amoeba.cli", *args, "--run", str(run)],
+                               env={**os.environ, "AMOEBA_PROFILES": str(profiles)},
+                               capture_output=True, text=True, timeout=120)
+            assert r.returncode == 2, (args, r.stderr[-2000:])
+            lines = r.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith(want), (args, r.stderr[-2000:])
