@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from amoeba_core.errors import AmoebaError
+from search.records import accuracy_values
 from profiler.store import Store, dump as _json, first_line as _first_line, normalize_url, open_store, redact  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -133,9 +134,7 @@ class FleetDB:
                 c.execute(st.runs.update().where(st.runs.c.name == name).values(meta=_json(meta)))
                 rep.updated.append(f"{name}/search.yaml")
                 changed = True
-            values = [{"run": name, "fingerprint": r["fingerprint"], "key": r["key"], "depth": int(r["depth"]),
-                       "width": float(r["width"]), "top1_acc": float(r["top1_acc"]), "ppl": r.get("ppl"),
-                       "kind": r.get("kind", "strategy"), "record": _json(r)} for r in records]
+            values = accuracy_values(name, records)
             ins = len(st.insert_ignore(c, st.accuracy, values, ("run", "fingerprint", "key")))
             rep.inserted, rep.present = ins, len(values) - ins
             if ins or changed:
