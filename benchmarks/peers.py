@@ -198,7 +198,8 @@ def main() -> None:
         row["amoeba_beats_all_peers"] = bool(beats)  # every peer that offers a shape is worse, significantly
         budgets.append(row)
     result = {
-        "benchmark": "peers", "quick": args.quick, "model": loaded.source,
+        "benchmark": "peers", "quick": args.quick, "command": " ".join(["python", "benchmarks/peers.py", *sys.argv[1:]]),
+        "model": loaded.source,
         "strategy": "trivial (quick)" if args.quick else os.path.relpath(args.strategy, REPO),
         "where": f"CPU ({platform.machine()}, {os.cpu_count()} logical cores, torch threads {args.threads})",
         "host_noise": {"loadavg_start": [round(x, 2) for x in load0], "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
