@@ -4,9 +4,15 @@ Each optimizer step runs a *sandwich* of ``K`` shapes on the same batch: the lar
 the smallest and ``K-2`` others drawn at random from the strategy's shapes. *In-place
 distillation*: the largest learns from the labels (cross-entropy); the others learn from the
 largest's detached logits (KL divergence), or from the labels when distillation is off.
-*Loss-magnitude balancing*: every other shape's loss is multiplied by the detached ratio
-``loss_largest / loss_shape``, so each subnet contributes a gradient of the largest's
-magnitude. Gradients accumulate over ``grad_accum`` micro-batches; AdamW with linear warm-up
+*Loss-magnitude balancing* (``balance_to="others"``, the default): every other shape's loss is
+multiplied by the detached ratio ``reference / loss_shape``, where the reference is a running
+mean (EMA, 0.9) of the other shapes' own losses, so each distilled subnet contributes a loss of
+the same magnitude and the distillation terms together keep the scale they had unbalanced.
+``balance_to="largest"`` takes the largest shape's loss as the reference instead (each subnet
+contributes a loss of the largest's magnitude). With distillation on, that reference is a
+cross-entropy while the others are KL divergences several times smaller, so it multiplies the
+distillation gradients by that factor and, under the global gradient-norm clip, shrinks the
+largest shape's own step (measured in ``benchmarks/stage2_ablation.py``'s ``balancing`` record). Gradients accumulate over ``grad_accum`` micro-batches; AdamW with linear warm-up
 and cosine decay. Only adapter tensors train (the base model is frozen).
 
 Reproducibility: the batch, the shapes and the gate noise of step ``i`` depend only on
@@ -52,6 +58,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHECKPOINT, ADAPTERS, META, LOG = "checkpoint.pt", "adapters.pt", "smol.json", "train_log.jsonl"
+BALANCE_TO = ("others", "largest")
+BALANCE_EMA = 0.9
 
 
 @dataclass
@@ -72,12 +80,17 @@ class FinetuneConfig:
     smol: bool = True  # False: one shared LoRA (E=1, k=1)
     distill: bool = True
     balance: bool = True
+    balance_to: str = "others"  # reference magnitude: "others" (running mean of the distilled losses) or "largest"
     min_depth: int | None = None  # restrict the sampled shape space
     train_shapes: list[str] = field(default_factory=list)  # grid keys; non-empty: train only these
     checkpoint_every: int = 10
     gradient_checkpointing: bool = False  # recompute each decoder layer in backward (less activation memory)
     seed: int = 0
     data_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.balance_to not in BALANCE_TO:
+            raise AmoebaError(f"balance_to must be one of {', '.join(BALANCE_TO)}, got {self.balance_to!r}")
 
     def smol_config(self, n_layers: int, widths: tuple[float, ...]) -> SMoLConfig:
         e, k = (self.experts, self.top_k) if self.smol else (1, 1)
@@ -227,6 +240,7 @@ def finetune(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
     start, seen = 0, 0
+    others_ref: float | None = None  # running mean of the non-largest shapes' raw losses (balance_to="others")
     rank, world = _world()
     if resume:
         ck = torch.load(ckpt_path, weights_only=False)
@@ -239,6 +253,7 @@ def finetune(
         torch.set_rng_state(ck["rng"]["torch"])
         random.setstate(ck["rng"]["python"])
         start = ck["step"]
+        others_ref = ck.get("balance_ref")
         seen = int(ck.get("windows_seen", start * cfg.grad_accum * cfg.batch))
         log.info("resumed from %s at step %d", ckpt_path, start)
     if rank == 0:
@@ -258,7 +273,7 @@ def finetune(
             return
         _atomic_save({"step": step, "windows_seen": seen, "tokens_seen": seen * cfg.seq_len,
                       "world_size": world, "adapters": adapter_state(model), "optimizer": opt.state_dict(),
-                      "scheduler": sched.state_dict(), "meta": meta,
+                      "scheduler": sched.state_dict(), "meta": meta, "balance_ref": others_ref,
                       "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}, ckpt_path)
 
     step = start
@@ -285,14 +300,20 @@ def finetune(
                         if i == 0:
                             teacher, ref = logits.detach(), loss.detach()
                         raw = float(loss.detach())
-                        if i > 0 and cfg.balance and ref is not None:
-                            loss = loss * (ref / loss.detach().clamp_min(1e-8))
+                        if i > 0 and cfg.balance:
+                            target = ref if cfg.balance_to == "largest" else others_ref
+                            if target is not None:  # "others" has no reference before its first step
+                                loss = loss * (target / loss.detach().clamp_min(1e-8))
                         (loss / n_micro).backward()
                     key = ("largest" if i == 0 else "smallest" if i == len(picked) - 1 else shape.grid_key)
                     sums[key] = sums.get(key, 0.0) + raw / n_micro
             seen += n_micro * cfg.batch
             if world > 1:
                 sums = _all_reduce(params, sums)
+            others = [v for k_, v in sums.items() if k_ != "largest"]
+            if others:
+                m = sum(others) / len(others)
+                others_ref = m if others_ref is None else BALANCE_EMA * others_ref + (1 - BALANCE_EMA) * m
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
             sched.step()

@@ -190,6 +190,72 @@ def train(loaded: LoadedModel, strategy: Strategy, cfg: FinetuneConfig, d: Path)
     return finetune(loaded, strategy, cfg, d, resume=(d / CHECKPOINT).is_file()), d
 
 
+def balancing_record(loaded: LoadedModel, strategy: Strategy, cfg: FinetuneConfig, batches: int = 4) -> dict[str, Any]:
+    """Why balancing to the largest's loss hurts, measured: per-term gradient norms of fresh adapters.
+
+    On ``batches`` training batches (the sandwich of steps 0..batches-1), the gradient of each term
+    -- the largest shape's cross-entropy, each other shape's KL to the largest -- is taken alone; the
+    step each balancing rule would take is then their weighted sum, clipped to ``max_grad_norm`` as
+    :func:`amoeba_core.finetune.finetune` clips it. ``ce_step_norm`` is the part of that clipped step
+    that comes from the largest shape's own loss.
+    """
+    import random
+
+    from amoeba_core.finetune import _kl, _lm_loss, sandwich, shape_space, train_windows
+    from amoeba_core.smol import install_smol
+
+    model = loaded.model
+    install_smol(model, cfg.smol_config(len(model.model.layers), tuple(strategy.widths)))
+    params = [p for p in model.parameters() if p.requires_grad]
+    shapes = shape_space(strategy, cfg)
+    windows = train_windows(loaded.tokenizer, cfg.seq_len, cfg.data_seed)
+    model.train()
+    per_mode: dict[str, list[dict[str, float]]] = {"none": [], "largest": [], "others": []}
+    losses: list[list[float]] = []
+    for step in range(batches):
+        picked = sandwich(shapes, cfg.k, random.Random(cfg.seed * 1_000_003 + step))
+        ids = windows[step * cfg.batch:(step + 1) * cfg.batch]
+        grads, vals, teacher = [], [], None
+        for i, shape in enumerate(picked):
+            with adapted_subnet(model, shape, strategy) as m:
+                logits = m(input_ids=ids).logits
+                loss = _lm_loss(logits, ids) if i == 0 else _kl(logits, teacher)
+                teacher = logits.detach() if i == 0 else teacher
+                g = torch.autograd.grad(loss, params, allow_unused=True)
+            grads.append(torch.cat([(x if x is not None else torch.zeros_like(p)).flatten() for x, p in zip(g, params)]))
+            vals.append(float(loss.detach()))
+        losses.append(vals)
+        others_mean = sum(vals[1:]) / len(vals[1:])
+        for mode in per_mode:
+            w = [1.0] + [1.0 if mode == "none" else (vals[0] if mode == "largest" else others_mean) / max(v, 1e-8) for v in vals[1:]]
+            total = float(sum(wi * gi for wi, gi in zip(w, grads)).norm())
+            clip = min(1.0, cfg.max_grad_norm / total)
+            per_mode[mode].append({"weights_of_others": w[1:], "total_grad_norm": total, "clip_scale": clip,
+                                   "ce_grad_norm": float(grads[0].norm()), "ce_step_norm": float(grads[0].norm()) * clip,
+                                   "others_step_norm": float(sum(wi * gi for wi, gi in zip(w[1:], grads[1:])).norm()) * clip})
+    model.eval()
+    avg = {mode: {k: round(float(np.mean([r[k] for r in rs])), 4) for k in ("total_grad_norm", "clip_scale",
+                                                                               "ce_grad_norm", "ce_step_norm", "others_step_norm")}
+           | {"mean_weight_of_others": round(float(np.mean([w for r in rs for w in r["weights_of_others"]])), 3)}
+           for mode, rs in per_mode.items()}
+    shrink = avg["largest"]["ce_step_norm"] / avg["none"]["ce_step_norm"]
+    return {
+        "what": ("gradient norms of the adapters at initialisation, each loss term alone, on the first "
+                 f"{batches} training batches (K={cfg.k}, {cfg.seq_len} tokens, clip {cfg.max_grad_norm}); "
+                 "'others' uses this batch's mean of the distilled losses as its reference (the run uses a running mean)"),
+        "raw_losses": {"largest_ce": round(float(np.mean([v[0] for v in losses])), 4),
+                       "others_kl": round(float(np.mean([x for v in losses for x in v[1:]])), 4)},
+        "modes": avg,
+        "finding": (f"The paper's reference is the largest subnet's loss, which with in-place distillation is a cross-"
+                    f"entropy ({np.mean([v[0] for v in losses]):.2f} here) while the others are KL divergences to it "
+                    f"({np.mean([x for v in losses for x in v[1:]]):.2f}): balancing to it multiplies the distillation terms "
+                    f"by {avg['largest']['mean_weight_of_others']:.1f}x on average, and under the global gradient-norm clip the "
+                    f"largest shape's own step shrinks to {shrink:.2f}x of its unbalanced size. Balancing the distilled "
+                    "terms among themselves ('others') keeps their total scale and the largest's step "
+                    f"({avg['others']['ce_step_norm'] / avg['none']['ce_step_norm']:.2f}x)."),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -240,7 +306,6 @@ def main() -> None:
 
     rows: dict[str, dict[str, float]] = {}
     scored: dict[str, dict[str, ShapeScore]] = {}
-    timing: dict[str, float] = {}
 
     def perplexities(name: str, model: torch.nn.Module, which: dict[str, SubnetShape]) -> None:
         scored[name] = {n: score(model, s, strategy, test, owner) for n, s in which.items()}
@@ -251,12 +316,16 @@ def main() -> None:
     eval_s = (time.perf_counter() - t0) / len(shapes)
     log.info("no fine-tuning: %s (%.1f s per shape)", rows["no fine-tuning"], eval_s)
 
+    full_name = "SMoL + distillation + balancing"
+    paper_name = "SMoL + distillation + balancing to the largest's loss"
     variants = {
         "one shared LoRA": replace(base, smol=False, distill=False, balance=False),
         "SMoL": replace(base, smol=True, distill=False, balance=False),
         "SMoL + distillation": replace(base, smol=True, distill=True, balance=False),
-        "SMoL + distillation + balancing": replace(base, smol=True, distill=True, balance=True),
+        full_name: replace(base, smol=True, distill=True, balance=True, balance_to="others"),
+        paper_name: replace(base, smol=True, distill=True, balance=True, balance_to="largest"),
     }
+    chain = ["no fine-tuning", "one shared LoRA", "SMoL", "SMoL + distillation", full_name]  # each vs the one before
     single = {n: shapes[n] for n in ("full", "middle-2", "smallest") if n in shapes}
     # time one sandwich step to size the runs
     with tempfile.TemporaryDirectory() as d:
@@ -271,65 +340,120 @@ def main() -> None:
         left = args.minutes * 60 - (time.perf_counter() - t_begin) - eval_s * (6 * len(variants) + 2) - 60
         per_step = step_s * (len(variants) + len(single) / base.k)
         steps = max(1, int(left / per_step))
-    log.info("one sandwich step %.1f s -> %d steps per variant", step_s, steps)
+    warmup = base.warmup if args.quick else max(1, steps // 50)
+    log.info("one sandwich step %.1f s -> %d steps per variant (warm-up %d)", step_s, steps, warmup)
+    balancing = balancing_record(fresh(), strategy, train_space(replace(base, warmup=warmup)), batches=1 if args.quick else 4)
     runs: dict[str, Any] = {}
-    for name, cfg in variants.items():
-        cfg = train_space(replace(cfg, steps=steps))
-        t0 = time.perf_counter()
-        model, d = train(fresh(), strategy, cfg, work / slug(name))
-        timing[name] = time.perf_counter() - t0
-        logs = [json.loads(x) for x in (d / "train_log.jsonl").read_text().splitlines()]
-        perplexities(name, model, shapes)
-        runs[name] = {"steps": len(logs), "tokens_per_shape_step": cfg.seq_len * cfg.batch,
-                      "train_seconds": round(timing[name], 1), "last_losses": logs[-1]["losses"]}
-        log.info("%s: %s (%d steps, %.0f s)", name, rows[name], len(logs), timing[name])
-        del model
     scored["per-shape LoRA (†)"] = {}
-    for n, s in single.items():
-        cfg = replace(base, smol=False, distill=False, balance=False, k=1, train_shapes=[s.grid_key], steps=steps)
-        t0 = time.perf_counter()
-        model, _ = train(fresh(), strategy, cfg, work / f"per-shape-{n}")
-        runs[f"per-shape LoRA {n}"] = {"steps": steps, "tokens": steps * cfg.seq_len * cfg.batch,
-                                       "train_seconds": round(time.perf_counter() - t0, 1)}
-        scored["per-shape LoRA (†)"][n] = score(model, s, strategy, test, owner)
-        del model
-    per_shape = {n: sc.ppl for n, sc in scored["per-shape LoRA (†)"].items()}
-    rows["per-shape LoRA (†)"] = per_shape
+    out = Path(args.out) if args.out else RESULTS / ("stage2_ablation_quick.json" if args.quick else "stage2_ablation.json")
 
-    names6 = list(shapes)
-    order = ["no fine-tuning", *variants]
-    ci90 = {k: {n: [round(sc.ppl_lo, 4), round(sc.ppl_hi, 4)] for n, sc in v.items()} for k, v in scored.items()}
-    mean_ci = {k: mean_ppl_ci([scored[k][n] for n in names6]) for k in order}
-    paired: list[dict[str, Any]] = []
-    for a, b in zip(order[1:], order[:-1]):  # each ablation step against the row before it
-        paired.append({"shape": "mean of 6", **_paired(mean_ppl_diff([scored[a][n] for n in names6],
-                                                                     [scored[b][n] for n in names6]), (a, b))})
-        for n in names6:
-            paired.append({"shape": n, **_paired(compare(scored[a][n], scored[b][n]), (a, b))})
-    for n in single:
-        paired.append({"shape": n, **_paired(compare(scored["SMoL + distillation + balancing"][n],
-                                                     scored["per-shape LoRA (†)"][n]),
-                                             ("SMoL + distillation + balancing", "per-shape LoRA (†)"))})
+    def record(d: Path, cfg: FinetuneConfig, wall: float) -> dict[str, Any]:
+        logs = [json.loads(x) for x in (d / "train_log.jsonl").read_text().splitlines()]
+        return {"steps": len(logs), "tokens": len(logs) * cfg.seq_len * cfg.batch * cfg.grad_accum,
+                "tokens_per_shape_step": cfg.seq_len * cfg.batch * cfg.grad_accum,
+                "train_seconds": round(sum(x["seconds"] for x in logs), 1),  # over every session the run took
+                "wall_seconds_this_invocation": round(wall, 1), "last_losses": logs[-1]["losses"],
+                "mean_losses_last_100_steps": {k: round(float(np.mean([x["losses"][k] for x in logs[-100:] if k in x["losses"]])), 4)
+                                               for k in ("largest", "smallest")}}
+
+    # the runs the paper's claims rest on come first, so a session that ends early leaves them done
+    jobs: list[tuple[str, FinetuneConfig, str | None]] = [(full_name, variants[full_name], None)]
+    jobs += [(f"per-shape LoRA {n}", replace(base, smol=False, distill=False, balance=False, k=1,
+                                             train_shapes=[s.grid_key]), n) for n, s in single.items()]
+    jobs += [(n, variants[n], None) for n in ("SMoL + distillation", "one shared LoRA", "SMoL", paper_name)]
+    for name, cfg, one in jobs:
+        cfg = replace(cfg, steps=steps, warmup=warmup)
+        cfg = cfg if one else train_space(cfg)
+        t0 = time.perf_counter()
+        model, d = train(fresh(), strategy, cfg, work / (f"per-shape-{one}" if one else slug(name)))
+        runs[name] = record(d, cfg, time.perf_counter() - t0)
+        if one:
+            scored["per-shape LoRA (†)"][one] = score(model, single[one], strategy, test, owner)
+            rows["per-shape LoRA (†)"] = {n: sc.ppl for n, sc in scored["per-shape LoRA (†)"].items()}
+        else:
+            perplexities(name, model, shapes)
+        log.info("%s: %s (%d steps, %.0f s of training)", name, rows.get(name, rows.get("per-shape LoRA (†)")),
+                 runs[name]["steps"], runs[name]["train_seconds"])
+        del model
+        write_result(out, build_result(args, loaded, strategy_src, test, owner, eval_len, shapes, base, steps, warmup,
+                                       step_s, rows, scored, runs, chain, full_name, paper_name, single, balancing,
+                                       complete=len(runs) == len(jobs), wall=time.perf_counter() - t_begin))
+    result = json.loads(out.read_text())
+    names = list(shapes)
 
     def mean(r: dict[str, float]) -> float:
         return sum(r.values()) / len(r)
 
-    full_name = "SMoL + distillation + balancing"
-    best = min((k for k in rows if k != "per-shape LoRA (†)"), key=lambda k: mean(rows[k]))
-    gap = {n: rows[full_name][n] / v - 1 for n, v in per_shape.items()}
-    within_3pct = {n: g <= 0.03 for n, g in gap.items()}
-    note = (f"lowest mean ppl: {best!r}; full recipe vs per-shape LoRA: "
-            + ", ".join(f"{n} {100 * g:+.1f}%" for n, g in gap.items())
-            + ". Paper ordering (full recipe best on average, within 3% of per-shape) "
-            + ("holds." if best == full_name and all(g <= 0.03 for g in gap.values()) else "does NOT hold in this run."))
+    print(f"{'variant':34s}" + "".join(f"{n:>11s}" for n in names) + f"{'mean':>10s}")
+    for k, r in rows.items():
+        print(f"{k:34s}" + "".join(f"{r[n]:11.2f}" if n in r else f"{'-':>11s}" for n in names)
+              + (f"{mean(r):10.2f}" if len(r) == len(names) else ""))
+    print("steps per run:", {k: v["steps"] for k, v in runs.items()})
+    for p in result["paired"]:
+        if p["shape"] == "mean of 6" or p["b"].startswith("per-shape"):
+            print(f"{p['a']} - {p['b']} ({p['shape']}): {p['diff']:+.2f} ppl, 90% [{p['ci90'][0]:+.2f}, "
+                  f"{p['ci90'][1]:+.2f}]: {p['verdict']}")
+    print(result["note"])
+    print(f"wrote {out} ({result['wall_seconds']} s)")
+
+
+def write_result(out: Path, result: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out)
+
+
+def build_result(args: argparse.Namespace, loaded: LoadedModel, strategy_src: str, test: torch.Tensor, owner: list[int],
+                 eval_len: int, shapes: dict[str, SubnetShape], base: FinetuneConfig, steps: int, warmup: int,
+                 step_s: float, rows: dict[str, dict[str, float]], scored: dict[str, dict[str, ShapeScore]],
+                 runs: dict[str, Any], chain: list[str], full_name: str, paper_name: str,
+                 single: dict[str, SubnetShape], balancing: dict[str, Any] | None, complete: bool,
+                 wall: float) -> dict[str, Any]:
+    """The JSON of every run finished so far (``complete`` false while some are still to run)."""
+    names6 = list(shapes)
+    done = [k for k in rows if k != "per-shape LoRA (†)" and len(scored[k]) == len(names6)]
+    ci90 = {k: {n: [round(sc.ppl_lo, 4), round(sc.ppl_hi, 4)] for n, sc in v.items()} for k, v in scored.items() if v}
+    mean_ci = {k: mean_ppl_ci([scored[k][n] for n in names6]) for k in done}
+    pairs = [(a, b) for a, b in zip(chain[1:], chain[:-1])]
+    pairs.append((paper_name, "SMoL + distillation"))
+    paired: list[dict[str, Any]] = []
+    for a, b in pairs:
+        if a not in done or b not in done:
+            continue
+        paired.append({"shape": "mean of 6", **_paired(mean_ppl_diff([scored[a][n] for n in names6],
+                                                                     [scored[b][n] for n in names6]), (a, b))})
+        for n in names6:
+            paired.append({"shape": n, **_paired(compare(scored[a][n], scored[b][n]), (a, b))})
+    gap: dict[str, float] = {}
+    if full_name in done:
+        for n, sc in scored["per-shape LoRA (†)"].items():
+            paired.append({"shape": n, **_paired(compare(scored[full_name][n], sc), (full_name, "per-shape LoRA (†)"))})
+            gap[n] = rows[full_name][n] / sc.ppl - 1
+
+    def mean(r: dict[str, float]) -> float:
+        return sum(r.values()) / len(r)
+
+    best = min(done, key=lambda k: mean(rows[k]))
+    note = (f"{'' if complete else 'PARTIAL (runs still to come: see not_run). '}lowest mean ppl: {best!r}; "
+            "full recipe vs per-shape LoRA: " + ", ".join(f"{n} {100 * g:+.1f}%" for n, g in gap.items()))
+    if complete:
+        note += (". Paper ordering (full recipe best on average, within 3% of per-shape) "
+                 + ("holds." if best == full_name and all(g <= 0.03 for g in gap.values()) else "does NOT hold in this run."))
     note += " Paired 90% intervals, mean of 6 shapes: " + "; ".join(
         f"{p['a']} vs {p['b']}: {p['diff']:+.2f} [{p['ci90'][0]:+.2f}, {p['ci90'][1]:+.2f}] ({p['verdict']})"
         for p in paired if p["shape"] == "mean of 6") + "."
-    result = {
+    all_runs = [full_name, *(f"per-shape LoRA {n}" for n in single), "SMoL + distillation", "one shared LoRA", "SMoL",
+                paper_name]
+    return {
         "benchmark": "stage2_ablation",
         "quick": args.quick,
+        "command": "python benchmarks/stage2_ablation.py" + ("" if args.quick else
+                   f" --steps {args.steps} --seq-len {args.seq_len} --rank {args.rank} --eval-windows {args.eval_windows}"),
+        "complete": complete,
+        "not_run": [r for r in all_runs if r not in runs],
         "where": f"CPU ({platform.machine()}, {os.cpu_count()} logical cores, torch threads {args.threads})",
-        "loadavg_at_end": loadavg(),
+        "loadavg_at_write": loadavg(),
         "model": loaded.source,
         "strategy": strategy_src,
         "metric": (f"test-split perplexity, {len(test)} windows x {eval_len} tokens spread over the split "
@@ -338,34 +462,20 @@ def main() -> None:
         "interval": ("90% bootstrap (amoeba_core.stats): resampling documents (>= 8) or windows; paired rows "
                      "resample the same units for both sides; 'not significant' when the interval contains 0"),
         "shapes": {n: s.key for n, s in shapes.items()},
-        "config": asdict(base) | {"steps": steps},
+        "config": asdict(base) | {"steps": steps, "warmup": warmup},
         "sandwich_step_seconds": round(step_s, 1),
+        "balancing": balancing,
         "perplexity": rows,
         "ci90": ci90,
-        "mean_perplexity": {k: mean(v) for k, v in rows.items() if k != "per-shape LoRA (†)"},
+        "mean_perplexity": {k: mean(rows[k]) for k in done},
         "mean_perplexity_ci90": {k: [round(v.lo, 4), round(v.hi, 4)] for k, v in mean_ci.items()},
         "paired": paired,
         "vs_per_shape_rel": {n: round(g, 4) for n, g in gap.items()},
-        "within_3pct_of_per_shape": within_3pct,
+        "within_3pct_of_per_shape": {n: g <= 0.03 for n, g in gap.items()},
         "runs": runs,
         "note": note,
-        "wall_seconds": round(time.perf_counter() - t_begin, 1),
+        "wall_seconds": round(wall, 1),
     }
-    out = Path(args.out) if args.out else RESULTS / ("stage2_ablation_quick.json" if args.quick else "stage2_ablation.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    names = list(shapes)
-    print(f"{'variant':34s}" + "".join(f"{n:>11s}" for n in names) + f"{'mean':>10s}")
-    for k, r in rows.items():
-        print(f"{k:34s}" + "".join(f"{r[n]:11.2f}" if n in r else f"{'-':>11s}" for n in names)
-              + (f"{mean(r):10.2f}" if len(r) == len(names) else ""))
-    print("steps per variant:", {k: v["steps"] for k, v in runs.items()})
-    for p in paired:
-        if p["shape"] == "mean of 6" or p["b"].startswith("per-shape"):
-            print(f"{p['a']} - {p['b']} ({p['shape']}): {p['diff']:+.2f} ppl, 90% [{p['ci90'][0]:+.2f}, "
-                  f"{p['ci90'][1]:+.2f}]: {p['verdict']}")
-    print(note)
-    print(f"wrote {out} ({result['wall_seconds']} s)")
 
 
 if __name__ == "__main__":
