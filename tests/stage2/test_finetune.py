@@ -150,3 +150,20 @@ def test_cli_device_and_memory_plan_refusals(strategy: Strategy, tmp_path: Path,
     rc, err = _cli(*base, "--device", "cpu", "--batch", "100000", "--seq-len", "100000", capsys=capsys)
     assert rc == 2 and "does not fit" in err and "activations" in err and "GiB" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_balancing_reference_is_the_running_mean_of_the_distilled_losses(strategy: Strategy, tmp_path: Path) -> None:
+    import json
+
+    with pytest.raises(AmoebaError, match="balance_to"):
+        FinetuneConfig(balance_to="mean")
+    finetune(load_model("tiny"), strategy, CFG, tmp_path / "a", stop_after=2)
+    ck = torch.load(tmp_path / "a" / CHECKPOINT, weights_only=False)
+    logs = [json.loads(x)["losses"] for x in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
+    m = [sum(v for k, v in x.items() if k != "largest") / (len(x) - 1) for x in logs]
+    assert ck["balance_ref"] == pytest.approx(0.9 * m[0] + 0.1 * m[1], rel=1e-9)
+    # the reference changes what is learned: "largest" (the paper's) and "others" train different adapters
+    a = adapter_state(finetune(load_model("tiny"), strategy, CFG, tmp_path / "o"))
+    b = adapter_state(finetune(load_model("tiny"), strategy, FinetuneConfig(**{**CFG.__dict__, "balance_to": "largest"}),
+                               tmp_path / "l"))
+    assert any(not torch.allclose(a[k], b[k]) for k in a)
