@@ -99,7 +99,13 @@ def _claim_stage2(d: dict[str, Any]) -> str | None:
     parts = [f"{k} {num(v)}" + (f" [{num(ci[k][0])}, {num(ci[k][1])}]" if isinstance(ci.get(k), list) else "")
              for k, v in mean.items()]
     steps = d.get("config", {}).get("steps", "?")
-    return f"Stage 2 ({steps} steps), mean test perplexity over the compared shapes: {'; '.join(parts)}"
+    line = f"Stage 2 ({steps} steps), mean test perplexity over the compared shapes: {'; '.join(parts)}"
+    gap = d.get("vs_per_shape_rel") or {}
+    if gap:
+        line += "; full recipe vs per-shape LoRA: " + ", ".join(f"{n} {100 * g:+.1f}%" for n, g in gap.items())
+    if d.get("complete") is False:
+        line += f" (partial: not run yet: {', '.join(d.get('not_run', []))})"
+    return line
 
 
 def _claim_peers(d: dict[str, Any]) -> str | None:
