@@ -85,10 +85,15 @@ def test_tuned_kernels_are_reused_across_depths(tmp_path: Path) -> None:
     db = ms.database.JSONDatabase(work_dir=str(tmp_path))
     assert len(db.get_all_tuning_records()) >= 4  # the projections, LM head, attention, norms
 
+    target = tvm.target.Target(target_dict(2))
+    # a kernel whose single candidate failed to build or run in time (a loaded host) has its workload
+    # but no valid record, and is tuned again later: compare depth 2 against depth 1's own outcome
+    todo1, done1 = kernels_to_tune(_relax_decode(art, 4), target, db)
+    assert done1 >= 3 and len(todo1) <= 1
     deeper = make_flow("tvm", FlowConfig(threads=2, options=opts)).build(
         ModelGeometry.preset("tiny").scaled_dims(2, 1.0))
-    todo, done = kernels_to_tune(_relax_decode(deeper, 4), tvm.target.Target(target_dict(2)), db)
-    assert todo == [] and done >= 4
+    todo, done = kernels_to_tune(_relax_decode(deeper, 4), target, db)
+    assert done == done1 and len(todo) == len(todo1)  # depth 2's kernels are structurally depth 1's
 
 
 def _relax_decode(art, p: int, fuse: bool = True):  # noqa: ANN001, ANN202
