@@ -19,10 +19,16 @@ each peer is paired against AmoebaLLM's choice on those tokens (``peer - amoeba`
 positive = the peer is worse). ``amoeba_beats_all_peers`` is true at a budget when every peer's
 paired perplexity interval lies above 0.
 
-Not run here (said so in the JSON): AmoebaLLM after Stage 2 and the per-shape LoRA protocol
-(``stage2``), and a multiple-choice task (``mc_task``).
+After fine-tuning (``after_finetuning`` in each budget): every method's chosen shape gets the same
+per-shape LoRA budget (``--lora-steps``, benchmarks/baselines/lora.py; ``amoeba-lora`` is the paper's
+AmoebaLLM†), and with ``--adapters`` (an ``amoeba finetune`` output over the strategy's grid)
+AmoebaLLM after its one-for-all Stage 2 (``amoeba-ft``) re-chooses its shape on val; each peer is
+paired against both. A multiple-choice task is not scored (``not_run.mc_task``).
 
-    python benchmarks/peers.py            # SmolLM2-135M; about 20-30 min on 2 cores
+    python benchmarks/peers.py --lora-steps 0   # SmolLM2-135M as pruned; about 20-30 min on 2 cores
+    amoeba finetune --strategy benchmarks/results/smollm2_strategy.yaml --steps 400 --out runs/peers/stage2 \
+        --k 3 --seq-len 128 --batch 1 --lr 1e-3 --rank 16 --min-depth 12
+    python benchmarks/peers.py --adapters runs/peers/stage2   # + 400-step per-shape LoRA per chosen shape
     python benchmarks/peers.py --quick    # tiny random model and a fresh tiny table (CI, seconds)
 
 Scores are cached in ``--work`` (runs/peers): a killed run resumes. Writes
@@ -120,6 +126,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default=None, help="score caches (default runs/peers[-quick])")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--lora-steps", type=int, default=400,
+                    help="per-shape LoRA steps for every chosen shape (the paper's baseline protocol; 0: not run)")
+    ap.add_argument("--lora-rank", type=int, default=16)
+    ap.add_argument("--lora-lr", type=float, default=1e-3)
+    ap.add_argument("--adapters", default=None,
+                    help="one-for-all Stage 2 output (amoeba finetune --out) for AmoebaLLM after fine-tuning")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -167,6 +179,7 @@ def main() -> None:
             est = lat(c["shape"], c.get("mlp"))
             c["ms"], c["source"] = float(est.ms), str(est.source)
     budgets: list[dict[str, Any]] = []
+    picked: dict[float, dict[str, tuple[dict[str, Any], ShapeScore]]] = {}
     for b in BUDGETS:
         limit = b * full.ms
         row: dict[str, Any] = {"budget": b, "budget_ms": round(limit, 4), "methods": {}}
@@ -197,6 +210,12 @@ def main() -> None:
             row["methods"][method] = entry
         row["amoeba_beats_all_peers"] = bool(beats)  # every peer that offers a shape is worse, significantly
         budgets.append(row)
+        picked[b] = chosen
+    finetuned = after_finetuning(args, loaded, strategy, cands, picked, lat, work, seq, n_val, n_test) \
+        if args.lora_steps > 0 or args.adapters or args.quick else None
+    if finetuned is not None:
+        for row in budgets:
+            row["after_finetuning"] = finetuned["budgets"][row["budget"]]
     result = {
         "benchmark": "peers", "quick": args.quick, "command": " ".join(["python", "benchmarks/peers.py", *sys.argv[1:]]),
         "model": loaded.source,
@@ -211,9 +230,10 @@ def main() -> None:
         "criteria": info, "budgets": budgets,
         "candidates": {m: [{"shape": c["label"], "latency_ms": round(c["ms"], 4), "source": c["source"]} for c in cs]
                        for m, cs in cands.items()},
-        "not_run": {"stage2": "AmoebaLLM after Stage 2 and each method after the same per-shape LoRA budget were not run "
-                              "(CPU-only host: a per-shape LoRA of SmolLM2 for every method x budget did not fit the session)",
-                    "mc_task": "no local multiple-choice task was scored"},
+        "finetuning": finetuned["setup"] if finetuned else None,
+        "not_run": {k: v for k, v in {
+            "stage2": None if finetuned else "no per-shape LoRA (--lora-steps 0) and no Stage 2 adapters (--adapters)",
+            "mc_task": "no local multiple-choice task was scored"}.items() if v},
         "wall_seconds": round(time.perf_counter() - t0, 1),
     }
     out = Path(args.out) if args.out else RESULTS / ("peers_quick.json" if args.quick else "peers.json")
@@ -224,28 +244,147 @@ def main() -> None:
     print(f"wrote {out} ({result['wall_seconds']} s)")
 
 
+def _paired_entry(sc: ShapeScore, ref: ShapeScore, names: tuple[str, str]) -> dict[str, Any]:
+    d, t = compare(sc, ref, "ppl"), compare(sc, ref, "top1")
+    return {"ppl": {"diff": round(d.diff.value, 4), "ci90": [round(d.diff.lo, 4), round(d.diff.hi, 4)],
+                    "verdict": d.verdict(True, names)},
+            "top1": {"diff": round(t.diff.value, 5), "ci90": [round(t.diff.lo, 5), round(t.diff.hi, 5)],
+                     "verdict": t.verdict(False, names)}}
+
+
+def _score_entry(label: str, c: dict[str, Any], sc: ShapeScore) -> dict[str, Any]:
+    return {"shape": label, "layers": list(c["shape"].layers), "latency_ms": round(c["ms"], 4),
+            "latency_source": c["source"], "test_ppl": round(sc.ppl, 4), "test_ppl_ci90": [sc.ppl_lo, sc.ppl_hi],
+            "test_top1": round(sc.top1_acc, 5), "test_top1_ci90": [sc.top1_lo, sc.top1_hi]}
+
+
+def after_finetuning(args: argparse.Namespace, loaded: LoadedModel, strategy: Strategy,
+                     cands: dict[str, list[dict[str, Any]]], picked: dict[float, dict[str, tuple[dict[str, Any], ShapeScore]]],
+                     lat: Any, work: Path, seq: int, n_val: int, n_test: int) -> dict[str, Any]:
+    """Every method's chosen shape after the same per-shape LoRA (``amoeba`` here is AmoebaLLM†), and
+    AmoebaLLM after its one-for-all Stage 2 (``amoeba-ft``: the same choice by val perplexity, over the
+    fine-tuned model's shapes within the budget), each peer paired against both on the test tokens."""
+    import copy
+    import dataclasses
+
+    from amoeba_core.finetune import META, apply_adapters
+    from benchmarks.baselines import lora as bl_lora
+
+    budget = bl_lora.LoraBudget(steps=2 if args.quick else args.lora_steps, seq_len=seq, rank=4 if args.quick else args.lora_rank,
+                                lr=args.lora_lr)
+    runs: dict[str, dict[str, Any]] = {}
+    tuned: dict[tuple[str, str], ShapeScore] = {}
+
+    def per_shape(method: str, c: dict[str, Any]) -> ShapeScore:
+        key = (method, c["label"])
+        if key not in tuned:
+            base, strat, shape = bl_lora.target(loaded, c.get("strategy"), c["shape"], c.get("model"))
+            name = f"lora-{method}-{c['label']}"
+            model, runs[name] = bl_lora.train_per_shape(base, strat, shape, budget, work / name)
+            ev = Evaluator(model, strat, split="test", seq_len=seq, max_windows=n_test, spread=True,
+                           cache=work / f"test-{name}.jsonl")
+            tuned[key] = ev.score(shape)
+            print(f"per-shape LoRA {method} {c['label']}: test ppl {tuned[key].ppl:.2f} "
+                  f"({runs[name]['train_seconds']} s of training)", flush=True)
+            del model, ev
+        return tuned[key]
+
+    ft_evals: dict[str, Evaluator] = {}
+    ft_space: list[dict[str, Any]] = []
+    stage2: dict[str, Any] | None = None
+    d = Path(args.adapters) if args.adapters else None
+    if d is None and args.quick:  # the one-for-all code path on the tiny model: a 2-step Stage 2
+        from amoeba_core.finetune import ADAPTERS, FinetuneConfig, finetune
+
+        d = work / "stage2-quick"
+        if not (d / ADAPTERS).is_file():
+            finetune(dataclasses.replace(loaded, model=copy.deepcopy(loaded.model)), strategy,
+                     FinetuneConfig(steps=2, k=2, seq_len=seq, batch=1, rank=4, warmup=1, min_depth=2), d)
+    if d is not None:
+        meta = json.loads((d / META).read_text())
+        min_d = meta["finetune"].get("min_depth") or 1
+        ft_model = apply_adapters(dataclasses.replace(loaded, model=copy.deepcopy(loaded.model)), strategy, d)
+        for split, n in (("val", n_val), ("test", n_test)):
+            ft_evals[split] = Evaluator(ft_model, strategy, split=split, seq_len=seq, max_windows=n, spread=True,
+                                        cache=work / f"{split}-amoeba-ft-{ft_model.adapters}.jsonl")
+        ft_space = [c for c in cands["amoeba"] if c["shape"].depth >= min_d]
+        logs = [json.loads(x) for x in (d / "train_log.jsonl").read_text().splitlines() if x]
+        cfg = meta["finetune"]
+        stage2 = {"adapters": os.path.relpath(d, REPO), "steps": len(logs), "k": cfg["k"], "seq_len": cfg["seq_len"],
+                  "batch": cfg["batch"], "rank": cfg["rank"], "experts": cfg["experts"], "top_k": cfg["top_k"],
+                  "min_depth": min_d, "shapes_trained": f"{len(ft_space)} of the strategy grid (depth >= {min_d})",
+                  "tokens": len(logs) * cfg["seq_len"] * cfg["batch"] * cfg.get("grad_accum", 1),
+                  "train_seconds": round(sum(x["seconds"] for x in logs), 1)}
+    out: dict[float, dict[str, Any]] = {}
+    for b, chosen in picked.items():
+        row: dict[str, Any] = {"methods": {}}
+        lora = {m: (c, per_shape(m, c)) for m, (c, _) in chosen.items()} if budget.steps > 0 else {}
+        ref_lora = lora.get("amoeba")
+        ft: tuple[dict[str, Any], ShapeScore] | None = None
+        if ft_evals:
+            limit = b * lat(strategy.shape(loaded.geometry.n_layers, 1.0)).ms
+            fits = [c for c in ft_space if c["ms"] <= limit]
+            if fits:
+                best = min(fits, key=lambda c: ft_evals["val"].score(c["shape"]).ppl)
+                ft = (best, ft_evals["test"].score(best["shape"]))
+                row["methods"]["amoeba-ft"] = _score_entry(best["label"], best, ft[1])
+                print(f"budget {b:.0%} amoeba after Stage 2 {best['label']}: test ppl {ft[1].ppl:.2f}", flush=True)
+            else:
+                row["methods"]["amoeba-ft"] = {"shape": None, "note": "no fine-tuned shape within the budget"}
+        beats_ft, beats_lora = ft is not None, ref_lora is not None
+        for m, (c, sc) in lora.items():
+            entry = _score_entry(c["label"], c, sc)
+            if m != "amoeba":
+                if ft is not None:
+                    entry["minus_amoeba_ft"] = _paired_entry(sc, ft[1], (m, "amoeba-ft"))
+                    beats_ft &= entry["minus_amoeba_ft"]["ppl"]["ci90"][0] > 0
+                if ref_lora is not None:
+                    entry["minus_amoeba_lora"] = _paired_entry(sc, ref_lora[1], (m, "amoeba"))
+                    beats_lora &= entry["minus_amoeba_lora"]["ppl"]["ci90"][0] > 0
+            row["methods"][m if m != "amoeba" else "amoeba-lora"] = entry
+        if lora:  # true when every peer's per-shape-LoRA perplexity interval lies above AmoebaLLM's
+            row["amoeba_finetuned_beats_all_peers"] = bool(beats_ft) if ft_evals else None
+            row["amoeba_lora_beats_all_peers"] = bool(beats_lora)
+        out[b] = row
+    setup = {"per_shape_lora": {"steps": budget.steps, "seq_len": budget.seq_len, "batch": budget.batch, "rank": budget.rank,
+                                "lr": budget.lr, "tokens_per_shape": budget.tokens, "recipe": "one plain LoRA on the shape "
+                                "(amoeba_core.finetune, k=1, no SMoL, no distillation, no balancing)", "runs": runs},
+             "stage2": stage2 or "not run (no --adapters)",
+             "methods": "amoeba-lora = AmoebaLLM's Stage-1 shape with the same per-shape LoRA (the paper's AmoebaLLM†); "
+                        "amoeba-ft = AmoebaLLM after its one-for-all Stage 2, shape re-chosen on val"}
+    return {"budgets": out, "setup": setup}
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
-    """Test perplexity against latency, one line per method over the budgets, 90% error bars."""
+    """Test perplexity against latency, one line per method over the budgets, 90% error bars: as pruned
+    and, when run, after fine-tuning (per-shape LoRA for every method; AmoebaLLM's one-for-all Stage 2)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in METHODS:
-        pts = [r["methods"][method] for r in result["budgets"] if r["methods"].get(method, {}).get("shape")]
-        if not pts:
-            continue
-        x = [p["latency_ms"] for p in pts]
-        y = [p["test_ppl"] for p in pts]
-        err = [[p["test_ppl"] - p["test_ppl_ci90"][0] for p in pts], [p["test_ppl_ci90"][1] - p["test_ppl"] for p in pts]]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=method, lw=2.5 if method == "amoeba" else 1.2)
-    ax.set_xlabel(f"decode latency, ms/token ({result['latency']['table']})")
-    ax.set_ylabel("test perplexity (lower is better), 90% CI")
-    ax.set_yscale("log")
-    ax.set_title(f"{result['model']}: best shape per method at 80/65/50% of full latency")
-    ax.legend()
-    ax.grid(alpha=0.3)
+    panels = [("as pruned (Stage 1)", [r["methods"] for r in result["budgets"]])]
+    if any("after_finetuning" in r for r in result["budgets"]):
+        panels.append(("after fine-tuning", [r.get("after_finetuning", {}).get("methods", {}) for r in result["budgets"]]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.8), squeeze=False)
+    for ax, (title, rows) in zip(axes[0], panels):
+        names = [m for m in ("amoeba", "amoeba-ft", "amoeba-lora", *METHODS[1:]) if any(m in r for r in rows)]
+        for method in names:
+            pts = sorted((r[method] for r in rows if r.get(method, {}).get("shape")), key=lambda p: p["latency_ms"])
+            if not pts:
+                continue
+            x = [p["latency_ms"] for p in pts]
+            y = [p["test_ppl"] for p in pts]
+            err = [[p["test_ppl"] - p["test_ppl_ci90"][0] for p in pts], [p["test_ppl_ci90"][1] - p["test_ppl"] for p in pts]]
+            label = {"amoeba-ft": "amoeba (one-for-all Stage 2)", "amoeba-lora": "amoeba† (per-shape LoRA)"}.get(method, method)
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label, lw=2.5 if method.startswith("amoeba") else 1.2)
+        ax.set_xlabel(f"decode latency, ms/token ({result['latency']['table']})")
+        ax.set_ylabel("test perplexity (lower is better), 90% CI")
+        ax.set_yscale("log")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{result['model']}: best shape per method at 80/65/50% of full latency")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

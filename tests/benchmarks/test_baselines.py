@@ -66,3 +66,26 @@ def test_torch_pruning_prunes_mlp_channels_and_runs_in_the_evaluator(tiny: Loade
     sc = Evaluator(pruned, None, split="test", seq_len=32, max_windows=2, spread=True,
                    cache=tmp_path / "tp.jsonl").score(SubnetShape(tuple(range(4)), 1.0))
     assert math.isfinite(sc.ppl) and sc.ppl > 1
+
+
+def test_per_shape_lora_trains_each_kind_of_peer_shape_and_scores_it(tiny: LoadedModel, tmp_path: Path) -> None:
+    """Depth-only layers and a Torch-Pruning model become trainable targets; the LoRA changes their scores."""
+    from benchmarks.baselines import lora as bl_lora
+
+    budget = bl_lora.LoraBudget(steps=2, seq_len=32, rank=4, lr=5e-3)
+    pruned = bl.torch_pruning_model(tiny, 0.5)
+    for name, (base, strat, shape) in {
+        "depth": bl_lora.target(tiny, None, SubnetShape((0, 3), 1.0)),
+        "tp": bl_lora.target(tiny, None, SubnetShape(tuple(range(4)), 1.0), model=pruned),
+    }.items():
+        assert shape.layers == ((0, 3) if name == "depth" else (0, 1, 2, 3))
+        before = Evaluator(base, strat, split="test", seq_len=32, max_windows=2, spread=True,
+                           cache=tmp_path / f"b-{name}.jsonl").score(shape)
+        tuned, rec = bl_lora.train_per_shape(base, strat, shape, budget, tmp_path / name)
+        assert rec["steps"] == 2 and rec["tokens"] == 64
+        after = Evaluator(tuned, strat, split="test", seq_len=32, max_windows=2, spread=True,
+                          cache=tmp_path / f"a-{name}.jsonl").score(shape)
+        assert math.isfinite(after.ppl) and after.ppl != before.ppl
+        again, _ = bl_lora.train_per_shape(base, strat, shape, budget, tmp_path / name)  # done: loaded, not retrained
+        assert len((tmp_path / name / "train_log.jsonl").read_text().splitlines()) == 2
+        del tuned, again
