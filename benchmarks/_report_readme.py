@@ -113,7 +113,13 @@ def _claim_peers(d: dict[str, Any]) -> str | None:
     if not hits:
         return None
     won = sum(1 for _, v in hits if v is True)
-    return f"Against the peer methods: AmoebaLLM beats every peer (paired intervals) in {won} of {len(hits)} comparisons"
+    line = f"Against the peer methods: AmoebaLLM beats every peer (paired intervals) in {won} of {len(hits)} comparisons"
+    for key, what in (("amoeba_finetuned_beats_all_peers", "after its one-for-all Stage 2"),
+                      ("amoeba_lora_beats_all_peers", "with per-shape LoRA")):
+        after = [v for _, v in find(d, key) if v is not None]
+        if after:
+            line += f"; {what}, against peers with per-shape LoRA: {sum(v is True for v in after)} of {len(after)}"
+    return line
 
 
 def _claim_model_cost(d: dict[str, Any]) -> str | None:
