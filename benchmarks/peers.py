@@ -23,7 +23,13 @@ After fine-tuning (``after_finetuning`` in each budget): every method's chosen s
 per-shape LoRA budget (``--lora-steps``, benchmarks/baselines/lora.py; ``amoeba-lora`` is the paper's
 AmoebaLLM†), and with ``--adapters`` (an ``amoeba finetune`` output over the strategy's grid)
 AmoebaLLM after its one-for-all Stage 2 (``amoeba-ft``) re-chooses its shape on val; each peer is
-paired against both. A multiple-choice task is not scored (``not_run.mc_task``).
+paired against both.
+
+Multiple choice (``--mc-items``, benchmarks/baselines/mc_task.py): every chosen model, as pruned
+and after fine-tuning, is also scored through lm-eval-harness (:mod:`amoeba_core.tasks`, the
+physical subnet with any adapters folded in) on a local task written from the *test* split's
+documents: which of 4 continuations follows a passage. ``acc`` with a 90% bootstrap over items,
+and each peer paired against AmoebaLLM on the same items.
 
     python benchmarks/peers.py --lora-steps 0   # SmolLM2-135M as pruned; about 20-30 min on 2 cores
     amoeba finetune --strategy benchmarks/results/smollm2_strategy.yaml --steps 400 --out runs/peers/stage2 \
@@ -130,6 +136,8 @@ def main() -> None:
                     help="per-shape LoRA steps for every chosen shape (the paper's baseline protocol; 0: not run)")
     ap.add_argument("--lora-rank", type=int, default=16)
     ap.add_argument("--lora-lr", type=float, default=1e-3)
+    ap.add_argument("--mc-items", type=int, default=200,
+                    help="items of the local multiple-choice task scored through lm-eval (0: not run)")
     ap.add_argument("--adapters", default=None,
                     help="one-for-all Stage 2 output (amoeba finetune --out) for AmoebaLLM after fine-tuning")
     args = ap.parse_args()
@@ -161,6 +169,7 @@ def main() -> None:
                          seq_len=seq, max_windows=n_win, spread=True, cache=work / f"{split}-{tag or 'base'}.jsonl")
 
     calib_eval = evaluator("calib", n_cal, None, tag="calib")
+    mc = MCScorer(work, loaded.tokenizer, 12 if args.quick else args.mc_items) if args.mc_items > 0 else None
     cands, info = candidates(loaded, strategy, calib_eval.ids.cpu(), calib_eval, tp_ratios, flap_widths)
     full = lat(strategy.shape(loaded.geometry.n_layers, 1.0))
     evals: dict[tuple[str, str], Evaluator] = {}
@@ -191,6 +200,8 @@ def main() -> None:
                 continue
             best = min(fits, key=lambda c: score(method, c, "val").ppl)
             chosen[method] = (best, score(method, best, "test"))
+            if mc is not None:
+                best["mc"] = mc.score(f"{method}-{best['label']}", lambda c=best: pruned_model(loaded, c))
             print(f"budget {b:.0%} {method:14s} {best['label']:22s} {best['ms']:.3f} ms ({best['source']}) "
                   f"test ppl {chosen[method][1].ppl:.2f}", flush=True)
         ref = chosen.get("amoeba")
@@ -207,11 +218,15 @@ def main() -> None:
                 entry["top1_minus_amoeba"] = {"diff": round(t.diff.value, 5), "ci90": [round(t.diff.lo, 5), round(t.diff.hi, 5)],
                                               "verdict": t.verdict(False, (method, "amoeba"))}
                 beats &= d.diff.lo > 0
+                if mc is not None:
+                    entry["mc_minus_amoeba"] = mc.paired(c["mc"], ref[0]["mc"], (method, "amoeba"))
+            if mc is not None:
+                entry["mc_acc"] = mc.entry(c["mc"])
             row["methods"][method] = entry
         row["amoeba_beats_all_peers"] = bool(beats)  # every peer that offers a shape is worse, significantly
         budgets.append(row)
         picked[b] = chosen
-    finetuned = after_finetuning(args, loaded, strategy, cands, picked, lat, work, seq, n_val, n_test) \
+    finetuned = after_finetuning(args, loaded, strategy, cands, picked, lat, work, seq, n_val, n_test, mc) \
         if args.lora_steps > 0 or args.adapters or args.quick else None
     if finetuned is not None:
         for row in budgets:
@@ -226,6 +241,7 @@ def main() -> None:
                     "full_source": str(full.source), "budgets": "share of the full model's latency"},
         "metric": f"test-split perplexity and top-1 on {n_test} windows x {seq} tokens (same tokens for every method); "
                   f"choice among candidates on {n_val} val windows; calibration {n_cal} calib windows",
+        "mc_task": mc.describe() if mc is not None else None,
         "interval": "90% bootstrap over documents (amoeba_core.stats); paired rows resample the same units",
         "criteria": info, "budgets": budgets,
         "candidates": {m: [{"shape": c["label"], "latency_ms": round(c["ms"], 4), "source": c["source"]} for c in cs]
@@ -233,7 +249,7 @@ def main() -> None:
         "finetuning": finetuned["setup"] if finetuned else None,
         "not_run": {k: v for k, v in {
             "stage2": None if finetuned else "no per-shape LoRA (--lora-steps 0) and no Stage 2 adapters (--adapters)",
-            "mc_task": "no local multiple-choice task was scored"}.items() if v},
+            "mc_task": None if mc is not None else "no multiple-choice task scored (--mc-items 0)"}.items() if v},
         "wall_seconds": round(time.perf_counter() - t0, 1),
     }
     out = Path(args.out) if args.out else RESULTS / ("peers_quick.json" if args.quick else "peers.json")
@@ -242,6 +258,69 @@ def main() -> None:
         plot(result, REPO / "docs" / "peers-front.png")
     print(json.dumps([{"budget": r["budget"], "amoeba_beats_all_peers": r["amoeba_beats_all_peers"]} for r in budgets]))
     print(f"wrote {out} ({result['wall_seconds']} s)")
+
+
+def pruned_model(loaded: LoadedModel, c: dict[str, Any]) -> Any:
+    """The physical model of one candidate as pruned (Torch-Pruning's model as the library left it)."""
+    from amoeba_core.tasks import subnet_model
+
+    if c.get("model") is not None:
+        return c["model"].model.eval()
+    return subnet_model(loaded, c.get("strategy"), c["shape"])
+
+
+class MCScorer:
+    """The local multiple-choice task (benchmarks/baselines/mc_task.py) through lm-eval, cached per model tag."""
+
+    def __init__(self, work: Path, tokenizer: Any, n_items: int) -> None:
+        from amoeba_core.data import text_splits
+        from amoeba_core.tasks import set_offline, task_manager
+        from benchmarks.baselines.mc_task import TASK, write_task
+
+        set_offline()
+        self.task, self.tokenizer = TASK, tokenizer
+        self.folder, self.n = write_task(work / "mc-task", text_splits()["test"], n_items)
+        self.manager = task_manager([TASK], self.folder)
+        self.cache = work / f"mc{self.n}"
+        self.cache.mkdir(exist_ok=True)
+
+    def describe(self) -> str:
+        return (f"{self.task}: {self.n} items from the test split's documents, 4 continuations of 60 characters "
+                "after a 240-character passage (1 right, 3 from other test documents at the same place); "
+                "lm-eval multiple_choice log-likelihood acc through amoeba_core.tasks (physical subnet, adapters "
+                "folded); 90% bootstrap over items; paired rows on the same items")
+
+    def score(self, tag: str, model_fn: Any) -> dict[str, Any]:
+        from amoeba_core.tasks import evaluate_model, pick
+
+        path = self.cache / f"{tag}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        t = time.perf_counter()
+        row = pick(evaluate_model(model_fn(), self.tokenizer, [self.task], include_path=self.folder, offline=True,
+                                  manager=self.manager, shape_key=tag), self.task, "acc")
+        out = {"value": row.value, "per_item": list(row.per_item), "doc_ids": list(row.doc_ids), "n": row.n,
+               "seconds": round(time.perf_counter() - t, 1)}
+        path.write_text(json.dumps(out))
+        print(f"mc {tag}: acc {row.value:.3f} ({out['seconds']} s)", flush=True)
+        return out
+
+    @staticmethod
+    def entry(r: dict[str, Any]) -> dict[str, Any]:
+        from amoeba_core.stats import mean_ci
+
+        iv = mean_ci(r["per_item"])
+        return {"value": round(r["value"], 4), "ci90": [round(iv.lo, 4), round(iv.hi, 4)], "n": r["n"]}
+
+    @staticmethod
+    def paired(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str]) -> dict[str, Any]:
+        from amoeba_core.stats import paired_diff
+
+        if a["doc_ids"] != b["doc_ids"]:
+            raise ValueError(f"{names}: multiple-choice scores are not on the same items")
+        d = paired_diff(a["per_item"], b["per_item"])
+        return {"diff": round(d.diff.value, 4), "ci90": [round(d.diff.lo, 4), round(d.diff.hi, 4)],
+                "verdict": d.verdict(False, names)}
 
 
 def _paired_entry(sc: ShapeScore, ref: ShapeScore, names: tuple[str, str]) -> dict[str, Any]:
@@ -260,7 +339,7 @@ def _score_entry(label: str, c: dict[str, Any], sc: ShapeScore) -> dict[str, Any
 
 def after_finetuning(args: argparse.Namespace, loaded: LoadedModel, strategy: Strategy,
                      cands: dict[str, list[dict[str, Any]]], picked: dict[float, dict[str, tuple[dict[str, Any], ShapeScore]]],
-                     lat: Any, work: Path, seq: int, n_val: int, n_test: int) -> dict[str, Any]:
+                     lat: Any, work: Path, seq: int, n_val: int, n_test: int, mc: MCScorer | None = None) -> dict[str, Any]:
     """Every method's chosen shape after the same per-shape LoRA (``amoeba`` here is AmoebaLLM†), and
     AmoebaLLM after its one-for-all Stage 2 (``amoeba-ft``: the same choice by val perplexity, over the
     fine-tuned model's shapes within the budget), each peer paired against both on the test tokens."""
@@ -268,12 +347,14 @@ def after_finetuning(args: argparse.Namespace, loaded: LoadedModel, strategy: St
     import dataclasses
 
     from amoeba_core.finetune import META, apply_adapters
+    from amoeba_core.tasks import subnet_model
     from benchmarks.baselines import lora as bl_lora
 
     budget = bl_lora.LoraBudget(steps=2 if args.quick else args.lora_steps, seq_len=seq, rank=4 if args.quick else args.lora_rank,
                                 lr=args.lora_lr)
     runs: dict[str, dict[str, Any]] = {}
     tuned: dict[tuple[str, str], ShapeScore] = {}
+    mc_tuned: dict[tuple[str, str], dict[str, Any]] = {}
 
     def per_shape(method: str, c: dict[str, Any]) -> ShapeScore:
         key = (method, c["label"])
@@ -284,6 +365,8 @@ def after_finetuning(args: argparse.Namespace, loaded: LoadedModel, strategy: St
             ev = Evaluator(model, strat, split="test", seq_len=seq, max_windows=n_test, spread=True,
                            cache=work / f"test-{name}.jsonl")
             tuned[key] = ev.score(shape)
+            if mc is not None:
+                mc_tuned[key] = mc.score(name, lambda: subnet_model(model, strat, shape))
             print(f"per-shape LoRA {method} {c['label']}: test ppl {tuned[key].ppl:.2f} "
                   f"({runs[name]['train_seconds']} s of training)", flush=True)
             del model, ev
@@ -321,6 +404,7 @@ def after_finetuning(args: argparse.Namespace, loaded: LoadedModel, strategy: St
         lora = {m: (c, per_shape(m, c)) for m, (c, _) in chosen.items()} if budget.steps > 0 else {}
         ref_lora = lora.get("amoeba")
         ft: tuple[dict[str, Any], ShapeScore] | None = None
+        ft_mc: dict[str, Any] | None = None
         if ft_evals:
             limit = b * lat(strategy.shape(loaded.geometry.n_layers, 1.0)).ms
             fits = [c for c in ft_space if c["ms"] <= limit]
@@ -328,19 +412,31 @@ def after_finetuning(args: argparse.Namespace, loaded: LoadedModel, strategy: St
                 best = min(fits, key=lambda c: ft_evals["val"].score(c["shape"]).ppl)
                 ft = (best, ft_evals["test"].score(best["shape"]))
                 row["methods"]["amoeba-ft"] = _score_entry(best["label"], best, ft[1])
+                if mc is not None:
+                    ft_mc = mc.score(f"amoeba-ft-{ft_model.adapters}-{best['label']}",
+                                     lambda: subnet_model(ft_model, strategy, best["shape"]))
+                    row["methods"]["amoeba-ft"]["mc_acc"] = mc.entry(ft_mc)
                 print(f"budget {b:.0%} amoeba after Stage 2 {best['label']}: test ppl {ft[1].ppl:.2f}", flush=True)
             else:
                 row["methods"]["amoeba-ft"] = {"shape": None, "note": "no fine-tuned shape within the budget"}
         beats_ft, beats_lora = ft is not None, ref_lora is not None
         for m, (c, sc) in lora.items():
             entry = _score_entry(c["label"], c, sc)
+            m_mc = mc_tuned.get((m, c["label"]))
+            if m_mc is not None:
+                entry["mc_acc"] = mc.entry(m_mc)
             if m != "amoeba":
                 if ft is not None:
                     entry["minus_amoeba_ft"] = _paired_entry(sc, ft[1], (m, "amoeba-ft"))
                     beats_ft &= entry["minus_amoeba_ft"]["ppl"]["ci90"][0] > 0
+                    if m_mc is not None and ft_mc is not None:
+                        entry["minus_amoeba_ft"]["mc_acc"] = mc.paired(m_mc, ft_mc, (m, "amoeba-ft"))
                 if ref_lora is not None:
                     entry["minus_amoeba_lora"] = _paired_entry(sc, ref_lora[1], (m, "amoeba"))
                     beats_lora &= entry["minus_amoeba_lora"]["ppl"]["ci90"][0] > 0
+                    ref_mc = mc_tuned.get(("amoeba", ref_lora[0]["label"]))
+                    if m_mc is not None and ref_mc is not None:
+                        entry["minus_amoeba_lora"]["mc_acc"] = mc.paired(m_mc, ref_mc, (m, "amoeba"))
             row["methods"][m if m != "amoeba" else "amoeba-lora"] = entry
         if lora:  # true when every peer's per-shape-LoRA perplexity interval lies above AmoebaLLM's
             row["amoeba_finetuned_beats_all_peers"] = bool(beats_ft) if ft_evals else None
