@@ -89,3 +89,23 @@ def test_per_shape_lora_trains_each_kind_of_peer_shape_and_scores_it(tiny: Loade
         again, _ = bl_lora.train_per_shape(base, strat, shape, budget, tmp_path / name)  # done: loaded, not retrained
         assert len((tmp_path / name / "train_log.jsonl").read_text().splitlines()) == 2
         del tuned, again
+
+
+def test_mc_task_items_are_each_documents_own_continuation_among_other_documents_text() -> None:
+    from benchmarks.baselines.mc_task import build_items
+
+    texts = [f"doc{i} " + " ".join(f"w{i}x{j}" for j in range(200)) for i in range(6)]
+    items = build_items(texts, 30, choices=4, ctx=60, cont=20)
+    assert len(items) == 30
+    assert [it["doc"] for it in items[:6]] == list(range(6))  # round-robin over documents
+    for it in items:
+        words = " ".join(texts[it["doc"]].split())
+        right = it["choices"][it["answer"]]
+        assert (it["context"] + right) in words  # the passage's own next characters
+        assert len(set(it["choices"])) == 4
+        for k, c in enumerate(it["choices"]):
+            if k != it["answer"]:  # distractors come from other documents
+                assert f"w{it['doc']}x" not in c
+    assert len({it["answer"] for it in items}) > 1
+    with pytest.raises(ValueError, match="documents long enough"):
+        build_items(texts[:3], 5, choices=4, ctx=60, cont=20)
