@@ -28,7 +28,8 @@ paired against both.
 Multiple choice (``--mc-items``, benchmarks/baselines/mc_task.py): every chosen model, as pruned
 and after fine-tuning, is also scored through lm-eval-harness (:mod:`amoeba_core.tasks`, the
 physical subnet with any adapters folded in) on a local task written from the *test* split's
-documents: which of 4 continuations follows a passage. ``acc`` with a 90% bootstrap over items,
+documents: which of 4 continuations follows a passage (``--mc-items``, 60 by default: about 40 s per
+model on 2 cores). ``acc`` with a 90% bootstrap over items,
 and each peer paired against AmoebaLLM on the same items.
 
     python benchmarks/peers.py --lora-steps 0   # SmolLM2-135M as pruned; about 20-30 min on 2 cores
@@ -136,7 +137,7 @@ def main() -> None:
                     help="per-shape LoRA steps for every chosen shape (the paper's baseline protocol; 0: not run)")
     ap.add_argument("--lora-rank", type=int, default=16)
     ap.add_argument("--lora-lr", type=float, default=1e-3)
-    ap.add_argument("--mc-items", type=int, default=200,
+    ap.add_argument("--mc-items", type=int, default=60,
                     help="items of the local multiple-choice task scored through lm-eval (0: not run)")
     ap.add_argument("--adapters", default=None,
                     help="one-for-all Stage 2 output (amoeba finetune --out) for AmoebaLLM after fine-tuning")
@@ -298,7 +299,7 @@ class MCScorer:
             return json.loads(path.read_text())
         t = time.perf_counter()
         row = pick(evaluate_model(model_fn(), self.tokenizer, [self.task], include_path=self.folder, offline=True,
-                                  manager=self.manager, shape_key=tag), self.task, "acc")
+                                  manager=self.manager, shape_key=tag, batch_size=16), self.task, "acc")
         out = {"value": row.value, "per_item": list(row.per_item), "doc_ids": list(row.doc_ids), "n": row.n,
                "seconds": round(time.perf_counter() - t, 1)}
         path.write_text(json.dumps(out))
