@@ -86,6 +86,8 @@ bench: install-all
 	$(BIN)/python benchmarks/stage1.py --settings ppl:16:bal,ppl:16:bal+sigswap --val-pick 0 --out benchmarks/results/stage1_sigswap.json
 	$(BIN)/python benchmarks/stage1.py --settings ppl:16:bal,ppl:16:bal+swap,ppl:16:bal+sigswap,ppl:16:bal+confirm --val-pick 0 --out benchmarks/results/stage1_confirm.json
 	$(BIN)/python benchmarks/stage2_ablation.py --steps 1000 --seq-len 128 --rank 16 --eval-windows 48
+	$(BIN)/amoeba finetune --strategy benchmarks/results/smollm2_strategy.yaml --steps 400 --out runs/peers/stage2 --k 3 --seq-len 128 --batch 1 --lr 1e-3 --rank 16 --min-depth 12 --threads 2
+	$(BIN)/python benchmarks/peers.py --adapters runs/peers/stage2
 	$(BIN)/python benchmarks/search_efficiency.py
 	$(BIN)/python benchmarks/search_efficiency.py --attn-widths groups --out benchmarks/results/search_efficiency_axes.json
 	$(BIN)/python benchmarks/search_efficiency.py --attn-widths groups --windows 64 --run runs/bench-search-mf64 --out benchmarks/results/search_efficiency_axes_64w.json
