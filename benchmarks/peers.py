@@ -37,6 +37,7 @@ and each peer paired against AmoebaLLM on the same items.
         --k 3 --seq-len 128 --batch 1 --lr 1e-3 --rank 16 --min-depth 12
     python benchmarks/peers.py --adapters runs/peers/stage2   # + 400-step per-shape LoRA per chosen shape
     python benchmarks/peers.py --quick    # tiny random model and a fresh tiny table (CI, seconds)
+    python benchmarks/peers.py --replot   # redraw docs/peers-front.png from peers.json
 
 Scores are cached in ``--work`` (runs/peers): a killed run resumes. Writes
 benchmarks/results/peers.json and docs/peers-front.png (``--quick``: peers_quick.json, no figure).
@@ -70,6 +71,8 @@ from benchmarks import baselines as bl  # noqa: E402
 RESULTS = REPO / "benchmarks" / "results"
 BUDGETS = (0.80, 0.65, 0.50)
 METHODS = ("amoeba", "shortgpt", "shortened", "flap", "torch-pruning")
+COLORS = {"amoeba": "C0", "amoeba-ft": "C0", "amoeba-lora": "C9", "shortgpt": "C1", "shortened": "C2", "flap": "C3",
+          "torch-pruning": "C4"}
 
 
 def latency_fn(model: str, root: Path | None) -> Any:
@@ -141,7 +144,11 @@ def main() -> None:
                     help="items of the local multiple-choice task scored through lm-eval (0: not run)")
     ap.add_argument("--adapters", default=None,
                     help="one-for-all Stage 2 output (amoeba finetune --out) for AmoebaLLM after fine-tuning")
+    ap.add_argument("--replot", action="store_true", help="only redraw docs/peers-front.png from peers.json")
     args = ap.parse_args()
+    if args.replot:
+        plot(json.loads((RESULTS / "peers.json").read_text()), REPO / "docs" / "peers-front.png")
+        return
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     load0 = os.getloadavg()
@@ -453,8 +460,9 @@ def after_finetuning(args: argparse.Namespace, loaded: LoadedModel, strategy: St
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    """Test perplexity against latency, one line per method over the budgets, 90% error bars: as pruned
-    and, when run, after fine-tuning (per-shape LoRA for every method; AmoebaLLM's one-for-all Stage 2)."""
+    """Test perplexity (and, when scored, multiple-choice accuracy) against latency, one line per method
+    over the budgets, 90% error bars: as pruned and, when run, after fine-tuning (per-shape LoRA for
+    every method; AmoebaLLM's one-for-all Stage 2)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -463,24 +471,34 @@ def plot(result: dict[str, Any], path: Path) -> None:
     panels = [("as pruned (Stage 1)", [r["methods"] for r in result["budgets"]])]
     if any("after_finetuning" in r for r in result["budgets"]):
         panels.append(("after fine-tuning", [r.get("after_finetuning", {}).get("methods", {}) for r in result["budgets"]]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.8), squeeze=False)
-    for ax, (title, rows) in zip(axes[0], panels):
-        names = [m for m in ("amoeba", "amoeba-ft", "amoeba-lora", *METHODS[1:]) if any(m in r for r in rows)]
-        for method in names:
-            pts = sorted((r[method] for r in rows if r.get(method, {}).get("shape")), key=lambda p: p["latency_ms"])
-            if not pts:
-                continue
-            x = [p["latency_ms"] for p in pts]
-            y = [p["test_ppl"] for p in pts]
-            err = [[p["test_ppl"] - p["test_ppl_ci90"][0] for p in pts], [p["test_ppl_ci90"][1] - p["test_ppl"] for p in pts]]
-            label = {"amoeba-ft": "amoeba (one-for-all Stage 2)", "amoeba-lora": "amoeba† (per-shape LoRA)"}.get(method, method)
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label, lw=2.5 if method.startswith("amoeba") else 1.2)
-        ax.set_xlabel(f"decode latency, ms/token ({result['latency']['table']})")
-        ax.set_ylabel("test perplexity (lower is better), 90% CI")
-        ax.set_yscale("log")
-        ax.set_title(title)
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
+    metrics = [("test_ppl", "test perplexity (lower is better), 90% CI", True)]
+    if any("mc_acc" in m for _, rows in panels for r in rows for m in r.values() if isinstance(m, dict)):
+        metrics.append(("mc_acc", "multiple-choice accuracy (higher is better), 90% CI", False))
+    fig, axes = plt.subplots(len(metrics), len(panels), figsize=(7 * len(panels), 4.6 * len(metrics)), squeeze=False)
+    for i, (key, ylabel, log_scale) in enumerate(metrics):
+        for ax, (title, rows) in zip(axes[i], panels):
+            names = [m for m in ("amoeba", "amoeba-ft", "amoeba-lora", *METHODS[1:]) if any(m in r for r in rows)]
+            for method in names:
+                pts = sorted((r[method] for r in rows if r.get(method, {}).get("shape") and
+                              (key == "test_ppl" or "mc_acc" in r[method])), key=lambda p: p["latency_ms"])
+                if not pts:
+                    continue
+                x = [p["latency_ms"] for p in pts]
+                if key == "test_ppl":
+                    y, lo, hi = [p["test_ppl"] for p in pts], [p["test_ppl_ci90"][0] for p in pts], [p["test_ppl_ci90"][1] for p in pts]
+                else:
+                    y, lo, hi = [p["mc_acc"]["value"] for p in pts], [p["mc_acc"]["ci90"][0] for p in pts], [p["mc_acc"]["ci90"][1] for p in pts]
+                err = [[a - b for a, b in zip(y, lo)], [b - a for a, b in zip(y, hi)]]
+                label = {"amoeba-ft": "amoeba (one-for-all Stage 2)", "amoeba-lora": "amoeba† (per-shape LoRA)"}.get(method, method)
+                ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label, color=COLORS[method],
+                            lw=2.5 if method.startswith("amoeba") else 1.2)
+            ax.set_xlabel(f"decode latency, ms/token ({result['latency']['table']})")
+            ax.set_ylabel(ylabel)
+            if log_scale:
+                ax.set_yscale("log")
+            ax.set_title(title)
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
     fig.suptitle(f"{result['model']}: best shape per method at 80/65/50% of full latency")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
